@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create/reuse .venv themselves.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.abscot-installed
+# offline, no telemetry (axolotl otherwise hangs at exit flushing telemetry to an unreachable host)
+export AXOLOTL_DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export WANDB_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+export DS_BUILD_OPS := 0
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: venv fixtures demo test test-fast bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[train,eval,dev]"
+	$(BIN)/pip check
+	touch $(STAMP)
+
+build/tiny/config.json: $(STAMP) abscot_plugin/fixtures.py
+	$(BIN)/python -m abscot_plugin.fixtures tiny build/tiny
+
+fixtures: build/tiny/config.json
+
+demo: fixtures
+	bash scripts/demo.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -x -q -rs
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -x -q -rs -m "not slow"
+
+clean:
+	rm -rf build

@@ -1,0 +1,82 @@
+"""Config keys of the abscot plugin (merged into axolotl's config schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from .vocab import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
+
+BOTTLENECK_TYPE = "abscot_plugin.bottleneck"
+SELF_DISTILL_TYPE = "abscot_plugin.self_distill"
+# attention backends that cannot take the bottleneck mask (they only do causal/varlen masks)
+_MASKLESS_ATTN = ("flash_attention_2", "flash_attention_3", "flash", "sage", "xformers", "fp8")
+_MASKLESS_FLAGS = ("flash_attention", "sage_attention", "xformers_attention")
+
+
+class AbsCoTArgs(BaseModel):
+    """Abstract-CoT settings; each key is read by the plugin, the dataset strategies or both."""
+
+    abscot_num_symbols: int = Field(
+        default=DEFAULT_NUM_SYMBOLS, ge=1, le=MAX_NUM_SYMBOLS,
+        description="M, the size of the abstract vocabulary V_abs",
+    )
+    abscot_m_max: int = Field(default=128, ge=1, description="longest abstract trace")
+    abscot_init: Literal["random", "mean"] = Field(
+        default="random", description="initialisation of newly added embedding rows",
+    )
+    abscot_init_seed: int = 0
+    abscot_lora_embeddings: Literal["new_rows", "full"] = Field(
+        default="new_rows",
+        description="under LoRA: train only the V_abs rows (peft trainable tokens) or the whole "
+        "embedding and lm_head (modules_to_save, tie kept)",
+    )
+    abscot_trace_file: str | None = Field(
+        default=None,
+        description="JSONL of {id, trace}; rows are matched by id. Unset: Phase A uses round-1 "
+        "random traces and Phase B reads each row's 'abstract_trace' field",
+    )
+    abscot_trace_seed: int = Field(default=0, description="seed of round-1 random traces")
+    abscot_cot_keep: Literal["end", "start", "both_ends"] = Field(
+        default="end",
+        description="which part of an over-long CoT Phase A keeps (the rest is cut to fit "
+        "sequence_len; the trace and answer are never cut)",
+    )
+    abscot_skip_bad_rows: bool = Field(
+        default=False, description="skip (and count) malformed rows instead of failing",
+    )
+    abscot_id_field: str = "id"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_bottleneck_compatible(cls, data):
+        if not isinstance(data, dict) or not uses_bottleneck(data):
+            return data
+        if data.get("sample_packing"):
+            raise ValueError(
+                f"{BOTTLENECK_TYPE} needs sample_packing: false (packing drops the bottleneck mask)"
+            )
+        attn = str(data.get("attn_implementation") or "")
+        if any(attn.startswith(name) for name in _MASKLESS_ATTN) or any(
+            data.get(flag) for flag in _MASKLESS_FLAGS
+        ):
+            raise ValueError(
+                f"{BOTTLENECK_TYPE} needs a backend that takes a custom mask: "
+                f"attn_implementation flex_attention, sdpa or eager (got {attn or 'a flash flag'})"
+            )
+        return data
+
+
+def dataset_types(cfg) -> list[str]:
+    """The ``type`` of each training dataset (entries may be dicts or axolotl's pydantic models)."""
+    types = []
+    for entry in cfg.get("datasets") or []:
+        value = entry.get("type") if isinstance(entry, dict) else getattr(entry, "type", None)
+        types.append(str(value or ""))
+    return types
+
+
+def uses_bottleneck(cfg) -> bool:
+    """True when any training dataset uses the Phase A bottleneck format."""
+    return BOTTLENECK_TYPE in dataset_types(cfg)

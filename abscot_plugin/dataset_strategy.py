@@ -1,0 +1,135 @@
+"""The axolotl dataset strategy behind both Abstract-CoT formats (``bottleneck``, ``self_distill``).
+
+Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched by id), a row's
+``abstract_trace`` field, or (Phase A without either) round-1 random traces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from axolotl.utils.logging import get_logger
+
+from .prompts import BadRowError, parse_chat_row, row_id_of
+from .sequences import SequenceBuilder
+from .traces import load_trace_file, parse_trace
+from .vocab import AbstractVocab
+
+LOG = get_logger("axolotl.integrations.abscot")
+TRACE_FIELD = "abstract_trace"
+
+
+class AbstractCoTStrategy:
+    """Batched tokenising strategy (axolotl's strategy protocol: ``tokenize_prompt``)."""
+
+    def __init__(self, tokenizer, cfg, with_cot: bool):
+        _require_plugin(cfg)
+        self.with_cot = with_cot
+        self.name = "bottleneck" if with_cot else "self_distill"
+        self.num_symbols = int(cfg.abscot_num_symbols or 64)
+        self.m_max = int(cfg.abscot_m_max or 128)
+        self.sequence_len = int(cfg.sequence_len)
+        self.cot_keep = cfg.abscot_cot_keep or "end"
+        self.trace_seed = int(cfg.abscot_trace_seed or 0)
+        self.skip_bad = bool(cfg.abscot_skip_bad_rows)
+        self.id_field = cfg.abscot_id_field or "id"
+        try:
+            vocab = AbstractVocab.from_tokenizer(tokenizer, self.num_symbols)
+        except ValueError as exc:
+            raise ValueError(
+                f"abscot {self.name}: the tokenizer lacks the abstract vocabulary ({exc}). "
+                "List abscot_plugin.AbsCoTPlugin under `plugins:`; it extends the tokenizer."
+            ) from None
+        self.builder = SequenceBuilder(tokenizer, vocab)
+        self.traces = (
+            load_trace_file(cfg.abscot_trace_file, self.num_symbols, self.m_max)
+            if cfg.abscot_trace_file
+            else None
+        )
+
+    @property
+    def supports_batched(self) -> bool:
+        return True
+
+    def _trace_ids(self, row: dict, parsed) -> list[int]:
+        if self.traces is not None:
+            if parsed.row_id not in self.traces:
+                raise BadRowError(parsed.row_id, "no trace for this id in abscot_trace_file")
+            return self.builder.trace_ids(self.traces[parsed.row_id])
+        if row.get(TRACE_FIELD) is not None:
+            try:
+                parse_trace(row[TRACE_FIELD], self.num_symbols, self.m_max)
+            except ValueError as exc:
+                raise BadRowError(parsed.row_id, str(exc)) from None
+            return self.builder.trace_ids(row[TRACE_FIELD])
+        if not self.with_cot:
+            raise BadRowError(
+                parsed.row_id, f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field"
+            )
+        return self.builder.random_trace_ids(parsed, self.num_symbols, self.trace_seed, self.m_max)
+
+    def tokenize_prompt(self, batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
+        if self.with_cot:
+            out.update(segment_ids=[], abscot_cot_cut=[])
+        skipped: dict[str, int] = {}
+        first_error = None
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        for row in rows:
+            row_id = row_id_of(row, None, self.id_field)
+            if row_id == "<no id>":
+                row_id = "sha1:" + hashlib.sha1(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:10]
+            try:
+                parsed = parse_chat_row(row, row_id, need_cot=self.with_cot)
+                ex = self.builder.example(
+                    parsed, self._trace_ids(row, parsed), self.with_cot, self.sequence_len, self.cot_keep
+                )
+            except BadRowError as exc:
+                if not self.skip_bad:
+                    raise ValueError(
+                        f"abscot {self.name}: {exc} (set abscot_skip_bad_rows: true to skip and count such rows)"
+                    ) from None
+                skipped[exc.reason.split(":")[0]] = skipped.get(exc.reason.split(":")[0], 0) + 1
+                first_error = first_error or str(exc)
+                continue
+            out["input_ids"].append(ex.input_ids)
+            out["attention_mask"].append([1] * len(ex.input_ids))
+            out["labels"].append(ex.labels)
+            if self.with_cot:
+                out["segment_ids"].append(ex.segment_ids)
+                out["abscot_cot_cut"].append(ex.cot_cut)
+        if skipped:
+            LOG.warning(
+                "abscot %s: skipped %d of %d rows in this batch (%s); first: %s",
+                self.name, sum(skipped.values()), len(rows),
+                ", ".join(f"{n}× {r}" for r, n in skipped.items()), first_error,
+            )
+        return out
+
+
+def _require_plugin(cfg) -> None:
+    """Fail when the plugin is not active: axolotl only logs a plugin that failed to import, and
+    training would go on with the abstract keys ignored."""
+    from axolotl.integrations.base import PluginManager
+
+    from . import AbsCoTPlugin
+
+    active = any(isinstance(p, AbsCoTPlugin) for p in PluginManager.get_instance().plugins.values())
+    if not active:
+        raise RuntimeError(
+            "abscot dataset formats need the abscot plugin: add `plugins: [abscot_plugin.AbsCoTPlugin]` "
+            "to the config, and check the log above for an import error of abscot_plugin"
+        )
+
+
+def log_data_summary(dataset) -> None:
+    """Log how many Phase A rows had their CoT cut to fit, and by how much."""
+    if dataset is None or "abscot_cot_cut" not in getattr(dataset, "column_names", []):
+        return
+    cuts = dataset["abscot_cot_cut"]
+    cut_rows = sum(1 for c in cuts if c)
+    LOG.info(
+        "abscot bottleneck data: %d rows; CoT cut to fit sequence_len in %d (%.1f%%), %d tokens cut in all",
+        len(cuts), cut_rows, 100.0 * cut_rows / max(1, len(cuts)), sum(cuts),
+    )

@@ -1,0 +1,105 @@
+"""Prompt strings and Dolci-Think row parsing, shared by training, trace generation and eval.
+
+Every path that builds a prompt goes through :func:`prompt_text`, so train and decode prompts are
+byte-identical (Qwen3's template inserts an empty think block with ``enable_thinking=False``;
+using it everywhere is what keeps the two the same).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .vocab import BEGIN, END
+
+MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+
+_THINK = re.compile(r"^\s*<think>(.*?)</think>(.*)$", re.DOTALL)
+
+
+class BadRowError(ValueError):
+    """A data row that cannot be turned into a training example."""
+
+    def __init__(self, row_id: str, reason: str):
+        super().__init__(f"row {row_id}: {reason}")
+        self.row_id = row_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ReasoningRow:
+    """A chat row split into its prompt messages, verbal CoT and answer."""
+
+    row_id: str
+    messages: list[dict[str, str]]
+    cot: str
+    answer: str
+
+
+def row_id_of(row: dict, index: int | None = None, id_field: str = "id") -> str:
+    """A stable name for a row in errors and trace files: its id field, else its index."""
+    value = row.get(id_field)
+    if value is not None and value != "":
+        return str(value)
+    return f"#{index}" if index is not None else "<no id>"
+
+
+def parse_chat_row(row: dict, row_id: str, need_cot: bool = True) -> ReasoningRow:
+    """Split a Dolci-Think row (``messages``: system?/user/assistant with ``<think>``) into parts.
+
+    Raises :class:`BadRowError` naming the row for every malformed input.
+    """
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRowError(row_id, "'messages' must be a non-empty list")
+    for msg in messages:
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
+            raise BadRowError(row_id, "each message needs a string 'content'")
+        if msg.get("role") not in ("system", "user", "assistant"):
+            raise BadRowError(row_id, f"unknown role {msg.get('role')!r}")
+    if messages[-1]["role"] != "assistant":
+        raise BadRowError(row_id, "last message must be the assistant's")
+    prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+    if not any(m["role"] == "user" for m in prompt):
+        raise BadRowError(row_id, "no user message")
+    reply = messages[-1]["content"]
+    match = _THINK.match(reply)
+    if match is None:
+        if need_cot:
+            raise BadRowError(row_id, "assistant message has no <think>…</think> block")
+        cot, answer = "", reply
+    else:
+        cot, answer = match.group(1).strip(), match.group(2).strip()
+    if need_cot and not cot:
+        raise BadRowError(row_id, "empty <think> block")
+    if not answer:
+        raise BadRowError(row_id, "empty answer after </think>")
+    for marker in (BEGIN, END):
+        if marker in reply or any(marker in m["content"] for m in prompt):
+            raise BadRowError(row_id, f"text contains the reserved marker {marker}")
+    return ReasoningRow(row_id, prompt, cot, answer)
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """The prompt x: chat template, generation prompt, thinking mode off."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+
+
+def math_messages(problem: str, system: str | None = MATH_SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """Messages for a math problem as in the paper's evaluation."""
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": problem}]
+
+
+def cot_text(cot: str) -> str:
+    """How the verbal CoT c sits between the prompt and ``<beginabstract>`` in Phase A."""
+    return cot.strip() + "\n"
+
+
+def cot_steps(cot: str) -> list[str]:
+    """CoT steps ℓ for round-1 random traces: its non-empty lines."""
+    return [line for line in cot.split("\n") if line.strip()]

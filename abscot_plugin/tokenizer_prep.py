@@ -1,0 +1,58 @@
+"""Extended tokenizer prepared at config time, before axolotl loads any tokenizer.
+
+axolotl has no tokenizer hook, so the plugin writes the base tokenizer plus V_abs to a folder and
+points ``tokenizer_config`` at it; every process and every later ``load_tokenizer`` then sees the
+same ids. The folder name carries a fingerprint of every abscot setting that changes tokenised
+data, so axolotl's prepared-dataset cache (whose hash ignores plugin keys but includes the
+tokenizer path) is invalidated when one of them changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from .traces import file_digest
+from .vocab import add_abstract_tokens, has_abstract_tokens
+
+# keys whose value changes the tokenised dataset
+DATA_KEYS = (
+    "abscot_num_symbols", "abscot_m_max", "abscot_trace_seed", "abscot_cot_keep",
+    "abscot_skip_bad_rows", "abscot_id_field",
+)
+
+
+def data_fingerprint(cfg: dict, source: str) -> str:
+    """Hash of the tokenizer source, the data-shaping abscot keys and the trace file's bytes."""
+    payload = {"source": source, **{k: cfg.get(k) for k in DATA_KEYS}}
+    if cfg.get("abscot_trace_file"):
+        payload["trace_file"] = file_digest(cfg["abscot_trace_file"])
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_tokenizer(cfg: dict, num_symbols: int) -> tuple[str, bool]:
+    """Write the extended tokenizer for ``cfg``; returns (its folder, whether tokens were new)."""
+    source = cfg.get("tokenizer_config") or cfg.get("base_model_config") or cfg["base_model"]
+    kwargs = {"trust_remote_code": bool(cfg.get("trust_remote_code"))}
+    if cfg.get("revision_of_model"):
+        kwargs["revision"] = cfg["revision_of_model"]
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    added = not has_abstract_tokens(tokenizer, num_symbols)
+    add_abstract_tokens(tokenizer, num_symbols)
+    root = Path(cfg.get("dataset_prepared_path") or cfg.get("output_dir") or "./outputs")
+    target = root / f"abscot_tokenizer_{data_fingerprint(cfg, str(source))}"
+    if not (target / "tokenizer_config.json").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".abscot_tok_", dir=root))
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)  # atomic; several ranks may race here with the same content
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target), added

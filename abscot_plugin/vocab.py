@@ -1,0 +1,192 @@
+"""The abstract vocabulary V_abs: symbol names, tokenizer extension and new-row initialisation.
+
+M symbols ``<TOKEN_A>`` … ``<TOKEN_Z>``, ``<TOKEN_AA>`` … plus ``<beginabstract>`` and
+``<endabstract>``; each is one special token id that ordinary text never produces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+BEGIN = "<beginabstract>"
+END = "<endabstract>"
+DEFAULT_NUM_SYMBOLS = 64
+MAX_NUM_SYMBOLS = 26 + 26 * 26
+
+InitMethod = Literal["random", "mean"]
+
+
+def symbol_name(index: int) -> str:
+    """Name of symbol ``index``: one letter below 26, then two letters (``AA``, ``AB``, …)."""
+    if not 0 <= index < MAX_NUM_SYMBOLS:
+        raise ValueError(f"symbol index {index} outside [0, {MAX_NUM_SYMBOLS})")
+    letters = string.ascii_uppercase
+    if index < 26:
+        return f"<TOKEN_{letters[index]}>"
+    j = index - 26
+    return f"<TOKEN_{letters[j // 26]}{letters[j % 26]}>"
+
+
+def symbol_names(num_symbols: int = DEFAULT_NUM_SYMBOLS) -> list[str]:
+    """The ``num_symbols`` abstract symbol names, in id order."""
+    if not 1 <= num_symbols <= MAX_NUM_SYMBOLS:
+        raise ValueError(f"num_symbols must be in [1, {MAX_NUM_SYMBOLS}], got {num_symbols}")
+    return [symbol_name(i) for i in range(num_symbols)]
+
+
+def all_token_names(num_symbols: int = DEFAULT_NUM_SYMBOLS) -> list[str]:
+    """Symbols then the two delimiters: every token the vocabulary adds."""
+    return symbol_names(num_symbols) + [BEGIN, END]
+
+
+@dataclass(frozen=True)
+class AbstractVocab:
+    """Token ids of the abstract vocabulary in one tokenizer."""
+
+    symbols: tuple[str, ...]
+    symbol_ids: tuple[int, ...]
+    begin_id: int
+    end_id: int
+
+    @property
+    def all_ids(self) -> tuple[int, ...]:
+        return self.symbol_ids + (self.begin_id, self.end_id)
+
+    @property
+    def allowed_trace_ids(self) -> list[int]:
+        """Ids a constrained trace decode may emit: V_abs and ``<endabstract>``."""
+        return list(self.symbol_ids) + [self.end_id]
+
+    def ids_to_trace(self, ids: list[int]) -> str:
+        """Render symbol ids as the trace string stored in trace files."""
+        lookup = dict(zip(self.symbol_ids, self.symbols))
+        try:
+            return "".join(lookup[i] for i in ids)
+        except KeyError as exc:
+            raise ValueError(f"id {exc.args[0]} is not an abstract symbol") from None
+
+    @classmethod
+    def from_tokenizer(
+        cls, tokenizer: PreTrainedTokenizerBase, num_symbols: int = DEFAULT_NUM_SYMBOLS
+    ) -> AbstractVocab:
+        """Look up the vocabulary's ids; raises if any token is missing or not a single id."""
+        names = all_token_names(num_symbols)
+        ids = []
+        for name in names:
+            encoded = tokenizer.encode(name, add_special_tokens=False)
+            if len(encoded) != 1 or encoded[0] == tokenizer.unk_token_id:
+                raise ValueError(
+                    f"{name!r} is not a single token in this tokenizer (got ids {encoded}); "
+                    "extend it with abscot_plugin.vocab.add_abstract_tokens first"
+                )
+            ids.append(encoded[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError("abstract vocabulary tokens do not have distinct ids")
+        return cls(tuple(names[:-2]), tuple(ids[:-2]), ids[-2], ids[-1])
+
+
+def has_abstract_tokens(tokenizer: PreTrainedTokenizerBase, num_symbols: int) -> bool:
+    """True when every abstract token is already a single special id of ``tokenizer``."""
+    vocab = tokenizer.get_vocab()
+    return all(name in vocab for name in all_token_names(num_symbols))
+
+
+def add_abstract_tokens(
+    tokenizer: PreTrainedTokenizerBase, num_symbols: int = DEFAULT_NUM_SYMBOLS
+) -> AbstractVocab:
+    """Add V_abs and the delimiters as special tokens, keeping every existing special token."""
+    before = list(tokenizer.all_special_tokens)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": all_token_names(num_symbols)},
+        replace_extra_special_tokens=False,
+    )
+    lost = set(before) - set(tokenizer.all_special_tokens)
+    if lost:
+        raise RuntimeError(f"adding abstract tokens dropped special tokens {sorted(lost)}")
+    return AbstractVocab.from_tokenizer(tokenizer, num_symbols)
+
+
+def _seed_for(ids: list[int], seed: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{ids}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@torch.no_grad()
+def init_new_rows(
+    model: PreTrainedModel, ids: list[int], method: InitMethod = "random", seed: int = 0
+) -> None:
+    """Initialise embedding (and untied lm_head) rows ``ids`` on purpose.
+
+    ``random``: normal with the std of the existing rows (the paper); ``mean``: mean of the
+    existing rows. Rows past the tokenizer (Qwen3's padding rows) are overwritten in place, so
+    this also works where no resize happened. Under DeepSpeed ZeRO-3 the rows are gathered first.
+    """
+    embeddings = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not embeddings[0]:
+        embeddings.append(output.weight)
+    index = torch.tensor(sorted(ids), dtype=torch.long)
+    for weight in embeddings:
+        with _gathered(weight):
+            old = torch.ones(weight.shape[0], dtype=torch.bool)
+            old[index] = False
+            # padding rows past the tokenizer are often zeros: take statistics from real rows
+            reference = weight[: int(index.min())][old[: int(index.min())]].float()
+            if method == "mean":
+                rows = reference.mean(0, keepdim=True).expand(len(index), -1)
+            elif method == "random":
+                gen = torch.Generator().manual_seed(_seed_for(list(index.tolist()), seed))
+                rows = torch.randn(len(index), weight.shape[1], generator=gen) * reference.std()
+                rows = rows + reference.mean()
+            else:
+                raise ValueError(f"unknown init method {method!r}; use 'random' or 'mean'")
+            weight[index.to(weight.device)] = rows.to(weight.device, weight.dtype)
+
+
+def _gathered(weight: torch.Tensor):
+    """Context that materialises a ZeRO-3 partitioned parameter (a no-op otherwise)."""
+    if hasattr(weight, "ds_id"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([weight], modifier_rank=0)
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def is_tied(model: PreTrainedModel) -> bool:
+    """Whether the model's config ties lm_head to the input embedding."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "tie_word_embeddings", False))
+
+
+@torch.no_grad()
+def check_tied(model: PreTrainedModel, ids: list[int]) -> None:
+    """Raise if a tied model's lm_head no longer scores rows ``ids`` with the embedding's rows.
+
+    Functional (works through peft wrappers such as trainable-token deltas): for a random hidden
+    vector h, lm_head(h)[ids] must equal embed(ids) · h.
+    """
+    if not is_tied(model):
+        return
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if any(hasattr(p, "ds_id") for p in (*emb.parameters(), *out.parameters())):
+        return  # ZeRO-3 partitions: the tie is checked on the saved checkpoint instead
+    weight = next(emb.parameters())
+    index = torch.tensor(ids, device=weight.device)
+    h = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
+    rows = emb(index)
+    logits = out(h[None])[0, index]
+    expect = rows @ h
+    if not torch.allclose(logits.float(), expect.float(), rtol=1e-3, atol=1e-3):
+        raise RuntimeError(
+            "lm_head is no longer tied to embed_tokens for the abstract rows "
+            f"(max diff {(logits - expect).abs().max().item():.3g})"
+        )
