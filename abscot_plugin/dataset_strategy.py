@@ -113,7 +113,7 @@ def _require_plugin(cfg) -> None:
     training would go on with the abstract keys ignored."""
     from axolotl.integrations.base import PluginManager
 
-    from . import AbsCoTPlugin
+    from .plugin import AbsCoTPlugin
 
     active = any(isinstance(p, AbsCoTPlugin) for p in PluginManager.get_instance().plugins.values())
     if not active:

@@ -1,0 +1,83 @@
+"""The axolotl plugin class: wires abscot's hooks; the work lives in the modules it calls."""
+
+
+from __future__ import annotations
+
+from axolotl.integrations.base import BasePlugin
+from axolotl.utils.logging import get_logger
+
+from .args import AbsCoTArgs, uses_bottleneck
+
+LOG = get_logger("axolotl.integrations.abscot")
+
+class AbsCoTPlugin(BasePlugin):
+    """Wires the abscot hooks into axolotl; the work lives in the modules named above."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens_added = False
+        self.tied = True
+        self.vocab = None
+
+    def get_input_args(self) -> str:
+        return "abscot_plugin.args.AbsCoTArgs"
+
+    def register(self, cfg: dict):
+        from .tokenizer_prep import prepare_tokenizer
+
+        args = AbsCoTArgs.model_validate({k: v for k, v in cfg.items() if k.startswith("abscot_")})
+        path, self.tokens_added = prepare_tokenizer(cfg, args.abscot_num_symbols)
+        cfg["tokenizer_config"] = path
+        LOG.info("abscot: extended tokenizer at %s (new tokens: %s)", path, self.tokens_added)
+        if cfg.get("adapter") in ("lora", "qlora") and args.abscot_lora_embeddings == "full":
+            wanted = ["embed_tokens", "lm_head"]
+            cfg["lora_modules_to_save"] = sorted(set(cfg.get("lora_modules_to_save") or []) | set(wanted))
+            # peft ties a tied lm_head's copy to the embedding's (the reproduction lost the tie)
+            cfg.setdefault("peft_ensure_weight_tying", True)
+
+    def post_model_build(self, cfg, model):
+        from .vocab import AbstractVocab, init_new_rows, is_tied
+        from transformers import AutoTokenizer
+
+        vocab = AbstractVocab.from_tokenizer(
+            AutoTokenizer.from_pretrained(cfg.tokenizer_config), cfg.abscot_num_symbols
+        )
+        rows = model.get_input_embeddings().weight.shape[0]
+        if max(vocab.all_ids) >= rows:
+            raise RuntimeError(f"abstract ids reach {max(vocab.all_ids)} but the embedding has {rows} rows")
+        self.tied = is_tied(model)
+        if self.tokens_added:
+            init_new_rows(model, list(vocab.all_ids), cfg.abscot_init, cfg.abscot_init_seed)
+            LOG.info("abscot: initialised %d new embedding rows (%s)", len(vocab.all_ids), cfg.abscot_init)
+        self.vocab = vocab
+
+    def get_lora_config_kwargs(self, cfg) -> dict:
+        if cfg.abscot_lora_embeddings != "new_rows":
+            return {}
+        ids = list(self.vocab.all_ids)
+        targets = {"embed_tokens": ids}
+        if not self.tied:
+            targets["lm_head"] = ids
+        return {"trainable_token_indices": targets}
+
+    def post_model_load(self, cfg, model):
+        from .vocab import check_tied
+
+        check_tied(model, list(self.vocab.all_ids))
+
+    def get_trainer_cls(self, cfg):
+        from .trainer import AbsCoTTrainer
+
+        return AbsCoTTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
+        if not uses_bottleneck(cfg):
+            return None
+        from .collator import SegmentCollator
+
+        return SegmentCollator, {}
+
+    def post_trainer_create(self, cfg, trainer):
+        from .dataset_strategy import log_data_summary
+
+        log_data_summary(trainer.train_dataset)
