@@ -50,8 +50,13 @@ class AbsCoTArgs(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _check_bottleneck_compatible(cls, data):
-        if not isinstance(data, dict) or not uses_bottleneck(data):
+    def _check_keys_and_backend(cls, data):
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(k for k in data if k.startswith("abscot_") and k not in cls.model_fields)
+        if unknown:
+            raise ValueError(f"unknown abscot key(s) {unknown}; known: {sorted(cls.model_fields)}")
+        if not uses_bottleneck(data):
             return data
         if data.get("sample_packing"):
             raise ValueError(

@@ -1,0 +1,111 @@
+"""Training curves from the trainer's TensorBoard logs: reading, the learning-rate schedule check,
+and PNG plots.
+
+The orchestrator sets ``use_tensorboard: true``; the Hugging Face trainer (rank 0 only) then
+writes ``train/loss`` and ``train/learning_rate`` per logging step under ``OUTPUT_DIR/runs/``.
+The logged learning rate is the one each optimizer step used, so a warm-up + cosine schedule
+shows as one rise to the peak followed by a monotone descent. The reproduction's multi-process
+bug (the scheduler stepped once per process per step) shows as a descent that finishes early and
+climbs back: :func:`check_warmup_cosine` refuses both that and a cosine that never finished.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate"}
+
+
+class ScheduleError(RuntimeError):
+    """A learning-rate curve that is not a single warm-up + cosine."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    steps: list[int]
+    values: list[float]
+
+
+def read_curves(train_dir: str | Path) -> dict[str, Curve]:
+    """Loss and learning rate per logged step, from the newest TensorBoard run in ``train_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted(
+        {p.parent for p in Path(train_dir, "runs").rglob("events.out.tfevents.*")},
+        key=lambda p: max(f.stat().st_mtime for f in p.glob("events.out.tfevents.*")),
+    )
+    if not runs:
+        raise FileNotFoundError(f"no TensorBoard logs under {train_dir}/runs (use_tensorboard must be on)")
+    events = EventAccumulator(str(runs[-1]), size_guidance={"scalars": 0})
+    events.Reload()
+    available = set(events.Tags()["scalars"])
+    curves = {}
+    for name, tag in TAGS.items():
+        if tag not in available:
+            raise ValueError(f"{runs[-1]}: the trainer logged no {tag}")
+        scalars = sorted(events.Scalars(tag), key=lambda e: e.step)
+        curves[name] = Curve([e.step for e in scalars], [float(e.value) for e in scalars])
+    return curves
+
+
+def check_warmup_cosine(curve: Curve, peak_lr: float | None = None, rel_tol: float = 1e-4) -> None:
+    """Raise :class:`ScheduleError` unless ``curve`` rises (warm-up) to one peak, then only falls,
+    and (with two or more steps after the peak) ends at or below half the peak, as a cosine that
+    ran to the end does. ``peak_lr``: the configured learning rate, which the curve may not exceed.
+    """
+    lrs, steps = curve.values, curve.steps
+    if not lrs:
+        raise ScheduleError("no learning rate was logged")
+    peak = max(lrs)
+    top = lrs.index(peak)
+    tol = rel_tol * peak
+    for i in range(1, top + 1):
+        if lrs[i] < lrs[i - 1] - tol:
+            raise ScheduleError(
+                f"learning rate falls during warm-up: step {steps[i - 1]} {lrs[i - 1]:.4g} -> "
+                f"step {steps[i]} {lrs[i]:.4g}, before the peak {peak:.4g} at step {steps[top]}"
+            )
+    for i in range(top + 1, len(lrs)):
+        if lrs[i] > lrs[i - 1] + tol:
+            raise ScheduleError(
+                f"learning rate rises again after the peak {peak:.4g} (step {steps[top]}): step "
+                f"{steps[i - 1]} {lrs[i - 1]:.4g} -> step {steps[i]} {lrs[i]:.4g}; the schedule is "
+                "not one warm-up + cosine (was it stepped once per process?)"
+            )
+    if len(lrs) - top > 2 and lrs[-1] > 0.5 * peak + tol:
+        raise ScheduleError(
+            f"the cosine did not run to the end: last learning rate {lrs[-1]:.4g} at step "
+            f"{steps[-1]} is above half the peak {peak:.4g}"
+        )
+    if peak_lr is not None and peak > peak_lr * (1 + rel_tol):
+        raise ScheduleError(f"learning rate peaks at {peak:.4g}, above the configured {peak_lr:.4g}")
+
+
+def plot_curve(curve: Curve, title: str, ylabel: str, path: str | Path) -> Path:
+    """Write a line plot of ``curve`` to ``path`` (PNG, atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve.steps, curve.values, marker="." if len(curve.steps) <= 50 else None)
+    ax.set_title(title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

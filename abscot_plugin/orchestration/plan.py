@@ -1,0 +1,319 @@
+"""The stage plan of a T-round warm-up (METHOD.md, policy iteration).
+
+Round 1: train A1 on random traces -> merge -> Phase B traces from A1 (prompt only) -> train
+B1 -> merge. Round t >= 2: Phase A traces from B(t-1) with the CoT in context -> train A_t from
+B(t-1) -> merge -> Phase B traces from A_t -> train B_t -> merge. B_T is the warm-up model; an
+optional evaluation stage follows.
+
+Each stage is one subprocess command with its own log. Its fingerprint hashes everything it
+depends on: its command line, its generated axolotl YAML, the data slice it reads, the base model
+(round 1) and the fingerprints of the stages whose outputs it reads, so a change anywhere
+upstream changes every fingerprint downstream.
+
+Run folder layout::
+
+    OUT/manifest.json  SUMMARY.md  run_config.yml  data/<slice>.jsonl  logs/<stage>.log
+    OUT/plots/<stage>_{loss,lr}.png  OUT/prepared/<round>_<phase>/  OUT/eval/
+    OUT/round<t>/phase_<a|b>/{axolotl.yml, traces.jsonl, train/, model/}
+    OUT/superseded/<stage>-<time>/   (outputs of stale stages, moved aside by --redo-stale)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .manifest import fingerprint
+from .run_config import MANAGED_KEYS, RunConfig
+
+Kind = Literal["traces", "train", "merge", "eval"]
+PHASE_TYPES = {"a": "abscot_plugin.bottleneck", "b": "abscot_plugin.self_distill"}
+MODES = {"a": "phase_a", "b": "phase_b"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SMALL_FILE = 10 * 1024 * 1024  # files below this are hashed whole in model fingerprints
+
+
+class PlanError(ValueError):
+    """A run config that validates but cannot be planned (one-line message)."""
+
+
+@dataclass
+class Stage:
+    """One subprocess of the pipeline."""
+
+    name: str
+    kind: Kind
+    command: list[str]
+    outputs: list[Path]
+    log: Path
+    inputs: dict[str, Any]
+    upstream: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    yaml_path: Path | None = None
+    yaml: dict[str, Any] | None = None
+    fingerprint: str = ""
+
+    def shell(self) -> str:
+        """The command as one shell line."""
+        return shlex.join(self.command)
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    stages: list[Stage]
+    slices: dict[Path, str]  # data slice file -> content
+    final_model: Path
+    notes: list[str]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.output_dir
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+
+def _digest_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(model: str) -> dict[str, Any]:
+    """Identity of an external model: a hub id as is; a folder by its small files' contents and
+    its large files' names and sizes (hashing many GB of weights per run would be slow)."""
+    path = Path(model)
+    if not path.is_dir():
+        return {"hub_id": model}
+    files = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        files[str(f.relative_to(path))] = _file_digest(f) if size < SMALL_FILE else f"size:{size}"
+    return {"path": model, "files": files}
+
+
+def data_slices(cfg: RunConfig) -> dict[tuple[int, str], tuple[Path, str]]:
+    """(round, phase) -> (slice file, content) following ``data.schedule``."""
+    lines = [ln for ln in cfg.data.path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    n, rounds, schedule = cfg.data.num_rows, cfg.rounds, cfg.data.schedule
+    names = {
+        (t, p): {"same": "all", "per_round": f"round{t}", "per_phase": f"round{t}_phase_{p}"}[schedule]
+        for t in range(1, rounds + 1) for p in "ab"
+    }
+    order = list(dict.fromkeys(names.values()))
+    if len(order) * n > len(lines):
+        raise PlanError(
+            f"data.path {cfg.data.path} has {len(lines)} rows; schedule {schedule} with T={rounds} "
+            f"and N={n} needs {len(order) * n}"
+        )
+    content = {name: "\n".join(lines[k * n : (k + 1) * n]) + "\n" for k, name in enumerate(order)}
+    folder = cfg.output_dir / "data"
+    return {key: (folder / f"{name}.jsonl", content[name]) for key, name in names.items()}
+
+
+def phase_yaml(
+    cfg: RunConfig, phase: str, base_model: str, data: Path, traces: Path | None,
+    out_dir: Path, prepared: Path,
+) -> dict[str, Any]:
+    """The axolotl config of one training stage: the phase YAML, the run's overrides, and the
+    keys the orchestrator manages (model, data, traces, folders, TensorBoard logging)."""
+    source = cfg.phase_a if phase == "a" else cfg.phase_b
+    raw = yaml.safe_load(source.config.read_text(encoding="utf-8")) or {}
+    types = [d.get("type") for d in raw.get("datasets") or [] if isinstance(d, dict)]
+    if types != [PHASE_TYPES[phase]]:
+        raise PlanError(
+            f"{source.config}: phase {phase.upper()} needs one dataset of type {PHASE_TYPES[phase]}, got {types}"
+        )
+    merged = {**raw, **cfg.training.overrides, **source.overrides}
+    for key in MANAGED_KEYS:
+        merged.pop(key, None)
+    merged = {k: v for k, v in merged.items() if v is not None}  # an override of null removes a key
+    merged.update(
+        base_model=base_model,
+        datasets=[{"path": str(data), "ds_type": "json", "type": PHASE_TYPES[phase]}],
+        output_dir=str(out_dir),
+        dataset_prepared_path=str(prepared),
+        use_tensorboard=True,
+    )
+    if traces is not None:
+        merged["abscot_trace_file"] = str(traces)
+    if merged.get("lr_scheduler") != "cosine":
+        raise PlanError(
+            f"{source.config}: lr_scheduler is {merged.get('lr_scheduler')!r}; the warm-up is "
+            "checked as one warm-up + cosine, set lr_scheduler: cosine"
+        )
+    adapter = merged.get("adapter")
+    if adapter not in (None, "lora"):
+        raise PlanError(f"{source.config}: adapter {adapter!r} is not supported (use lora or none for full fine-tuning)")
+    m_max = int(merged.get("abscot_m_max") or 128)
+    if cfg.generation.m_max > m_max:
+        raise PlanError(f"generation.m_max {cfg.generation.m_max} exceeds abscot_m_max {m_max} of {source.config}")
+    return merged
+
+
+def _cpu_multiprocess_fix(cfg: RunConfig, notes: list[str]) -> dict[str, Any]:
+    """axolotl 0.19 maps every rank to accelerator LOCAL_RANK; without a GPU, a ``max_memory``
+    of the CPU alone gives a CPU device map instead (needed for multi-process CPU training)."""
+    overrides = {**cfg.training.overrides, **cfg.phase_a.overrides, **cfg.phase_b.overrides}
+    if cfg.training.launcher.num_processes == 1 or "max_memory" in overrides:
+        return {}
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    notes.append("no GPU: training YAMLs get max_memory {cpu: 64GiB} so that axolotl loads on CPU per rank")
+    return {"max_memory": {"cpu": "64GiB"}}
+
+
+def launcher_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
+    """``accelerate launch`` arguments from ``training.launcher``."""
+    lc = cfg.training.launcher
+    rank = lc.machine_rank if machine_rank is None else machine_rank
+    args = ["--num_processes", str(lc.num_processes), "--num_machines", str(lc.num_machines),
+            "--machine_rank", str(rank)]
+    if lc.main_process_ip:
+        args += ["--main_process_ip", lc.main_process_ip]
+    if lc.main_process_port:
+        args += ["--main_process_port", str(lc.main_process_port)]
+    if lc.config_file:
+        args += ["--config_file", str(lc.config_file)]
+    elif lc.num_processes > 1:
+        args += ["--multi_gpu"]
+    return args + list(lc.extra_args)
+
+
+def generation_python(cfg: RunConfig) -> str:
+    """The interpreter of the generation stages (vLLM lives in its own environment)."""
+    if cfg.generation.python:
+        return str(cfg.generation.python)
+    if cfg.generation.backend == "hf":
+        return sys.executable
+    default = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+    if not default.exists():
+        raise PlanError(
+            f"generation.backend vllm needs generation.python or {default} (bash scripts/setup_vllm_cpu.sh on CPU)"
+        )
+    return str(default)
+
+
+def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phase: str, out: Path) -> list[str]:
+    g = cfg.generation
+    cmd = [
+        generation_python(cfg), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
+        "--mode", MODES[phase], "--out", str(out), "--backend", g.backend,
+        "--m-min", str(g.m_min), "--m-max", str(g.m_max), "--temperature", str(g.temperature),
+        "--top-p", str(g.top_p), "--seed", str(g.seed),
+        "--num-symbols", str(yaml_cfg.get("abscot_num_symbols") or 64), "--id-field", cfg.data.id_field,
+        "--dtype", g.dtype,
+    ]
+    if g.max_model_len:
+        cmd += ["--max-model-len", str(g.max_model_len)]
+    cmd += ["--batch-size", str(g.batch_size)] if g.backend == "hf" else ["--tensor-parallel-size", str(g.tensor_parallel_size)]
+    if yaml_cfg.get("abscot_skip_bad_rows"):
+        cmd += ["--skip-bad-rows"]
+    return cmd + list(g.extra_args)
+
+
+def evaluation_command(model_dir: Path, out_dir: Path, cfg: RunConfig) -> list[str] | None:
+    """The final evaluation hook: the command that evaluates the warm-up model ``model_dir``
+    into ``out_dir``, from ``evaluation.command`` with ``{model}``, ``{out}`` and ``{python}``
+    (the generation interpreter) filled in; None when the run config sets no evaluation."""
+    template = cfg.evaluation.command
+    if not template:
+        return None
+    values = {"model": str(model_dir), "out": str(out_dir), "python": generation_python(cfg)}
+    try:
+        return [part.format(**values) for part in template]
+    except (KeyError, IndexError) as exc:
+        raise PlanError(f"evaluation.command: unknown placeholder {exc} (use {{model}}, {{out}}, {{python}})") from None
+
+
+def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
+    """All stages of the run, in order, with their fingerprints."""
+    run = cfg.output_dir
+    notes: list[str] = []
+    slices = data_slices(cfg)
+    extra_yaml = _cpu_multiprocess_fix(cfg, notes)
+    stages: list[Stage] = []
+    fingerprints: dict[str, str] = {}
+    env = {"AXOLOTL_DO_NOT_TRACK": "1", **cfg.env}
+
+    def add(stage: Stage, hash_command: bool = True) -> Stage:
+        stage.inputs = {**stage.inputs, "upstream": {name: fingerprints[name] for name in stage.upstream}}
+        if hash_command:
+            stage.inputs["command"] = stage.command
+        if stage.yaml is not None:
+            stage.inputs["yaml"] = stage.yaml
+        stage.fingerprint = fingerprint(stage.inputs)
+        fingerprints[stage.name] = stage.fingerprint
+        stages.append(stage)
+        return stage
+
+    model: str = cfg.base_model
+    model_stage: str | None = None  # the stage that produced `model` (None: the external base)
+    for t in range(1, cfg.rounds + 1):
+        for phase in "ab":
+            folder = run / f"round{t}" / f"phase_{phase}"
+            data, content = slices[(t, phase)]
+            data_inputs = {"data": {"file": str(data), "sha256": _digest_text(content)}}
+            if model_stage is None:
+                data_inputs["base_model"] = model_fingerprint(model)
+            prefix = f"r{t}_{phase}"
+            traces = None
+            upstream = [model_stage] if model_stage else []
+            probe = phase_yaml(cfg, phase, model, data, None, folder / "train", run / "prepared" / prefix)
+            if t > 1 or phase == "b":  # round 1 Phase A trains on random traces
+                traces = folder / "traces.jsonl"
+                add(Stage(
+                    f"{prefix}_traces", "traces",
+                    traces_command(cfg, probe, Path(model), data, phase, traces),
+                    [traces, traces.with_name(traces.name + ".meta.json")], run / "logs" / f"{prefix}_traces.log",
+                    dict(data_inputs), list(upstream), {**env, **cfg.generation.env},
+                ))
+                upstream = [*upstream, f"{prefix}_traces"]
+            train_dir = folder / "train"
+            yaml_cfg = {**phase_yaml(cfg, phase, model, data, traces, train_dir, run / "prepared" / prefix), **extra_yaml}
+            yaml_path = folder / "axolotl.yml"
+            command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(cfg, machine_rank),
+                       "-m", "axolotl.cli.train", str(yaml_path)]
+            lc = cfg.training.launcher
+            inputs = {**data_inputs, "processes": {"num_processes": lc.num_processes, "num_machines": lc.num_machines}}
+            for key in ("deepspeed",):
+                if yaml_cfg.get(key) and Path(str(yaml_cfg[key])).is_file():
+                    inputs[key] = _file_digest(Path(str(yaml_cfg[key])))
+            train = Stage(
+                f"{prefix}_train", "train", command, [train_dir], run / "logs" / f"{prefix}_train.log",
+                inputs, upstream, env, yaml_path, yaml_cfg,
+            )
+            add(train, hash_command=False)  # the launch line differs per machine; inputs keep what matters
+            if yaml_cfg.get("adapter") == "lora":
+                merged = folder / "model"
+                add(Stage(
+                    f"{prefix}_merge", "merge",
+                    [sys.executable, "-m", "abscot_plugin.merge", str(train_dir), str(merged), "--base", model,
+                     "--num-symbols", str(yaml_cfg.get("abscot_num_symbols") or 64),
+                     "--init", str(yaml_cfg.get("abscot_init") or "random"),
+                     "--init-seed", str(yaml_cfg.get("abscot_init_seed") or 0), "--dtype", cfg.merge.dtype],
+                    [merged], run / "logs" / f"{prefix}_merge.log", {}, [train.name], env,
+                ))
+                model, model_stage = str(merged), f"{prefix}_merge"
+            else:
+                model, model_stage = str(train_dir), train.name
+    final = Path(model)
+    eval_cmd = evaluation_command(final, run / "eval", cfg)
+    if eval_cmd:
+        add(Stage("eval", "eval", eval_cmd, [run / "eval"], run / "logs" / "eval.log", {}, [model_stage], env))
+    return Plan(cfg, stages, {path: text for path, text in slices.values()}, final, notes)

@@ -1,0 +1,216 @@
+"""The orchestrator's run config: one YAML file, validated by pydantic.
+
+Relative paths are resolved against the current directory (run ``orchestrate.py`` from the
+repository root, like ``axolotl train``). Every validation problem is reported as one line
+naming the file and the key (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# axolotl keys the orchestrator sets per stage; a run config may not override them
+MANAGED_KEYS = (
+    "base_model", "base_model_config", "tokenizer_config", "datasets", "output_dir",
+    "dataset_prepared_path", "abscot_trace_file", "use_tensorboard",
+)
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message is one line."""
+
+
+def _existing(path: Path | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    resolved = Path(path).expanduser().absolute()  # not resolve(): a venv's python is a symlink
+    if not resolved.exists():
+        raise ValueError(f"{what} not found: {path}")
+    return resolved
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """Dolci-Think rows and the per-round data schedule."""
+
+    path: Path = Field(description="JSONL of Dolci-Think rows (id, messages)")
+    num_rows: int = Field(ge=1, description="N: rows per phase")
+    schedule: Literal["same", "per_round", "per_phase"] = Field(
+        default="same",
+        description="same: the first N rows in every phase; per_round: a fresh disjoint slice of N "
+        "rows per round (both phases share it); per_phase: a fresh slice per round and phase",
+    )
+    id_field: str = "id"
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, v: Path) -> Path:
+        return _existing(v, "data file")
+
+
+class PhaseConfig(_Strict):
+    """An axolotl YAML to start a phase from, and overrides for this run."""
+
+    config: Path
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("config")
+    @classmethod
+    def _config_exists(cls, v: Path) -> Path:
+        return _existing(v, "phase config")
+
+
+class LauncherConfig(_Strict):
+    """``accelerate launch`` settings for the training stages."""
+
+    num_processes: int = Field(default=1, ge=1, description="processes over all machines")
+    num_machines: int = Field(default=1, ge=1)
+    machine_rank: int = Field(default=0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int | None = None
+    config_file: Path | None = Field(default=None, description="an accelerate config (DeepSpeed, FSDP, …)")
+    extra_args: list[str] = Field(default_factory=list)
+
+    @field_validator("config_file")
+    @classmethod
+    def _config_file_exists(cls, v: Path | None) -> Path | None:
+        return _existing(v, "accelerate config_file")
+
+    @model_validator(mode="after")
+    def _machines(self) -> LauncherConfig:
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(f"machine_rank {self.machine_rank} must be < num_machines {self.num_machines}")
+        if self.num_processes % self.num_machines:
+            raise ValueError("num_processes must be a multiple of num_machines")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("num_machines > 1 needs main_process_ip (the rank-0 machine's address)")
+        return self
+
+
+class TrainingConfig(_Strict):
+    """Overrides for both phases' YAMLs (phase overrides win) and the launcher."""
+
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+
+
+class GenerationConfig(_Strict):
+    """Teacher trace generation (``python -m abscot_plugin.generate``)."""
+
+    backend: Literal["hf", "vllm"] = "hf"
+    python: Path | None = Field(
+        default=None,
+        description="interpreter for the generation stages (default: this one for hf, "
+        ".venv-vllm/bin/python for vllm)",
+    )
+    m_min: int = Field(default=16, ge=1)
+    m_max: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.7, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    max_model_len: int | None = Field(default=None, ge=16)
+    batch_size: int = Field(default=8, ge=1, description="hf backend")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm backend")
+    dtype: str = "auto"
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment (e.g. VLLM_CPU_KVCACHE_SPACE)")
+
+    @field_validator("python")
+    @classmethod
+    def _python_exists(cls, v: Path | None) -> Path | None:
+        return _existing(v, "generation python")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> GenerationConfig:
+        if self.m_min > self.m_max:
+            raise ValueError(f"m_min {self.m_min} > m_max {self.m_max}")
+        return self
+
+
+class MergeConfig(_Strict):
+    dtype: str = "auto"
+
+
+class EvaluationConfig(_Strict):
+    """The final evaluation stage: a command with ``{model}``, ``{out}`` and ``{python}``
+    placeholders (see :func:`abscot_plugin.orchestration.plan.evaluation_command`); none: skipped."""
+
+    command: list[str] | None = None
+
+
+class RunConfig(_Strict):
+    """One T-round warm-up run."""
+
+    output_dir: Path
+    base_model: str = Field(description="local folder or hub id of the model to start from")
+    rounds: int = Field(ge=1, description="T, the number of policy-iteration rounds")
+    data: DataConfig
+    phase_a: PhaseConfig
+    phase_b: PhaseConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for every stage")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return Path(v).expanduser().absolute()
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, v: str) -> str:
+        local = Path(v).expanduser()
+        if local.exists():
+            return str(local.absolute())
+        if v.startswith(("/", ".", "~")) or Path(v.split("/")[0]).is_dir():
+            raise ValueError(f"base model folder not found: {v}")
+        return v  # a hub id
+
+    @model_validator(mode="after")
+    def _no_managed_overrides(self) -> RunConfig:
+        for where, overrides in (
+            ("training.overrides", self.training.overrides),
+            ("phase_a.overrides", self.phase_a.overrides),
+            ("phase_b.overrides", self.phase_b.overrides),
+        ):
+            managed = sorted(set(overrides) & set(MANAGED_KEYS))
+            if managed:
+                raise ValueError(f"{where} sets {managed}, which the orchestrator sets per stage")
+        return self
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config; raises :class:`ConfigError` with a one-line message."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read run config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run config must be a YAML mapping")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_one_line(exc)}") from None

@@ -1,0 +1,89 @@
+"""Every shipped axolotl YAML passes axolotl's own config validation (paths pointed at the tiny
+fixture), and misconfigurations fail at validation with a clear message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+CONFIGS = sorted((REPO / "axolotl_configs").glob("*.yml"))
+GPU = ({"bf16": True, "fp8": False, "tf32": True, "n_gpu": 2, "compute_capability": "sm_90"},
+       {"torch_version": "2.13.0"})
+
+
+def localise(raw: dict, tiny_dir: Path, tmp: Path) -> dict:
+    """Point a config's model, data, trace and output paths at local test files."""
+    from abscot_plugin.fixtures import data_path
+
+    cfg = dict(raw)
+    cfg["base_model"] = str(tiny_dir)
+    cfg["datasets"] = [
+        {"path": str(data_path("dolci_tiny.jsonl")), "ds_type": "json", "type": d["type"]}
+        for d in raw["datasets"]
+    ]
+    cfg["output_dir"] = str(tmp / "out")
+    cfg["dataset_prepared_path"] = str(tmp / "prepared")
+    if "abscot_trace_file" in cfg:
+        traces = tmp / "traces.jsonl"
+        traces.write_text(json.dumps({"id": "dolci-tiny-000", "trace": "<TOKEN_A>"}) + "\n")
+        cfg["abscot_trace_file"] = str(traces)
+    return cfg
+
+
+def validate(cfg: dict, capabilities=GPU):
+    from axolotl.cli.config import prepare_plugins
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    cfg = DictDefault(cfg)
+    prepare_plugins(cfg)
+    return validate_config(cfg, *capabilities)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_config_validates(path, tiny_dir, tmp_path):
+    raw = yaml.safe_load(path.read_text())
+    assert "abscot_plugin.AbsCoTPlugin" in raw["plugins"]
+    capabilities = None if path.name.startswith("tiny") else GPU
+    cfg = validate(localise(raw, tiny_dir, tmp_path), capabilities or (None, None))
+    assert cfg.abscot_num_symbols == 64 and cfg.abscot_m_max == 128
+    assert Path(cfg.tokenizer_config).name.startswith("abscot_tokenizer_")
+    if "deepspeed" in raw:
+        assert (REPO / raw["deepspeed"]).is_file()
+        assert json.loads((REPO / raw["deepspeed"]).read_text())["zero_optimization"]["stage"] == 3
+    if raw.get("adapter") == "lora" and path.name.startswith("qwen3_4b"):
+        assert (cfg.lora_r, cfg.lora_alpha) == (32, 64)
+    if any(d["type"] == "abscot_plugin.bottleneck" for d in raw["datasets"]):
+        assert not cfg.sample_packing
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"sample_packing": True}, "sample_packing: false"),
+        ({"attn_implementation": "flash_attention_2"}, "takes a custom mask"),
+        ({"abscot_cot_keep": "middle"}, "abscot_cot_keep"),
+        ({"abscot_num_symbol": 32}, "unknown abscot key"),
+    ],
+)
+def test_bad_settings_fail_validation(change, message, tiny_dir, tmp_path):
+    raw = yaml.safe_load((REPO / "axolotl_configs" / "tiny_phase_a.yml").read_text())
+    cfg = localise(raw, tiny_dir, tmp_path)
+    cfg.update(change)
+    with pytest.raises(Exception, match=message):
+        validate(cfg, (None, None))
+
+
+def test_data_settings_change_the_prepared_dataset_fingerprint(tiny_dir, tmp_path):
+    """axolotl's dataset cache hash ignores plugin keys; the tokenizer folder name carries them."""
+    raw = yaml.safe_load((REPO / "axolotl_configs" / "tiny_phase_a.yml").read_text())
+    a = validate(localise(raw, tiny_dir, tmp_path), (None, None)).tokenizer_config
+    b = validate(localise(raw, tiny_dir, tmp_path), (None, None)).tokenizer_config
+    raw["abscot_cot_keep"] = "start"
+    c = validate(localise(raw, tiny_dir, tmp_path), (None, None)).tokenizer_config
+    assert a == b != c

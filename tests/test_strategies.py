@@ -1,0 +1,201 @@
+"""Phase A / Phase B dataset formats: layout, labels, truncation, traces and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from abscot_plugin import segments as seg
+from abscot_plugin.prompts import BadRowError, parse_chat_row
+from abscot_plugin.sequences import IGNORE
+from abscot_plugin.traces import parse_trace, random_trace
+from abscot_plugin.vocab import symbol_names
+
+
+@pytest.fixture(scope="module")
+def plugin_active():
+    from axolotl.integrations.base import PluginManager
+
+    manager = PluginManager.get_instance()
+    manager.register("abscot_plugin.AbsCoTPlugin")
+    yield
+    manager.plugins.pop("abscot_plugin.AbsCoTPlugin", None)
+
+
+def make_cfg(**overrides):
+    from axolotl.utils.dict import DictDefault
+
+    base = dict(sequence_len=512, abscot_num_symbols=64, abscot_m_max=128, abscot_cot_keep="end",
+                abscot_trace_seed=0, abscot_skip_bad_rows=False, abscot_id_field="id")
+    base.update(overrides)
+    return DictDefault(base)
+
+
+def strategy(tok, with_cot=True, **cfg):
+    from abscot_plugin import bottleneck, self_distill
+
+    module = bottleneck if with_cot else self_distill
+    return module.load(tok, make_cfg(**cfg), {})
+
+
+def batch_of(rows):
+    keys = sorted({k for r in rows for k in r})
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def runs(segments):
+    """Collapse a segment column into its run order, e.g. [0, 1, 2, 3]."""
+    out = []
+    for s in segments:
+        if not out or out[-1] != s:
+            out.append(s)
+    return out
+
+
+def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder, dolci_rows):
+    out = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of(dolci_rows[:4]))
+    for row, ids, labels, segs in zip(dolci_rows, out["input_ids"], out["labels"], out["segment_ids"]):
+        assert len(ids) == len(labels) == len(segs)
+        assert runs(segs) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
+        parsed = parse_chat_row(row, row["id"])
+        # the prefix a teacher decodes from is exactly the training sequence's prefix
+        prefix, cut = builder.phase_a_prefix(parsed)
+        assert cut == 0 and ids[: len(prefix)] == prefix
+        begin = ids.index(vocab.begin_id)
+        end = ids.index(vocab.end_id)
+        assert segs[begin] == seg.ABSTRACT and segs[end] == seg.ABSTRACT
+        symbols = ids[begin + 1 : end]
+        assert 1 <= len(symbols) <= 128 and set(symbols) <= set(vocab.symbol_ids)
+        # loss exactly on z, <endabstract> and the answer (incl. end of turn); never x, c, <begin>
+        labelled = [i for i, lab in enumerate(labels) if lab != IGNORE]
+        assert labelled == list(range(begin + 1, len(ids)))
+        assert all(labels[i] == ids[i] for i in labelled)
+        assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+        answer_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs) if s == seg.ANSWER])
+        assert parsed.answer in answer_text and "\\boxed" in answer_text
+        cot_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs) if s == seg.COT])
+        assert cot_text.strip() == parsed.cot
+
+
+def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer, vocab, builder, dolci_rows, tmp_path):
+    traces = tmp_path / "t.jsonl"
+    names = symbol_names(64)
+    with traces.open("w") as fh:
+        for i, row in enumerate(dolci_rows[:3]):
+            fh.write(json.dumps({"id": row["id"], "trace": "".join(names[i : i + 20])}) + "\n")
+    out = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces)).tokenize_prompt(
+        batch_of(dolci_rows[:3])
+    )
+    assert set(out) == {"input_ids", "attention_mask", "labels"}
+    for i, (row, ids, labels) in enumerate(zip(dolci_rows, out["input_ids"], out["labels"])):
+        prefix, _ = builder.phase_b_prefix(parse_chat_row(row, row["id"]))
+        assert ids[: len(prefix)] == prefix
+        begin = ids.index(vocab.begin_id)
+        assert ids[begin + 1 : begin + 21] == tiny_tokenizer.convert_tokens_to_ids(names[i : i + 20])
+        assert ids[begin + 21] == vocab.end_id
+        assert [j for j, lab in enumerate(labels) if lab != IGNORE] == list(range(begin + 1, len(ids)))
+
+
+def test_phase_b_row_without_trace_is_an_error(plugin_active, tiny_tokenizer, dolci_rows, tmp_path):
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(json.dumps({"id": "someone-else", "trace": "<TOKEN_A>"}) + "\n")
+    strat = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces))
+    with pytest.raises(ValueError, match="dolci-tiny-000.*no trace for this id"):
+        strat.tokenize_prompt(batch_of(dolci_rows[:1]))
+
+
+@pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
+def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, builder, dolci_rows, keep):
+    row = dolci_rows[0]  # the long CoT
+    full = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of([row]))
+    short = strategy(tiny_tokenizer, sequence_len=200, abscot_cot_keep=keep).tokenize_prompt(batch_of([row]))
+    assert len(short["input_ids"][0]) == 200
+    cut = short["abscot_cot_cut"][0]
+    assert cut == len(full["input_ids"][0]) - 200 > 0 and full["abscot_cot_cut"][0] == 0
+
+    def part(out, code):
+        return [i for i, s in zip(out["input_ids"][0], out["segment_ids"][0]) if s == code]
+
+    for code in (seg.PROMPT, seg.ABSTRACT, seg.ANSWER):
+        assert part(short, code) == part(full, code)
+    full_cot, short_cot = part(full, seg.COT), part(short, seg.COT)
+    assert len(short_cot) == len(full_cot) - cut
+    if keep == "end":
+        assert short_cot == full_cot[cut:]
+    elif keep == "start":
+        assert short_cot == full_cot[: len(full_cot) - cut]
+    else:
+        head = len(short_cot) // 2
+        assert short_cot == full_cot[:head] + full_cot[head + cut :]
+
+
+def test_row_that_cannot_fit_is_an_error_not_a_silent_cut(plugin_active, tiny_tokenizer, dolci_rows):
+    with pytest.raises(ValueError, match="dolci-tiny-000.*sequence_len=40"):
+        strategy(tiny_tokenizer, sequence_len=40).tokenize_prompt(batch_of(dolci_rows[:1]))
+
+
+BAD_ROWS = [
+    ({"id": "r1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no think"}]},
+     "no <think>"),
+    ({"id": "r2", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>  "}]},
+     "empty answer"),
+    ({"id": "r3", "messages": "not a list"}, "non-empty list"),
+    ({"id": "r4", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
+     "string 'content'"),
+    ({"id": "r5", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
+      "abstract_trace": "<TOKEN_A><TOKEN_ZZ>"}, "outside V_abs"),
+    ({"id": "r6", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
+      "abstract_trace": "<TOKEN_A>" * 129}, "allowed 1..128"),
+    ({"id": "r7", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
+      "abstract_trace": "<TOKEN_A> hello"}, "not an abstract symbol"),
+]
+
+
+@pytest.mark.parametrize("row,reason", BAD_ROWS, ids=[r["id"] for r, _ in BAD_ROWS])
+def test_bad_rows_fail_with_the_row_named(plugin_active, tiny_tokenizer, row, reason):
+    with pytest.raises(ValueError) as info:
+        strategy(tiny_tokenizer).tokenize_prompt(batch_of([row]))
+    assert f"row {row['id']}" in str(info.value) and reason in str(info.value)
+
+
+def test_bad_rows_are_counted_when_skipping(plugin_active, tiny_tokenizer, dolci_rows, caplog):
+    rows = dolci_rows[:3] + [r for r, _ in BAD_ROWS]
+    caplog.set_level("WARNING")
+    out = strategy(tiny_tokenizer, abscot_skip_bad_rows=True).tokenize_prompt(batch_of(rows))
+    assert len(out["input_ids"]) == 3
+    assert "skipped 7 of 10 rows" in caplog.text and "row r1" in caplog.text
+
+
+def test_strategy_refuses_to_run_without_the_plugin(tiny_tokenizer):
+    from axolotl.integrations.base import PluginManager
+
+    manager = PluginManager.get_instance()
+    saved = dict(manager.plugins)
+    manager.plugins.clear()
+    try:
+        with pytest.raises(RuntimeError, match="need the abscot plugin"):
+            strategy(tiny_tokenizer)
+    finally:
+        manager.plugins.update(saved)
+
+
+def test_random_traces_follow_the_step_rule_and_are_reproducible():
+    lengths = [10, 3, 1, 40]
+    a = random_trace(lengths, "row-1", 64, seed=5)
+    assert a == random_trace(lengths, "row-1", 64, seed=5)
+    assert a != random_trace(lengths, "row-2", 64, seed=5)
+    assert 4 <= len(a) <= 5 + 1 + 1 + 20
+    parse_trace("".join(a), 64)
+    # per-step counts are U{1..max(1,|l|//2)}: over many rows every count stays inside the bound
+    for r in range(200):
+        assert 1 <= len(random_trace([2], f"r{r}", 64)) <= 1
+        assert 1 <= len(random_trace([9], f"r{r}", 64)) <= 4
+    assert len(random_trace([400] * 10, "long", 64, m_max=128)) == 128
+
+
+def test_prompt_with_reserved_marker_is_rejected():
+    row = {"messages": [{"role": "user", "content": "say <endabstract>"},
+                        {"role": "assistant", "content": "<think>c</think>a"}]}
+    with pytest.raises(BadRowError, match="reserved marker"):
+        parse_chat_row(row, "m1")
