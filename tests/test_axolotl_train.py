@@ -1,0 +1,102 @@
+"""`axolotl train` end to end on the tiny model: Phase A (bottleneck) then Phase B (self-distill)
+from the merged Phase A model, LoRA with trainable V_abs rows. New rows move, old rows do not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from abscot_plugin.vocab import AbstractVocab, check_tied, symbol_names
+from conftest import REPO
+
+
+def run_axolotl(config: dict, tmp: Path, name: str) -> subprocess.CompletedProcess:
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "axolotl"), "train", str(path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    (tmp / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    return proc
+
+
+def tiny_config(phase: str, base: Path, out: Path, tmp: Path, **extra) -> dict:
+    from abscot_plugin.fixtures import data_path
+
+    cfg = yaml.safe_load((REPO / "axolotl_configs" / f"tiny_phase_{phase}.yml").read_text())
+    cfg.update(base_model=str(base), output_dir=str(out), dataset_prepared_path=str(tmp / f"prep_{phase}"))
+    cfg["datasets"][0]["path"] = str(data_path("dolci_tiny.jsonl"))
+    cfg.update(extra)
+    return cfg
+
+
+def embeddings(model_dir: Path) -> torch.Tensor:
+    return AutoModelForCausalLM.from_pretrained(model_dir).get_input_embeddings().weight.detach().clone()
+
+
+@pytest.mark.slow
+def test_phase_a_then_phase_b_train_new_rows_only(tiny_dir, dolci_rows, tmp_path):
+    from abscot_plugin.merge import merge_adapter
+
+    base_rows = embeddings(tiny_dir)
+
+    # Phase A: random round-1 traces, bottleneck mask
+    out_a = tmp_path / "phase_a"
+    proc = run_axolotl(tiny_config("a", tiny_dir, out_a, tmp_path), tmp_path, "phase_a")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "abscot: initialised 66 new embedding rows (random)" in log
+    assert "abscot bottleneck data: 48 rows; CoT cut to fit sequence_len in" in log
+    adapter = json.loads((out_a / "adapter_config.json").read_text())
+    vocab = AbstractVocab.from_tokenizer(AutoTokenizer.from_pretrained(out_a))
+    assert sorted(adapter["trainable_token_indices"]["embed_tokens"]) == sorted(vocab.all_ids)
+    weights = load_file(out_a / "adapter_model.safetensors")
+    assert not any("embed_tokens.weight" in k and "trainable_tokens" not in k for k in weights)
+
+    merged_a = merge_adapter(out_a, tmp_path / "merged_a")
+    rows_a = embeddings(merged_a)
+    new = list(vocab.all_ids)
+    old = torch.ones(rows_a.shape[0], dtype=torch.bool)
+    old[new] = False
+    assert torch.equal(rows_a[old], base_rows[old])
+    assert not torch.allclose(rows_a[new], base_rows[new])
+    check_tied(AutoModelForCausalLM.from_pretrained(merged_a), new)
+
+    # Phase B: traces from a file (as generation writes them), from the merged Phase A model
+    traces = tmp_path / "traces.jsonl"
+    names = symbol_names(64)
+    traces.write_text("".join(
+        json.dumps({"id": r["id"], "trace": "".join(names[(i + k) % 64] for k in range(16))}) + "\n"
+        for i, r in enumerate(dolci_rows)
+    ))
+    out_b = tmp_path / "phase_b"
+    cfg_b = tiny_config("b", merged_a, out_b, tmp_path, abscot_trace_file=str(traces))
+    proc = run_axolotl(cfg_b, tmp_path, "phase_b")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the merged model already has V_abs: its trained rows are kept, not re-initialised
+    assert "initialised 66 new embedding rows" not in proc.stdout + proc.stderr
+    rows_b = embeddings(merge_adapter(out_b, tmp_path / "merged_b"))
+    assert torch.equal(rows_b[old], base_rows[old])
+    assert not torch.allclose(rows_b[new], rows_a[new])
+
+
+@pytest.mark.slow
+def test_dataset_format_without_the_plugin_fails_loudly(tiny_dir, tmp_path):
+    cfg = tiny_config("a", tiny_dir, tmp_path / "out", tmp_path)
+    cfg.pop("plugins")
+    for key in [k for k in cfg if k.startswith("abscot_")]:
+        cfg.pop(key)
+    proc = run_axolotl(cfg, tmp_path, "no_plugin")
+    assert proc.returncode != 0
+    assert "need the abscot plugin" in proc.stdout + proc.stderr
