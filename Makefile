@@ -38,5 +38,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q -rs -m "not slow"
 
+bench: $(STAMP) fixtures
+	bash bench/run_cpu.sh
+
 clean:
 	rm -rf build

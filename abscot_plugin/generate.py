@@ -109,6 +109,8 @@ def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") 
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: a row must be a JSON object")
+            if row.get(id_field) in (None, ""):
+                raise ValueError(f"{path}:{lineno}: no {id_field!r} field (traces are matched to rows by id)")
             row_id = row_id_of(row, len(rows), id_field)
             if row_id in seen:
                 raise ValueError(f"{path}:{lineno}: duplicate row id {row_id!r} (first on line {seen[row_id]})")

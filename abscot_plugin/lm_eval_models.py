@@ -280,6 +280,8 @@ class AbsCoTHFLM(AbsCoTLM):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if dtype == "auto":
             dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+            raise ValueError(f"abscot-hf: unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
         tok = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             pretrained, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code

@@ -119,10 +119,14 @@ def markdown_table(rows: Iterable[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_target(path: Path, suffix: str):
+def _atomic_target(path: Path, suffix: str) -> Path:
+    """A temporary file beside ``path`` (same filesystem, for os.replace), with normal permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 

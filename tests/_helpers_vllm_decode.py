@@ -1,10 +1,13 @@
-"""Runs in the vLLM environment (.venv-vllm): decodes with VLLMDecoder and prints JSON.
+"""Runs in the vLLM environment (.venv-vllm): one vLLM engine for the decode and generate tests
+(starting vLLM on CPU takes about a minute, so both test files share this run).
 
     .venv-vllm/bin/python tests/_helpers_vllm_decode.py MODEL_DIR REQUEST.json RESULT.json
 
 REQUEST: {"prefixes": [[ids]], "settings": [{TraceSettings kwargs}, ...], "greedy_settings":
-{...}, "answer_max_tokens": N}. Prints {"traces": [[[ids]] per settings], "greedy": [[ids]],
-"two_stage": [{"trace", "answer"}]} to RESULT.json (vLLM prints to stdout). The test compares this with HFDecoder.
+{...}, "answer_max_tokens": N, "generate": {"data", "out", "limit", "max_model_len", "m_min",
+"m_max"}}. The engine is built by the generate CLI's own loader (``load_decoder``) from its
+arguments. RESULT: {"traces": [[[ids]] per settings], "greedy": [[ids]], "two_stage": [{"trace",
+"answer"}], "generate_summary": "<the CLI's summary line>"} (a file: vLLM prints to stdout).
 """
 
 from __future__ import annotations
@@ -14,33 +17,37 @@ import sys
 
 
 def main() -> None:
-    from transformers import AutoTokenizer
-    from vllm import LLM
-
-    from abscot_plugin.decode import TraceSettings, VLLMDecoder, two_stage
+    from abscot_plugin.decode import TraceSettings, two_stage
+    from abscot_plugin.generate import generate_traces, load_decoder, parse_args, read_rows
     from abscot_plugin.sequences import SequenceBuilder
-    from abscot_plugin.vocab import AbstractVocab
 
     model_dir, request_path, result_path = sys.argv[1:4]
     request = json.loads(open(request_path, encoding="utf-8").read())
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    vocab = AbstractVocab.from_tokenizer(tok, 64)
-    llm = LLM(model=model_dir, dtype="float32", max_model_len=1024, seed=0, enforce_eager=True)
-    decoder = VLLMDecoder(llm, vocab)
+    gen = request["generate"]
+    args = parse_args([
+        "--backend", "vllm", "--model", model_dir, "--data", gen["data"], "--mode", "phase_a",
+        "--out", gen["out"], "--max-model-len", str(gen["max_model_len"]), "--dtype", "float32",
+        "--enforce-eager",
+    ])
+    decoder, tokenizer, max_len = load_decoder(args)
+    builder = SequenceBuilder(tokenizer, decoder.vocab)
     prefixes = request["prefixes"]
+    greedy = TraceSettings(**request["greedy_settings"])
+    outs = two_stage(decoder, prefixes, greedy, request["answer_max_tokens"], [builder.end_of_turn], builder)
+    settings = TraceSettings(m_min=gen["m_min"], m_max=gen["m_max"])
+    summary = generate_traces(
+        decoder, builder, read_rows(gen["data"], gen["limit"]), "phase_a", gen["out"], settings, max_len,
+        chunk_size=5,
+    )
     result = {
         "traces": [decoder.traces(prefixes, TraceSettings(**kw)) for kw in request["settings"]],
-        "greedy": decoder.traces(prefixes, TraceSettings(**request["greedy_settings"])),
+        "greedy": decoder.traces(prefixes, greedy),
+        "two_stage": [{"trace": o.trace, "answer": o.answer} for o in outs],
+        "generate_summary": summary.line(),
     }
-    builder = SequenceBuilder(tok, vocab)
-    outs = two_stage(
-        decoder, prefixes, TraceSettings(**request["greedy_settings"]), request["answer_max_tokens"],
-        [builder.end_of_turn], builder,
-    )
-    result["two_stage"] = [{"trace": o.trace, "answer": o.answer} for o in outs]
     with open(result_path, "w", encoding="utf-8") as fh:
         json.dump(result, fh)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # vLLM's spawned workers re-import this file
     main()

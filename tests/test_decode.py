@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _helpers_generation import run_vllm, tiny_extended  # noqa: F401  (fixture)
+from _helpers_generation import VLLM_GREEDY, VLLM_SAMPLED, tiny_extended, vllm_run  # noqa: F401  (fixtures)
 
 from abscot_plugin.decode import (
     HFDecoder,
@@ -105,24 +105,15 @@ def test_two_stage_answers_after_trace_and_end(tiny):
         assert out.num_tokens == len(out.trace) + len(out.answer)
 
 
-def test_vllm_traces_match_hf_guarantees(tiny, tiny_extended, tmp_path):
+def test_vllm_traces_match_hf_guarantees(tiny, vllm_run):
     """vLLM (CPU build, own venv): same guarantees; greedy traces and answers equal HF's."""
     tok, model, vocab, builder, prefixes = tiny
-    sampled = [dict(m_min=3, m_max=12, temperature=1.5), dict(m_min=5, m_max=5)]
-    greedy = dict(m_min=2, m_max=6, temperature=0.0)
-    request = tmp_path / "request.json"
-    request.write_text(json.dumps(
-        {"prefixes": prefixes, "settings": sampled, "greedy_settings": greedy, "answer_max_tokens": 5}
-    ))
-    result_path = tmp_path / "result.json"
-    proc = run_vllm(["tests/_helpers_vllm_decode.py", str(tiny_extended), str(request), str(result_path)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(result_path.read_text())
-    for kw, traces in zip(sampled, result["traces"]):
+    assert vllm_run["prefixes"] == prefixes
+    for kw, traces in zip(VLLM_SAMPLED, vllm_run["traces"]):
         for trace in traces:
             check_trace(trace, vocab, TraceSettings(**kw))
-    assert [len(t) for t in result["traces"][1]] == [5] * len(prefixes)
+    assert [len(t) for t in vllm_run["traces"][1]] == [5] * len(prefixes)
     hf = HFDecoder(model, tok, vocab, batch_size=8)
-    assert result["greedy"] == hf.traces(prefixes, TraceSettings(**greedy))
-    hf_two = two_stage(hf, prefixes, TraceSettings(**greedy), 5, [builder.end_of_turn], builder)
-    assert result["two_stage"] == [{"trace": o.trace, "answer": o.answer} for o in hf_two]
+    assert vllm_run["greedy"] == hf.traces(prefixes, TraceSettings(**VLLM_GREEDY))
+    hf_two = two_stage(hf, prefixes, TraceSettings(**VLLM_GREEDY), 5, [builder.end_of_turn], builder)
+    assert vllm_run["two_stage"] == [{"trace": o.trace, "answer": o.answer} for o in hf_two]

@@ -321,7 +321,7 @@ def test_vllm_model_class(tiny_extended, tmp_path):  # noqa: F811
         tiny_extended, ["math500_abscot", "gsm8k_verbal"], tmp_path / "out", backend="vllm", limit=2,
         data_overrides=LOCAL_DATA, gen_kwargs={"max_gen_toks": 16},
         model_args={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True},
-        python=VLLM_PYTHON, env=offline_env(**THREAD_ENV),
+        python=VLLM_PYTHON, env=offline_env(),
     )
     check_run(results, {"math500_abscot": "abstract", "gsm8k_verbal": "verbal"}, limit=2, budget=16)
     assert json.loads(results.read_text())["config"]["abscot_backend"] == "vllm"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _helpers_generation import read_jsonl, run_vllm, tiny_extended  # noqa: F401  (fixture)
+from _helpers_generation import VLLM_GENERATE, read_jsonl, tiny_extended, vllm_run  # noqa: F401  (fixtures)
 
 from abscot_plugin.decode import HFDecoder, TraceSettings
 from abscot_plugin.fixtures import data_path
@@ -118,18 +118,21 @@ def test_bad_rows_named_or_skipped(hf, tmp_path):
     (tmp_path / "dup.jsonl").write_text("\n".join([good[0], good[0]]) + "\n")
     with pytest.raises(ValueError, match="dup.jsonl:2: duplicate row id 'dolci-tiny-000'"):
         read_rows(tmp_path / "dup.jsonl")
+    no_id = json.loads(good[1])
+    del no_id["id"]
+    (tmp_path / "noid.jsonl").write_text("\n".join([good[0], json.dumps(no_id)]) + "\n")
+    with pytest.raises(ValueError, match="noid.jsonl:2: no 'id' field"):
+        read_rows(tmp_path / "noid.jsonl")
 
 
-def test_cli_vllm_backend(tiny_extended, tmp_path):
-    """The vLLM backend through the CLI, in the vLLM environment: same guarantees and counts."""
-    out = tmp_path / "v.jsonl"
-    proc = run_vllm([
-        "-m", "abscot_plugin.generate", "--backend", "vllm", "--model", str(tiny_extended),
-        "--data", str(DOLCI), "--mode", "phase_a", "--out", str(out), "--limit", "12",
-        "--max-model-len", "256", "--m-min", "4", "--m-max", "16", "--dtype", "float32", "--enforce-eager",
-    ])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = check_output(out, [f"dolci-tiny-{i:03d}" for i in range(12)], TraceSettings(m_min=4, m_max=16))
-    assert all(r["prefix_tokens"] <= 256 - 17 for r in rows)
-    cut = sum(1 for r in rows if r["prefix_cut"])
-    assert cut > 0 and f"{cut} prefixes left-truncated" in proc.stderr
+def test_vllm_backend(vllm_run):
+    """The vLLM backend built by the CLI's loader, in the vLLM environment: same guarantees and
+    counts as the transformers backend."""
+    rows = check_output(
+        vllm_run["out"], [f"dolci-tiny-{i:03d}" for i in range(VLLM_GENERATE["limit"])],
+        TraceSettings(m_min=VLLM_GENERATE["m_min"], m_max=VLLM_GENERATE["m_max"]),
+    )
+    budget = VLLM_GENERATE["max_model_len"] - VLLM_GENERATE["m_max"] - 1
+    assert all(r["prefix_tokens"] <= budget for r in rows)
+    cut = [r for r in rows if r["prefix_cut"]]
+    assert cut and f"{len(cut)} prefixes left-truncated" in vllm_run["generate_summary"]

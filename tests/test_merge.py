@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abscot_plugin.fixtures import build_tiny
 from abscot_plugin.merge import main, merge_adapter
 from abscot_plugin.vocab import add_abstract_tokens, init_new_rows
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return build_tiny(tmp_path_factory.mktemp("tiny_base"))
+def base_dir(tiny_dir):
+    """The tiny base without V_abs (conftest), as training starts from it in round 1."""
+    return tiny_dir
 
 
 def trained_adapter(base_dir, out_dir, **lora_kwargs):

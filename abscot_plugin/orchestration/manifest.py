@@ -51,6 +51,13 @@ def diff_inputs(old: Any, new: Any, prefix: str = "") -> list[str]:
             else:
                 out.extend(diff_inputs(old[key], new[key], where))
         return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new)):
+            # command lines: name a changed value by the flag before it
+            flag = old[i - 1] if i and isinstance(old[i - 1], str) and old[i - 1].startswith("--") else None
+            out.extend(diff_inputs(a, b, f"{prefix} {flag}" if flag else f"{prefix}[{i}]"))
+        return out
     if old != new:
         return [f"{prefix}: {_short(old)} -> {_short(new)}"]
     return []

@@ -21,6 +21,7 @@ Run folder layout::
 from __future__ import annotations
 
 import hashlib
+import json
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -119,9 +120,25 @@ def data_slices(cfg: RunConfig) -> dict[tuple[int, str], tuple[Path, str]]:
             f"data.path {cfg.data.path} has {len(lines)} rows; schedule {schedule} with T={rounds} "
             f"and N={n} needs {len(order) * n}"
         )
+    _check_ids(cfg, lines[: len(order) * n])
     content = {name: "\n".join(lines[k * n : (k + 1) * n]) + "\n" for k, name in enumerate(order)}
     folder = cfg.output_dir / "data"
     return {key: (folder / f"{name}.jsonl", content[name]) for key, name in names.items()}
+
+
+def _check_ids(cfg: RunConfig, lines: list[str]) -> None:
+    """Every row the run uses needs a unique id: trace files are matched to rows by it."""
+    seen: set[str] = set()
+    for lineno, line in enumerate(lines, 1):
+        try:
+            row_id = json.loads(line).get(cfg.data.id_field)
+        except (json.JSONDecodeError, AttributeError):
+            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: not a JSON object") from None
+        if row_id in (None, ""):
+            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: no {cfg.data.id_field!r} field")
+        if str(row_id) in seen:
+            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: duplicate id {row_id!r}")
+        seen.add(str(row_id))
 
 
 def phase_yaml(

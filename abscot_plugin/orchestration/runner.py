@@ -10,6 +10,7 @@ except trace files, whose generator resumes from its saved chunks.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -125,12 +126,7 @@ def _check_outputs(plan: Plan, stage: Stage) -> dict[str, Any]:
     """Stage-specific checks of what a finished subprocess wrote; returns metrics for the record."""
     if stage.kind == "train":
         return _check_training(plan, stage)
-    if stage.kind == "traces":
-        import json
-
-        from ..traces import load_trace_file
-
-        load_trace_file(stage.outputs[0], int(_arg(stage, "--num-symbols")), int(_arg(stage, "--m-max")))
+    if stage.kind == "traces":  # the generator validated every trace it wrote
         lengths = [json.loads(line)["length"] for line in stage.outputs[0].read_text(encoding="utf-8").splitlines()]
         summary = json.loads(stage.outputs[1].read_text(encoding="utf-8"))["summary"]
         return {
@@ -141,10 +137,6 @@ def _check_outputs(plan: Plan, stage: Stage) -> dict[str, Any]:
     if stage.kind == "merge" and not (stage.outputs[0] / "config.json").exists():
         raise StageFailed(f"stage {stage.name}: no merged model in {stage.outputs[0]}")
     return {}
-
-
-def _arg(stage: Stage, flag: str) -> str:
-    return stage.command[stage.command.index(flag) + 1]
 
 
 def _check_training(plan: Plan, stage: Stage) -> dict[str, Any]:

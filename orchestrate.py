@@ -1,0 +1,71 @@
+"""Run the T-round Abstract-CoT warm-up from one YAML run config, resumably.
+
+    python orchestrate.py configs/runs/tiny.yml              # run (or resume) the whole pipeline
+    python orchestrate.py configs/runs/tiny.yml --dry-run    # print the stage plan with commands
+    python orchestrate.py RUN.yml --redo-stale               # redo stages whose inputs changed
+    python orchestrate.py RUN.yml --machine-rank 1           # join the training stages from node 1
+
+Each stage (trace generation, ``axolotl`` training through ``accelerate launch``, LoRA merge,
+evaluation) is a subprocess with its own log under ``OUTPUT_DIR/logs``; ``OUTPUT_DIR/manifest.json``
+records finished stages, so rerunning after a crash resumes at the first unfinished one.
+See docs/orchestrate.md. Exit codes: 0 done, 1 a stage failed, 2 bad config or stale stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from abscot_plugin.orchestration.manifest import Manifest, write_atomic
+from abscot_plugin.orchestration.plan import PlanError, build_plan
+from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
+from abscot_plugin.orchestration.runner import (
+    StageFailed,
+    StaleStages,
+    describe,
+    run_plan,
+    run_worker,
+    stale_report,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_config", help="YAML run config (see configs/runs/)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("--redo-stale", action="store_true",
+                        help="redo finished stages whose inputs changed (old outputs go to OUTPUT_DIR/superseded)")
+    parser.add_argument("--machine-rank", type=int, default=None,
+                        help="multi-node: this machine's rank (> 0 joins the training stages only)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_run_config(args.run_config)
+        plan = build_plan(cfg, args.machine_rank)
+        manifest = Manifest(cfg.output_dir / "manifest.json")
+    except (ConfigError, PlanError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(describe(plan, manifest))
+        report = stale_report(plan, manifest)
+        if report:
+            print(f"stale: {report}")
+        return 0
+    try:
+        if args.machine_rank:
+            run_worker(plan, manifest.path, args.machine_rank)
+            return 0
+        write_atomic(cfg.output_dir / "run_config.yml", open(args.run_config, encoding="utf-8").read())
+        summary = run_plan(plan, manifest, args.redo_stale)
+    except StaleStages as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"warm-up model: {plan.final_model}\nsummary: {summary}\nplots: {cfg.output_dir / 'plots'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

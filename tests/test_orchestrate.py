@@ -1,0 +1,323 @@
+"""orchestrate.py: run configs, the stage plan, the learning-rate check, stale detection, and an
+end-to-end T=2 tiny run that is killed during round 2 and resumed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from _helpers_generation import ROOT, offline_env, read_jsonl
+
+from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine
+from abscot_plugin.orchestration.manifest import Manifest
+from abscot_plugin.orchestration.plan import PlanError, build_plan
+from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
+from abscot_plugin.orchestration.runner import stale_report, statuses
+
+_spec = importlib.util.spec_from_file_location("orchestrate", ROOT / "orchestrate.py")
+orchestrate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(orchestrate)
+
+DOLCI = ROOT / "abscot_plugin" / "data" / "dolci_tiny.jsonl"
+PHASE_A = ROOT / "axolotl_configs" / "tiny_phase_a.yml"
+PHASE_B = ROOT / "axolotl_configs" / "tiny_phase_b.yml"
+
+
+def run_config(tmp_path: Path, base_model: str | Path, **changes) -> dict:
+    """A small T=2 run config (as a dict) with ``changes`` merged in one level deep."""
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "base_model": str(base_model),
+        "rounds": 2,
+        "data": {"path": str(DOLCI), "num_rows": 8, "schedule": "per_round"},
+        "phase_a": {"config": str(PHASE_A)},
+        "phase_b": {"config": str(PHASE_B)},
+        "training": {"overrides": {"max_steps": 4, "warmup_ratio": None, "warmup_steps": 1,
+                                   "micro_batch_size": 2}},
+        "generation": {"backend": "hf", "m_min": 2, "m_max": 6, "max_model_len": 384, "batch_size": 8},
+        "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"},
+    }
+    for key, value in changes.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    return cfg
+
+
+def write_config(tmp_path: Path, cfg: dict, name: str = "run.yml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def plan_for(tmp_path, base, **changes):
+    return build_plan(load_run_config(write_config(tmp_path, run_config(tmp_path, base, **changes))))
+
+
+# -- run configs ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"data": {"path": "/nonexistent/rows.jsonl"}}, "data.path: data file not found: /nonexistent/rows.jsonl"),
+        ({"rounds": 0}, "rounds: Input should be greater than or equal to 1"),
+        ({"generation": {"backend": "tgi"}}, "generation.backend: Input should be 'hf' or 'vllm'"),
+        ({"phase_a": {"config": "nope.yml"}}, "phase_a.config: phase config not found: nope.yml"),
+        ({"trainig": {}}, "trainig: unknown key"),
+        ({"training": {"overrides": {"output_dir": "x"}}}, "sets ['output_dir'], which the orchestrator sets"),
+        ({"generation": {"m_min": 9, "m_max": 6}}, "generation: m_min 9 > m_max 6"),
+    ],
+)
+def test_bad_run_config_is_one_line(tmp_path, capsys, changes, message):
+    path = write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", **changes))
+    assert orchestrate.main([str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}: ") and message in err
+
+
+def test_bad_config_cli_exit_code(tmp_path):
+    """Through the command line: exit status 2 and one line, before anything heavy is imported."""
+    path = write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", rounds=0))
+    proc = subprocess.run([sys.executable, "orchestrate.py", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=offline_env())
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "rounds:" in proc.stderr
+
+
+def test_plan_errors(tmp_path):
+    with pytest.raises(PlanError, match="has 48 rows; schedule per_phase with T=2 and N=20 needs 80"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", data={"num_rows": 20, "schedule": "per_phase"})
+    with pytest.raises(PlanError, match="lr_scheduler is 'linear'"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", training={"overrides": {"lr_scheduler": "linear"}})
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(DOLCI.read_text().replace('"id": "dolci-tiny-003"', '"id": "dolci-tiny-002"'))
+    with pytest.raises(PlanError, match="rows.jsonl, row 4: duplicate id 'dolci-tiny-002'"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(rows)})
+    with pytest.raises(ConfigError, match="base model folder not found"):
+        load_run_config(write_config(tmp_path, run_config(tmp_path, "./missing_model")))
+
+
+# -- the plan --------------------------------------------------------------------------------
+def test_plan_stages_commands_and_yaml(tmp_path):
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B")
+    assert [s.name for s in plan.stages] == [
+        "r1_a_train", "r1_a_merge", "r1_b_traces", "r1_b_train", "r1_b_merge",
+        "r2_a_traces", "r2_a_train", "r2_a_merge", "r2_b_traces", "r2_b_train", "r2_b_merge",
+    ]
+    run = tmp_path / "run"
+    assert plan.final_model == run / "round2" / "phase_b" / "model"
+    a2 = plan.stage("r2_a_train").yaml
+    assert a2["base_model"] == str(run / "round1" / "phase_b" / "model")  # A_t starts from B_(t-1)
+    assert a2["abscot_trace_file"] == str(run / "round2" / "phase_a" / "traces.jsonl")
+    assert a2["datasets"] == [{"path": str(run / "data" / "round2.jsonl"), "ds_type": "json",
+                               "type": "abscot_plugin.bottleneck"}]
+    assert a2["use_tensorboard"] is True and a2["max_steps"] == 4 and "warmup_ratio" not in a2
+    assert "abscot_trace_file" not in plan.stage("r1_a_train").yaml  # round 1: random traces
+    gen = plan.stage("r2_a_traces").command
+    assert gen[gen.index("--model") + 1] == str(run / "round1" / "phase_b" / "model")
+    assert gen[gen.index("--mode") + 1] == "phase_a"
+    assert plan.stage("r2_b_traces").command[gen.index("--mode") + 1] == "phase_b"
+    train = plan.stage("r1_a_train").command
+    assert train[1:3] == ["-m", "accelerate.commands.launch"] and train[-3:-1] == ["-m", "axolotl.cli.train"]
+
+
+def test_data_schedules(tmp_path):
+    def slices(schedule):
+        plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"schedule": schedule})
+        files = [Path(s.yaml["datasets"][0]["path"]) for s in plan.stages if s.kind == "train"]
+        return [{json.loads(line)["id"] for line in plan.slices[f].splitlines()} for f in files]
+
+    same = slices("same")
+    assert all(s == same[0] for s in same) and len(same[0]) == 8
+    per_round = slices("per_round")
+    assert per_round[0] == per_round[1] and not per_round[0] & per_round[2]
+    per_phase = slices("per_phase")
+    assert sum(len(s) for s in per_phase) == len(set().union(*per_phase)) == 32
+
+
+def test_full_finetune_vllm_and_multinode(tmp_path):
+    plan = plan_for(
+        tmp_path, "Qwen/Qwen3-4B",
+        training={"overrides": {"adapter": None}, "launcher": {
+            "num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29500}},
+        generation={"backend": "vllm", "python": sys.executable, "tensor_parallel_size": 2},
+        phase_a={"overrides": {"max_memory": {"cpu": "1GiB"}}},
+    )
+    assert not [s for s in plan.stages if s.kind == "merge"]
+    assert plan.final_model == tmp_path / "run" / "round2" / "phase_b" / "train"
+    gen = plan.stage("r1_b_traces").command
+    assert gen[gen.index("--backend") + 1] == "vllm" and gen[gen.index("--tensor-parallel-size") + 1] == "2"
+    train = plan.stage("r1_a_train").command
+    for flag, value in [("--num_processes", "16"), ("--num_machines", "2"), ("--machine_rank", "0"),
+                        ("--main_process_ip", "10.0.0.1")]:
+        assert train[train.index(flag) + 1] == value
+    cfg = load_run_config(write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", training={
+        "launcher": {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1"}})))
+    worker = build_plan(cfg, machine_rank=1).stage("r1_a_train")
+    assert worker.command[worker.command.index("--machine_rank") + 1] == "1"
+    assert worker.fingerprint == build_plan(cfg).stage("r1_a_train").fingerprint
+
+
+def test_shipped_run_configs_plan(tmp_path, tiny_dir):
+    """configs/runs/*.yml with the phase YAMLs they name: valid plans (data and model swapped in)."""
+    for name, stages in (("tiny", 11), ("qwen3_4b", 17)):
+        cfg = yaml.safe_load((ROOT / "configs" / "runs" / f"{name}.yml").read_text())
+        cfg["data"].update(path=str(DOLCI), num_rows=8)
+        cfg["output_dir"] = str(tmp_path / name)
+        cfg["generation"]["python"] = sys.executable
+        if name == "tiny":
+            cfg["base_model"] = str(tiny_dir)
+        plan = build_plan(load_run_config(write_config(tmp_path, cfg, f"{name}.yml")))
+        assert len(plan.stages) == stages
+    a3 = plan.stage("r3_a_train").yaml
+    assert a3["sequence_len"] == 8192 and a3["lora_r"] == 32 and a3["num_epochs"] == 1
+    gen = plan.stage("r3_a_traces").command
+    assert gen[gen.index("--max-model-len") + 1] == "8192" and gen[gen.index("--tensor-parallel-size") + 1] == "2"
+
+
+# -- learning-rate schedule check ------------------------------------------------------------
+def hf_cosine(peak, warmup, total, steps_per_call=1):
+    """Learning rates an HF warm-up + cosine schedule gives per optimizer step; ``steps_per_call``
+    2 is the reproduction's bug (the scheduler advanced once per process)."""
+    def lr(i):
+        if i < warmup:
+            return peak * i / max(1, warmup)
+        progress = (i - warmup) / max(1, total - warmup)
+        return peak * max(0.0, 0.5 * (1 + math.cos(math.pi * 2 * 0.5 * progress)))
+
+    return Curve(list(range(1, total + 1)), [lr(i * steps_per_call) for i in range(total)])
+
+
+def test_lr_check_accepts_warmup_cosine():
+    check_warmup_cosine(hf_cosine(1e-4, 8, 160), peak_lr=1e-4)
+    check_warmup_cosine(hf_cosine(5e-3, 0, 4), peak_lr=5e-3)
+
+
+def test_lr_check_refuses_bounce_stretch_and_overshoot():
+    with pytest.raises(ScheduleError, match="rises again after the peak"):
+        check_warmup_cosine(hf_cosine(1e-4, 8, 160, steps_per_call=2), peak_lr=1e-4)
+    stretched = hf_cosine(1e-4, 8, 320)
+    with pytest.raises(ScheduleError, match="did not run to the end"):
+        check_warmup_cosine(Curve(stretched.steps[:160], stretched.values[:160]))
+    with pytest.raises(ScheduleError, match="above the configured"):
+        check_warmup_cosine(hf_cosine(1e-3, 8, 160), peak_lr=1e-4)
+
+
+# -- stale stages ----------------------------------------------------------------------------
+def test_changed_setting_marks_finished_stage_stale(tmp_path):
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B")
+    manifest = Manifest(tmp_path / "run" / "manifest.json")
+    for stage in plan.stages[:3]:
+        manifest.record(stage.name, stage.fingerprint, stage.inputs, [], time.time(), str(stage.log))
+    assert stale_report(plan, Manifest(manifest.path)) is None
+    changed = plan_for(tmp_path, "Qwen/Qwen3-4B", generation={"temperature": 0.9})
+    state = statuses(changed, Manifest(manifest.path))
+    assert state["r1_a_train"] == state["r1_a_merge"] == "done" and state["r1_b_traces"] == "stale"
+    assert "command[" not in stale_report(changed, Manifest(manifest.path))
+    report = stale_report(changed, Manifest(manifest.path))
+    assert "finished stage r1_b_traces was run with other inputs" in report and '"0.7" -> "0.9"' in report
+    lr = plan_for(tmp_path, "Qwen/Qwen3-4B", training={"overrides": {"learning_rate": 0.001}})
+    report = stale_report(lr, Manifest(manifest.path))
+    assert "r1_a_train" in report and "yaml.learning_rate: 0.005 -> 0.001" in report
+    assert "3 finished stage(s) are stale" in report  # downstream of a changed stage is stale too
+
+
+# -- end to end ------------------------------------------------------------------------------
+def _manifest(run_dir: Path) -> dict:
+    path = run_dir / "manifest.json"
+    return json.loads(path.read_text())["stages"] if path.exists() else {}
+
+
+def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "orchestrate.py", str(config), *args], cwd=ROOT,
+                          capture_output=True, text=True, env=offline_env(), **kwargs)
+
+
+@pytest.mark.slow
+def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
+    """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU); killed while
+    round 2 trains, resumed without redoing finished stages; then the evaluation hook and
+    --redo-stale on a changed evaluation command."""
+    cfg = run_config(tmp_path, tiny_dir, training={"launcher": {"num_processes": 2}})
+    config = write_config(tmp_path, cfg)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "orchestrate.py", str(config)], cwd=ROOT, env=offline_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while "r2_a_traces" not in _manifest(run):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "round 2 never started"
+            time.sleep(1)
+        time.sleep(3)  # r2_a_train is starting: kill everything, as a crash or preemption would
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _manifest(run)
+    assert "r2_a_train" not in before and len(before) == 6
+
+    resumed = _orchestrate(config, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = _manifest(run)
+    for name, record in before.items():
+        assert after[name] == record, f"finished stage {name} was redone"
+        assert f"[done]  {name}" in resumed.stdout
+    assert resumed.stdout.count("[run]") == 5 and len(after) == 11
+
+    # artefacts: traces valid, curves checked (2 processes: still one warm-up + cosine), models
+    from abscot_plugin.traces import load_trace_file
+
+    for phase in ("round1/phase_b", "round2/phase_a", "round2/phase_b"):
+        traces = load_trace_file(run / phase / "traces.jsonl", 64, 6)
+        assert len(traces) == 8 and all(2 <= r["length"] <= 6 for r in read_jsonl(run / phase / "traces.jsonl"))
+    for name in ("r1_a_train", "r1_b_train", "r2_a_train", "r2_b_train"):
+        assert after[name]["metrics"]["steps"] == 4 and after[name]["metrics"]["lr_peak"] == pytest.approx(0.005)
+        for kind in ("loss", "lr"):
+            assert (run / "plots" / f"{name}_{kind}.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (run / "SUMMARY.md").read_text()
+    assert summary.count("| done |") == 11 and "r2_b_train_lr.png" in summary
+    assert (run / "round2" / "phase_b" / "model" / "config.json").exists()
+    assert "warm-up model: " + str(run / "round2" / "phase_b" / "model") in resumed.stdout
+    _check_axolotl_adapter_merge(tiny_dir, run / "round1" / "phase_a")
+
+    # the evaluation hook: a new final stage runs alone; changing it is stale until --redo-stale
+    write_eval = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True); "
+                  "(p / 'evaluated.txt').write_text(sys.argv[2] + ' ' + sys.argv[3])")
+    cfg["evaluation"] = {"command": ["{python}", "-c", write_eval, "{out}", "{model}", "v1"]}
+    config = write_config(tmp_path, cfg)
+    first = _orchestrate(config, timeout=300)
+    assert first.returncode == 0 and first.stdout.count("[run]") == 1, first.stderr
+    assert (run / "eval" / "evaluated.txt").read_text() == f"{run / 'round2' / 'phase_b' / 'model'} v1"
+    cfg["evaluation"]["command"][-1] = "v2"
+    config = write_config(tmp_path, cfg)
+    refused = _orchestrate(config, timeout=300)
+    assert refused.returncode == 2 and "finished stage eval was run with other inputs" in refused.stderr
+    redone = _orchestrate(config, "--redo-stale", timeout=300)
+    assert redone.returncode == 0 and redone.stdout.count("[run]") == 1, redone.stderr
+    assert (run / "eval" / "evaluated.txt").read_text().endswith(" v2")
+    kept = list((run / "superseded").glob("eval-*/eval/evaluated.txt"))
+    assert len(kept) == 1 and kept[0].read_text().endswith(" v1")  # moved aside, not deleted
+
+
+def _check_axolotl_adapter_merge(base_dir: Path, phase_dir: Path) -> None:
+    """The merged round-1 Phase A model gives the logits of base + the axolotl-trained adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from abscot_plugin.vocab import AbstractVocab, init_new_rows
+
+    tok = AutoTokenizer.from_pretrained(phase_dir / "model")
+    vocab = AbstractVocab.from_tokenizer(tok, 64)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    init_new_rows(base, list(vocab.all_ids), "random", 0)  # what the plugin did before training
+    adapted = PeftModel.from_pretrained(base, phase_dir / "train").eval()
+    merged = AutoModelForCausalLM.from_pretrained(phase_dir / "model").eval()
+    ids = torch.tensor([[5, 17, vocab.begin_id, *vocab.symbol_ids[:5], vocab.end_id, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, rtol=1e-4, atol=1e-4)
