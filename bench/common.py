@@ -1,9 +1,11 @@
-"""Shared helpers of the bench scripts: interleaved timing with medians, peak memory, machine
-facts, markdown tables and atomic JSON output under ``build/bench/``.
+"""Shared helpers of the bench scripts: interleaved timing with medians and paired ratios, peak
+memory, machine facts, benchmark rows, markdown tables and atomic JSON output under
+``build/bench/``.
 
 These machines are shared and noisy, so every script compares its variants inside one run: each
-repeat times every variant once (in a rotated order), and figures are medians over repeats.
-Ratios between variants of the same run are what to read; absolute numbers move with the load.
+repeat times every variant once (in a rotated order), figures are medians over repeats, and a
+ratio is the median of per-repeat ratios. Ratios between variants of the same run are what to
+read; absolute numbers move with the load.
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ class Samples:
 
     @property
     def median_s(self) -> float:
+        """Median of the timed calls, in seconds."""
         return statistics.median(self.seconds)
 
     def summary(self) -> dict[str, Any]:
@@ -240,6 +243,15 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+def paired_ratio(numerator: Samples, denominator: Samples) -> dict[str, Any]:
+    """Ratio of two variants' times, repeat by repeat (each pair ran back to back, so load drifts
+    cancel): the median of the per-repeat ratios, their range, and the text for a table cell."""
+    ratios = sorted(a / b for a, b in zip(numerator.seconds, denominator.seconds))
+    med = statistics.median(ratios)
+    return {"median": med, "min": ratios[0], "max": ratios[-1],
+            "text": f"{med:.2f} [{ratios[0]:.2f}–{ratios[-1]:.2f}]"}
 
 
 # -- output ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import dolci_rows, interleaved, machine, ratio, report  # noqa: E402
+from bench.common import dolci_rows, interleaved, machine, paired_ratio, report  # noqa: E402
 from abscot_plugin.fixtures import build_tokenizer  # noqa: E402
 from abscot_plugin.vocab import add_abstract_tokens  # noqa: E402
 
@@ -95,6 +95,7 @@ def check_no_bxsxs(collator, features: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Tokenise and collate both row sets with every variant; print and write the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=192, help="short rows")
     parser.add_argument("--long-rows", type=int, default=24)
@@ -114,25 +115,26 @@ def main(argv: list[str] | None = None) -> None:
         outputs = {name: tokenize(s, data) for name, s in strats.items()}  # also the warm-up
         samples = interleaved({name: (lambda s=s: tokenize(s, data)) for name, s in strats.items()},
                               args.repeats, 0, cpu, f"tokenise {label}")
-        base = samples["chat_template"].median_s
         for name, res in samples.items():
             lengths = [len(x) for x in outputs[name]["input_ids"]]
+            speed = paired_ratio(samples["chat_template"], res)
             rows.append(dict(
                 step="tokenise", rows_set=label, variant=name, rows=len(data), mean_tokens=sum(lengths) / len(lengths),
                 median_s=res.median_s, rows_s=len(data) / res.median_s, tokens_s=sum(lengths) / res.median_s,
-                vs_axolotl=ratio(base, res.median_s), peak_mib=res.peak_mib, samples=res.summary(),
+                vs_axolotl=speed["median"], vs_axolotl_text=speed["text"], peak_mib=res.peak_mib,
+                samples=res.summary(),
             ))
         rows.append(_collate_row(label, outputs, tokenizer, args, cpu, extra))
     columns = [
         ("step", "step", ""), ("rows_set", "rows", ""), ("variant", "variant", ""), ("rows", "n", "d"),
         ("mean_tokens", "mean tokens/row", ".0f"), ("rows_s", "rows/s", ".0f"), ("tokens_s", "tokens/s", ".0f"),
-        ("vs_axolotl", "speed vs axolotl", ".2f"), ("peak_mib", "peak MiB", ".0f"),
+        ("vs_axolotl_text", "speed vs axolotl [range]", ""), ("peak_mib", "peak MiB", ".0f"),
     ]
     notes = [
         f"medians of {args.repeats} interleaved repeats after one warm-up; sequence_len {SEQUENCE_LEN}; "
         "tokenise = axolotl TokenizedPromptDataset (datasets.map, batched, one process)",
-        "speed vs axolotl = axolotl's time / this variant's time (tokenise: chat_template; collate: "
-        "DataCollatorForSeq2Seq on the same Phase A rows without segment_ids)",
+        "speed vs axolotl = axolotl's time / this variant's time, median and range over repeats (tokenise: "
+        "chat_template; collate: DataCollatorForSeq2Seq on the same Phase A rows without segment_ids)",
         "B×S×S check: " + "; ".join(f"{k}: batch {v['batch']}, tensors {v['tensors']}, largest tensor built "
                                     f"while collating {v['largest_tensor_built']}" for k, v in extra.items()),
     ]
@@ -160,9 +162,10 @@ def _collate_row(label, outputs, tokenizer, args, cpu, extra) -> dict:
     samples = interleaved({"segment_collator": lambda: run(ours, phase_a),
                            "axolotl_collator": lambda: run(theirs, plain)}, args.repeats, 1, cpu, f"collate {label}")
     res, base = samples["segment_collator"], samples["axolotl_collator"]
+    speed = paired_ratio(base, res)
     return dict(step="collate", rows_set=label, variant="phase_a SegmentCollator", rows=len(phase_a),
                 mean_tokens=sum(len(r["input_ids"]) for r in phase_a) / len(phase_a), median_s=res.median_s,
-                rows_s=len(phase_a) / res.median_s, vs_axolotl=ratio(base.median_s, res.median_s),
+                rows_s=len(phase_a) / res.median_s, vs_axolotl=speed["median"], vs_axolotl_text=speed["text"],
                 peak_mib=res.peak_mib, samples={"segment_collator": res.summary(), "axolotl_collator": base.summary()})
 
 

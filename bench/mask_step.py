@@ -8,15 +8,19 @@ at the same shapes, for each mask path (FlexAttention BlockMask, SDPA bool, eage
 with ``bottleneck_attention_mask`` inside the timed step, as the trainer does once per step;
 "plain" passes the 2-D all-ones mask of an unpadded batch and lets transformers build its causal
 mask (what Phase B trains with). Both run the same random model on the same ids; the figure to
-read is the ratio bottleneck/plain per path and length. Each step is timed interleaved with its
-pair and the median of the repeats is reported. Where CUDA is present the set adds the Qwen3-4B
-shape (bf16, seq 8192, full and LoRA) with tokens/s and model FLOPs utilisation.
+read is the ratio bottleneck/plain per path and length. A third variant, "our causal", runs our
+mask code on all-prompt segments (a plain causal pattern): bottleneck/our causal is the cost of
+the pattern, our causal/plain the cost of the mechanism. The three are timed interleaved, and
+ratios are medians of per-repeat ratios. Where CUDA is present the set adds the Qwen3-4B shape
+(bf16, seq 8192, full and LoRA) with tokens/s and model FLOPs utilisation: Phase A is the flex
+row's "bottleneck" figure, Phase B (plain causal) the "plain" figures.
 
 FLOPs counted (MFU): N = weights of every matmul (each ``nn.Linear`` incl. the tied ``lm_head``;
 the embedding lookup is free; LoRA adapters counted apart as N_lora). Full fine-tuning:
 6·N per token. LoRA: 4·N + 6·N_lora per token (forward 2·N, input gradients 2·N, no weight
-gradients for frozen weights). Attention score FLOPs are not in N; the "+attn" column adds
-6·L·S·H·d_head per token (causal half of QKᵀ and AV, forward + backward).
+gradients for frozen weights). Forward only (CPU flex rows): 2·(N + N_lora). Attention score
+FLOPs are not in N; the "+attn" column adds 6·L·S·H·d_head per token (causal half of QKᵀ and
+AV, forward + backward).
 
 FlexAttention has no backward on CPU (torch raises NotImplementedError), so on CPU the flex rows
 time the forward only (mode "fwd"), and its first call per shape compiles (excluded by warm-up).
@@ -33,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import interleaved, machine, ratio, report, synchronize  # noqa: E402
+from bench.common import interleaved, machine, paired_ratio, ratio, report, synchronize  # noqa: E402
 from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.fixtures import qwen3_4b_config, tiny_config  # noqa: E402
 
@@ -191,11 +195,13 @@ def bench_one(model, config, name: str, train: str, path: str, seq: int, args, d
         if args.peak_tflops:
             row[f"{variant}_mfu"] = dense * tokens / secs / (args.peak_tflops * 1e12)
             row[f"{variant}_mfu_attn"] = (dense + attn) * tokens / secs / (args.peak_tflops * 1e12)
+    vs_plain = paired_ratio(steps["bottleneck"], steps["plain"])
+    vs_causal = paired_ratio(steps["bottleneck"], steps["causal"])
     row.update(
         wall_s=time.perf_counter() - start,  # the whole comparison: warm-up (compilation) included
         recompiled_while_timed=steps["plain"].graphs_compiled_while_timed,
-        ratio=ratio(row["bottleneck_s"], row["plain_s"]),
-        ratio_causal=ratio(row["bottleneck_s"], row["causal_s"]),
+        ratio=vs_plain["median"], ratio_range=[vs_plain["min"], vs_plain["max"]], ratio_text=vs_plain["text"],
+        ratio_causal=vs_causal["median"], ratio_causal_text=vs_causal["text"],
         mem_ratio=ratio(row["bottleneck_mib"], row["plain_mib"]),
         samples={f"{kind}_{k}": v.summary() for kind, res in (("step", steps), ("mask", masks))
                  for k, v in res.items()},
@@ -215,6 +221,7 @@ def build_model(config, path: str, device: torch.device, dtype: torch.dtype):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options; the defaults depend on whether CUDA is present (CPU set or GPU set)."""
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -245,6 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run every model × train mode × mask path × length; print and write the figures."""
     args = parse_args(argv)
     # every model × length × head layout is a flex shape; past the default 8 recompiles dynamo
     # would silently run flex_attention uncompiled (dense scores) and the figures would lie
@@ -278,14 +286,19 @@ def main(argv: list[str] | None = None) -> None:
         synchronize(device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    print_report(args, info, rows, device)
+
+
+def print_report(args, info: dict, rows: list[dict], device: torch.device) -> None:
+    """The table, its notes and the JSON."""
     columns = [
         ("model", "model", ""), ("train", "train", ""), ("path", "mask path", ""), ("seq", "seq", ""),
         ("mode", "mode", ""), ("plain_s", "plain s/step", ".3f"), ("causal_s", "our causal s/step", ".3f"),
-        ("bottleneck_s", "bottleneck s/step", ".3f"), ("ratio", "bottleneck/plain", ".2f"),
-        ("ratio_causal", "bottleneck/our causal", ".2f"), ("plain_mask_ms", "plain mask ms", ".1f"),
+        ("bottleneck_s", "bottleneck s/step", ".3f"), ("ratio_text", "bottleneck/plain [range]", ""),
+        ("ratio_causal_text", "bottleneck/our causal [range]", ""), ("plain_mask_ms", "plain mask ms", ".1f"),
         ("bottleneck_mask_ms", "bottleneck mask ms", ".1f"), ("plain_mib", "plain peak MiB", ".0f"),
         ("bottleneck_mib", "bottleneck peak MiB", ".0f"), ("mem_ratio", "mem ratio", ".2f"),
-        ("bottleneck_tok_s", "bottleneck tok/s", ".0f"),
+        ("plain_tok_s", "plain tok/s", ".0f"), ("bottleneck_tok_s", "bottleneck tok/s", ".0f"),
     ]
     if args.peak_tflops:
         columns += [("plain_mfu", "plain MFU", ".1%"), ("bottleneck_mfu", "bottleneck MFU", ".1%"),
@@ -294,8 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     recompiled = [f"{r['model']} {r['path']} S={r['seq']}" for r in rows if r.get("recompiled_while_timed")]
     notes = [
         "torch.compile graphs made during timed calls: " + (", ".join(recompiled) if recompiled else "none"),
-        f"medians of {args.repeats} interleaved repeats after {args.warmup} warm-up; batch {args.batch}; "
-        f"{args.dtype}; the mask is built inside the timed step (mask ms columns: the build alone)",
+        f"medians of {args.repeats} interleaved repeats after {args.warmup} warm-up; ratios: median and range "
+        f"of the per-repeat ratios; batch {args.batch}; {args.dtype}; the mask is built inside the timed "
+        "step (mask ms columns: the build alone); peak MiB from one more untimed step",
         "plain = 2-D ones mask, transformers builds the causal mask (flex: compiled create_block_mask; "
         "sdpa: none, is_causal kernel; eager: additive 4-D); our causal = bottleneck_attention_mask on "
         "all-prompt segments: bottleneck/our causal is the cost of the pattern, our causal/plain that "
@@ -307,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         notes.append(f"MFU against {args.peak_tflops:.0f} TFLOP/s; full 6·N, LoRA 4·N + 6·N_lora per token; "
                      "+attn adds 6·L·S·H·d_head per token")
     report(args.out, "Bottleneck mask vs plain causal: Phase A train step", info, rows, columns, notes,
-           extra={"args": {k: v for k, v in vars(args).items()}})
+           extra={"args": dict(vars(args))})
 
 
 if __name__ == "__main__":

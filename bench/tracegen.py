@@ -34,6 +34,7 @@ CPU_VLLM_STEP_TOKENS = 4096  # vLLM-CPU's default max_num_batched_tokens for the
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options (the hidden --in-vllm-env marks the re-run under .venv-vllm)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder whose tokenizer has V_abs (default: tiny)")
@@ -73,6 +74,7 @@ def reexec_in_vllm_env(argv: list[str]) -> None:
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    env.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries the table
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     os.execve(str(VLLM_PYTHON), [str(VLLM_PYTHON), __file__, *argv, "--in-vllm-env"], env)
 
@@ -94,21 +96,21 @@ def tiny_model() -> Path:
 
 
 def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
-    """``calls`` disjoint prompt sets per mode, built by SequenceBuilder like the CLI builds them."""
+    """``calls`` disjoint prompt sets per mode, made by the trace-generation CLI's own
+    ``build_prefixes`` (left-truncated to leave room for m_max symbols, as it does)."""
     from bench.common import dolci_rows
-    from abscot_plugin.prompts import parse_chat_row
+    from abscot_plugin.generate import Summary, build_prefixes
 
     sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
-    budget = args.max_model_len - 128 - 1  # as generate_traces leaves room for m_max symbols
+    budget = args.max_model_len - 128 - 1  # generate_traces' max prefix for m_max = 128
     sets: dict[str, list] = {}
+    first = 0  # rows (so prompts) are disjoint across modes too: no shared prefix to cache
     for mode in MODES:
-        rows = dolci_rows(sizes[mode] * calls, args.cot_repeat if mode == "phase_a" else 1)
-        prefixes = []
-        for row in rows:
-            parsed = parse_chat_row(row, row["id"], need_cot=mode == "phase_a")
-            make = builder.phase_a_prefix if mode == "phase_a" else builder.phase_b_prefix
-            prefixes.append(make(parsed, budget)[0])
-        sets[mode] = [prefixes[i * sizes[mode]:(i + 1) * sizes[mode]] for i in range(calls)]
+        rows = dolci_rows(sizes[mode] * calls, args.cot_repeat if mode == "phase_a" else 1, first)
+        first += len(rows)
+        prefixes = build_prefixes([(r["id"], r) for r in rows], builder, mode, budget, False, Summary())
+        ids = [p.ids for p in prefixes]
+        sets[mode] = [ids[i * sizes[mode]:(i + 1) * sizes[mode]] for i in range(calls)]
     return sets
 
 
@@ -124,9 +126,10 @@ def load(backend: str, model: Path, args):
 
 
 def run(args, notes: list[str]) -> None:
+    """Time every backend × prefix kind interleaved; print and write the figures."""
     import torch
 
-    from bench.common import interleaved, machine, ratio, report
+    from bench.common import interleaved, machine, paired_ratio, report
     from transformers import AutoTokenizer
 
     from abscot_plugin.decode import TraceSettings
@@ -167,7 +170,7 @@ def run(args, notes: list[str]) -> None:
     for backend, mode in keys:
         res, calls = samples[f"{backend}/{mode}"], done[(backend, mode)][1:]
         secs = sum(res.seconds)
-        hf = samples.get(f"hf/{mode}")
+        speed = paired_ratio(samples[f"hf/{mode}"], res) if "hf" in decoders else None
         rows.append(dict(
             backend=backend, mode=mode, prompts=calls[0]["prompts"],
             mean_prefix_tokens=sum(c["prefix_tokens"] for c in calls) / sum(c["prompts"] for c in calls),
@@ -175,18 +178,21 @@ def run(args, notes: list[str]) -> None:
             median_s=res.median_s, prompts_s=calls[0]["prompts"] / res.median_s,
             trace_tokens_s=sum(c["trace_tokens"] for c in calls) / secs,
             prefix_tokens_s=sum(c["prefix_tokens"] for c in calls) / secs,
-            speedup_vs_hf=ratio(hf.median_s, res.median_s) if hf else None, samples=res.summary(),
+            speedup_vs_hf=speed["median"] if speed else None,
+            speedup_text=speed["text"] if speed else None, samples=res.summary(),
         ))
     columns = [
         ("backend", "backend", ""), ("mode", "prefix", ""), ("prompts", "prompts/call", "d"),
         ("mean_prefix_tokens", "mean prefix tokens", ".0f"), ("mean_trace_tokens", "mean trace tokens", ".0f"),
         ("median_s", "s/call", ".2f"), ("prompts_s", "prompts/s", ".1f"), ("trace_tokens_s", "trace tokens/s", ".0f"),
-        ("prefix_tokens_s", "prefix tokens/s", ".0f"), ("speedup_vs_hf", "speed vs hf", ".2f"),
+        ("prefix_tokens_s", "prefix tokens/s", ".0f"), ("speedup_text", "speed vs hf [range]", ""),
     ]
+    shown = model.resolve()
+    shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
     notes = [
-        f"model {model}; medians of {args.repeats} interleaved calls after one warm-up, each on unseen prompts; "
+        f"model {shown}; medians of {args.repeats} interleaved calls after one warm-up, each on unseen prompts; "
         f"m_min 16, m_max 128, temperature 0.7; {args.dtype}; max_model_len {args.max_model_len}; "
-        f"hf batch {args.batch_size}; vllm enforce_eager={args.enforce_eager}",
+        f"hf batch {args.batch_size}" + (f"; vllm enforce_eager={args.enforce_eager}" if "vllm" in decoders else ""),
         "tokens/s over all timed calls; trace tokens include <endabstract>; a random model's traces end "
         "after ~m_min + 65 symbols on average (END holds ~1/65 of the allowed mass per step)",
         "reference (METHOD.md, Qwen3-4B, vLLM TP=2 on 2×A100): 294 prompts/s Phase B (~150-token prefix), "
@@ -198,6 +204,7 @@ def run(args, notes: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Re-run under .venv-vllm when vLLM is wanted and there, else run the HF backend alone."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     notes: list[str] = []
