@@ -8,21 +8,26 @@
 Each stage (trace generation, ``axolotl`` training through ``accelerate launch``, LoRA merge,
 evaluation) is a subprocess with its own log under ``OUTPUT_DIR/logs``; ``OUTPUT_DIR/manifest.json``
 records finished stages, so rerunning after a crash resumes at the first unfinished one.
-See docs/orchestrate.md. Exit codes: 0 done, 1 a stage failed, 2 bad config or stale stages.
+See docs/orchestrate.md. Exit codes: 0 done, 1 a stage failed, 2 bad config, stale stages or a
+run folder in use, 130/143 stopped by SIGINT/SIGTERM (the running stage's processes are stopped too).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from abscot_plugin.orchestration.manifest import Manifest, write_atomic
 from abscot_plugin.orchestration.plan import PlanError, build_plan
 from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
 from abscot_plugin.orchestration.runner import (
+    Interrupted,
+    RunLocked,
     StageFailed,
     StaleStages,
     describe,
+    run_lock,
     run_plan,
     run_worker,
     stale_report,
@@ -30,6 +35,7 @@ from abscot_plugin.orchestration.runner import (
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run, resume or describe a warm-up; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_config", help="YAML run config (see configs/runs/)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
@@ -55,14 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.machine_rank:
             run_worker(plan, manifest.path, args.machine_rank)
             return 0
-        write_atomic(cfg.output_dir / "run_config.yml", open(args.run_config, encoding="utf-8").read())
-        summary = run_plan(plan, manifest, args.redo_stale)
-    except StaleStages as exc:
+        with run_lock(cfg.output_dir):
+            write_atomic(cfg.output_dir / "run_config.yml", Path(args.run_config).read_text(encoding="utf-8"))
+            summary = run_plan(plan, manifest, args.redo_stale)
+    except (StaleStages, RunLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:
+        print(f"interrupted ({exc}); the running stage was stopped, rerun to resume", file=sys.stderr)
+        return 128 + exc.signum
     print(f"warm-up model: {plan.final_model}\nsummary: {summary}\nplots: {cfg.output_dir / 'plots'}")
     return 0
 

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -33,6 +31,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from .decode import Decoder, TraceSettings
+from .orchestration.manifest import write_atomic
 from .prompts import BadRowError, parse_chat_row, row_id_of
 from .sequences import SequenceBuilder
 from .traces import parse_trace
@@ -75,22 +74,6 @@ class Summary:
             f"earlier run; {self.prefixes_cut} prefixes left-truncated ({self.tokens_cut} tokens cut); "
             f"{self.skipped_bad_rows} bad rows skipped"
         )
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") -> list[tuple[str, dict]]:
@@ -163,7 +146,7 @@ class TraceWriter:
                 k for k in set(recorded or {}) | set(self.settings_record)
                 if (recorded or {}).get(k) != self.settings_record.get(k)
             )
-            raise SystemExit(
+            raise ValueError(
                 f"{self.out}: earlier output was made with different settings ({', '.join(changed)}); "
                 f"remove {self.out}, {self.meta} and {self.parts} to regenerate"
             )
@@ -201,7 +184,9 @@ def trace_record(prefix: Prefix, ids: list[int], vocab: AbstractVocab, settings:
     trace = vocab.ids_to_trace(ids)
     symbols = parse_trace(trace, len(vocab.symbols), settings.m_max)
     if len(symbols) < settings.m_min:
-        raise RuntimeError(f"row {prefix.row_id}: trace of {len(symbols)} symbols is shorter than m_min={settings.m_min}")
+        raise RuntimeError(
+            f"row {prefix.row_id}: trace of {len(symbols)} symbols is shorter than m_min={settings.m_min}"
+        )
     return {
         "id": prefix.row_id, "trace": trace, "length": len(symbols),
         "prefix_tokens": len(prefix.ids), "prefix_cut": prefix.cut,
@@ -282,6 +267,7 @@ def load_decoder(args: argparse.Namespace):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
         prog="python -m abscot_plugin.generate", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -318,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Generate one trace per row of ``--data`` into ``--out``; errors are one line (exit 1)."""
     args = parse_args(argv)
     try:
         settings = TraceSettings(args.m_min, args.m_max, args.temperature, args.seed, args.top_p)

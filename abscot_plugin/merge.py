@@ -104,6 +104,7 @@ def merge_adapter(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line: merge ADAPTER_DIR into OUT_DIR; errors are one line (exit 1)."""
     parser = argparse.ArgumentParser(
         prog="python -m abscot_plugin.merge", description=__doc__.split("\n\n")[0]
     )

@@ -98,7 +98,7 @@ def test_resume_with_other_settings_is_refused(hf, tmp_path):
     rows = read_rows(DOLCI, limit=2)
     out = tmp_path / "c.jsonl"
     generate_traces(decoder, builder, rows, "phase_b", out, SETTINGS, 512, settings_record={"seed": 0})
-    with pytest.raises(SystemExit, match="different settings \\(seed\\)"):
+    with pytest.raises(ValueError, match="different settings \\(seed\\)"):
         generate_traces(decoder, builder, rows, "phase_b", out, SETTINGS, 512, settings_record={"seed": 1})
 
 

@@ -35,7 +35,7 @@ def trained_adapter(base_dir, out_dir, **lora_kwargs):
     peft_model = get_peft_model(model, config)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for name, param in peft_model.named_parameters():
+        for param in peft_model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn(param.shape, generator=gen) * 0.05)
     peft_model.save_pretrained(out_dir)

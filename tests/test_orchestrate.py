@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -227,10 +226,35 @@ def test_changed_setting_marks_finished_stage_stale(tmp_path):
     assert "3 finished stage(s) are stale" in report  # downstream of a changed stage is stale too
 
 
+def test_run_folder_lock(tmp_path, capsys):
+    import fcntl
+
+    config = write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B"))
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".orchestrate.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert orchestrate.main([str(config)]) == 2
+    assert f"another orchestrate.py is running in {tmp_path / 'run'}" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
 # -- end to end ------------------------------------------------------------------------------
 def _manifest(run_dir: Path) -> dict:
     path = run_dir / "manifest.json"
     return json.loads(path.read_text())["stages"] if path.exists() else {}
+
+
+def _processes_mentioning(text: Path) -> list[str]:
+    """Command lines of live processes that mention ``text`` (stage processes of a run)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(text) in args:
+            found.append(args)
+    return found
 
 
 def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -240,24 +264,28 @@ def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProc
 
 @pytest.mark.slow
 def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
-    """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU); killed while
-    round 2 trains, resumed without redoing finished stages; then the evaluation hook and
-    --redo-stale on a changed evaluation command."""
+    """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU); stopped with
+    SIGTERM while round 2 trains (no stage process survives), resumed without redoing finished
+    stages; then the evaluation hook and --redo-stale on a changed evaluation command."""
     cfg = run_config(tmp_path, tiny_dir, training={"launcher": {"num_processes": 2}})
     config = write_config(tmp_path, cfg)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "orchestrate.py", str(config)], cwd=ROOT, env=offline_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 900
         while "r2_a_traces" not in _manifest(run):
             assert proc.poll() is None, proc.stdout.read()
             assert time.time() < deadline, "round 2 never started"
             time.sleep(1)
-        time.sleep(3)  # r2_a_train is starting: kill everything, as a crash or preemption would
+        time.sleep(5)  # r2_a_train (2 ranks) is starting: stop the orchestrator
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in output, output[-2000:]
+    assert not _processes_mentioning(run), "a stage process outlived the orchestrator"
     before = _manifest(run)
     assert "r2_a_train" not in before and len(before) == 6
 

@@ -11,10 +11,10 @@ climbs back: :func:`check_warmup_cosine` refuses both that and a cosine that nev
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .manifest import atomic_path
 
 TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate"}
 
@@ -92,7 +92,6 @@ def plot_curve(curve: Curve, title: str, ylabel: str, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(curve.steps, curve.values, marker="." if len(curve.steps) <= 50 else None)
     ax.set_title(title)
@@ -100,12 +99,9 @@ def plot_curve(curve: Curve, title: str, ylabel: str, path: str | Path) -> Path:
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -75,9 +75,11 @@ class Plan:
 
     @property
     def run_dir(self) -> Path:
+        """The run folder (``output_dir``)."""
         return self.cfg.output_dir
 
     def stage(self, name: str) -> Stage:
+        """The stage called ``name``."""
         return next(s for s in self.stages if s.name == name)
 
 
@@ -174,7 +176,9 @@ def phase_yaml(
         )
     adapter = merged.get("adapter")
     if adapter not in (None, "lora"):
-        raise PlanError(f"{source.config}: adapter {adapter!r} is not supported (use lora or none for full fine-tuning)")
+        raise PlanError(
+            f"{source.config}: adapter {adapter!r} is not supported (use lora, or none for full fine-tuning)"
+        )
     m_max = int(merged.get("abscot_m_max") or 128)
     if cfg.generation.m_max > m_max:
         raise PlanError(f"generation.m_max {cfg.generation.m_max} exceeds abscot_m_max {m_max} of {source.config}")
@@ -227,6 +231,8 @@ def generation_python(cfg: RunConfig) -> str:
 
 
 def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phase: str, out: Path) -> list[str]:
+    """The ``abscot_plugin.generate`` command of a trace stage (M and bad-row handling follow the
+    training YAML that will read the traces)."""
     g = cfg.generation
     cmd = [
         generation_python(cfg), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
@@ -238,7 +244,10 @@ def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phas
     ]
     if g.max_model_len:
         cmd += ["--max-model-len", str(g.max_model_len)]
-    cmd += ["--batch-size", str(g.batch_size)] if g.backend == "hf" else ["--tensor-parallel-size", str(g.tensor_parallel_size)]
+    if g.backend == "hf":
+        cmd += ["--batch-size", str(g.batch_size)]
+    else:
+        cmd += ["--tensor-parallel-size", str(g.tensor_parallel_size)]
     if yaml_cfg.get("abscot_skip_bad_rows"):
         cmd += ["--skip-bad-rows"]
     return cmd + list(g.extra_args)
@@ -279,6 +288,12 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
         stages.append(stage)
         return stage
 
+    lc = cfg.training.launcher
+    # what of the launch changes training results (not the machine rank or addresses)
+    launcher_identity = {
+        "num_processes": lc.num_processes, "num_machines": lc.num_machines, "extra_args": lc.extra_args,
+        "config_file": _file_digest(lc.config_file) if lc.config_file else None,
+    }
     model: str = cfg.base_model
     model_stage: str | None = None  # the stage that produced `model` (None: the external base)
     for t in range(1, cfg.rounds + 1):
@@ -289,28 +304,26 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
             if model_stage is None:
                 data_inputs["base_model"] = model_fingerprint(model)
             prefix = f"r{t}_{phase}"
-            traces = None
             upstream = [model_stage] if model_stage else []
-            probe = phase_yaml(cfg, phase, model, data, None, folder / "train", run / "prepared" / prefix)
-            if t > 1 or phase == "b":  # round 1 Phase A trains on random traces
-                traces = folder / "traces.jsonl"
+            # round 1 Phase A trains on random traces; every other phase on generated ones
+            traces = folder / "traces.jsonl" if (t > 1 or phase == "b") else None
+            train_dir = folder / "train"
+            yaml_cfg = phase_yaml(cfg, phase, model, data, traces, train_dir, run / "prepared" / prefix)
+            yaml_cfg.update(extra_yaml)
+            if traces is not None:
                 add(Stage(
                     f"{prefix}_traces", "traces",
-                    traces_command(cfg, probe, Path(model), data, phase, traces),
+                    traces_command(cfg, yaml_cfg, Path(model), data, phase, traces),
                     [traces, traces.with_name(traces.name + ".meta.json")], run / "logs" / f"{prefix}_traces.log",
                     dict(data_inputs), list(upstream), {**env, **cfg.generation.env},
                 ))
                 upstream = [*upstream, f"{prefix}_traces"]
-            train_dir = folder / "train"
-            yaml_cfg = {**phase_yaml(cfg, phase, model, data, traces, train_dir, run / "prepared" / prefix), **extra_yaml}
             yaml_path = folder / "axolotl.yml"
             command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(cfg, machine_rank),
                        "-m", "axolotl.cli.train", str(yaml_path)]
-            lc = cfg.training.launcher
-            inputs = {**data_inputs, "processes": {"num_processes": lc.num_processes, "num_machines": lc.num_machines}}
-            for key in ("deepspeed",):
-                if yaml_cfg.get(key) and Path(str(yaml_cfg[key])).is_file():
-                    inputs[key] = _file_digest(Path(str(yaml_cfg[key])))
+            inputs = {**data_inputs, "launcher": launcher_identity}
+            if yaml_cfg.get("deepspeed") and Path(str(yaml_cfg["deepspeed"])).is_file():
+                inputs["deepspeed"] = _file_digest(Path(str(yaml_cfg["deepspeed"])))
             train = Stage(
                 f"{prefix}_train", "train", command, [train_dir], run / "logs" / f"{prefix}_train.log",
                 inputs, upstream, env, yaml_path, yaml_cfg,

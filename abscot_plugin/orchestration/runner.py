@@ -10,6 +10,7 @@ except trace files, whose generator resumes from its saved chunks.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +38,39 @@ class StaleStages(RuntimeError):
     """Finished stages whose inputs changed since they ran."""
 
 
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived while a stage ran; the stage's processes were stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunLocked(RuntimeError):
+    """Another orchestrator is working in the same run folder."""
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``OUT/.orchestrate.lock`` (flock) so that two orchestrators never share a run folder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".orchestrate.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another orchestrate.py is running in {run_dir}") from None
+        yield
+
+
 def statuses(plan: Plan, manifest: Manifest) -> dict[str, str]:
     """done / stale / todo per stage."""
     out = {}
     for stage in plan.stages:
         record = manifest.get(stage.name)
-        out[stage.name] = "todo" if record is None else "done" if record["fingerprint"] == stage.fingerprint else "stale"
+        if record is None:
+            out[stage.name] = "todo"
+        else:
+            out[stage.name] = "done" if record["fingerprint"] == stage.fingerprint else "stale"
     return out
 
 
@@ -99,24 +129,46 @@ def _prepare_inputs(plan: Plan, stage: Stage) -> None:
         write_atomic(stage.yaml_path, yaml.safe_dump(stage.yaml, sort_keys=False))
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM the stage's process group (launchers, ranks, vLLM workers), SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def _run_subprocess(stage: Stage, log: Path) -> None:
-    """Run ``stage.command`` with its output in ``log``; SIGTERM/SIGINT stop it too."""
+    """Run ``stage.command`` in its own process group with its output in ``log``. SIGTERM or
+    SIGINT to the orchestrator stops the whole group, so no training or vLLM process outlives it
+    holding the GPUs (SIGKILL cannot be caught: kill the group, ``kill -9 -- -PGID``, see the log)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **stage.env}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with open(log, "w", encoding="utf-8") as fh:
         fh.write(f"# stage {stage.name}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n# $ {stage.shell()}\n")
         fh.flush()
-        proc = subprocess.Popen(stage.command, stdout=fh, stderr=subprocess.STDOUT, env=env)
-        previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+        proc = subprocess.Popen(stage.command, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        fh.write(f"# process group {proc.pid}\n")
+        fh.flush()
+        previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             code = proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            proc.wait()
+        except Interrupted:
+            _stop_group(proc)
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     if code != 0:
         tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)[-15:])
         raise StageFailed(f"stage {stage.name} failed with exit code {code}; log: {log}\n{tail}")
@@ -175,7 +227,8 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
         metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in (record or {}).get("metrics", {}).items())
         seconds = f"{record['seconds']:.0f}" if record else ""
-        lines.append(f"| {stage.name} | {state[stage.name]} | {seconds} | {metrics} | `{stage.log.relative_to(plan.run_dir)}` |")
+        log = stage.log.relative_to(plan.run_dir)
+        lines.append(f"| {stage.name} | {state[stage.name]} | {seconds} | {metrics} | `{log}` |")
     trained = [s for s in plan.stages if s.kind == "train" and state[s.name] == "done"]
     if trained:
         lines += ["", "## Training curves (loss, learning rate)", ""]
