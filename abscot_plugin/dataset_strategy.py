@@ -90,7 +90,8 @@ class AbstractCoTStrategy:
                     raise ValueError(
                         f"abscot {self.name}: {exc} (set abscot_skip_bad_rows: true to skip and count such rows)"
                     ) from None
-                skipped[exc.reason.split(":")[0]] = skipped.get(exc.reason.split(":")[0], 0) + 1
+                kind = exc.reason.split(":")[0]
+                skipped[kind] = skipped.get(kind, 0) + 1
                 first_error = first_error or str(exc)
                 continue
             out["input_ids"].append(ex.input_ids)
