@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
-from .segments import block_mask, dense_mask
-
-
-def bottleneck_attention_mask(config, segment_ids: torch.Tensor, dtype: torch.dtype):
-    """The mask for the model's attention backend: a BlockMask for flex, bool for SDPA,
-    additive float for eager."""
-    impl = getattr(config, "_attn_implementation", None) or "sdpa"
-    seg = segment_ids.long()
-    if impl == "flex_attention":
-        return block_mask(seg)
-    if impl == "sdpa":
-        return dense_mask(seg)
-    if impl == "eager":
-        return dense_mask(seg, dtype)
-    raise ValueError(
-        f"the bottleneck mask needs attn_implementation flex_attention, sdpa or eager, not {impl!r}"
-    )
+from .segments import bottleneck_attention_mask
 
 
 class AbsCoTTrainer(AxolotlTrainer):

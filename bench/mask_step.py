@@ -40,11 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import interleaved, machine, paired_ratio, ratio, report, synchronize  # noqa: E402
 from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.fixtures import qwen3_4b_config, tiny_config  # noqa: E402
-
-try:  # pure torch; lives in trainer.py (which imports axolotl) until moved next to the masks
-    from abscot_plugin.segments import bottleneck_attention_mask  # noqa: E402
-except ImportError:
-    from abscot_plugin.trainer import bottleneck_attention_mask  # noqa: E402
+from abscot_plugin.segments import bottleneck_attention_mask  # noqa: E402
 
 PATHS = ("flex_attention", "sdpa", "eager")
 SHORT = {"flex_attention": "flex", "sdpa": "sdpa", "eager": "eager"}

