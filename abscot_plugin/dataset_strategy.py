@@ -6,9 +6,6 @@ Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched 
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from axolotl.utils.logging import get_logger
 
 from .prompts import BadRowError, parse_chat_row, row_id_of
@@ -77,9 +74,7 @@ class AbstractCoTStrategy:
         first_error = None
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         for row in rows:
-            row_id = row_id_of(row, None, self.id_field)
-            if row_id == "<no id>":
-                row_id = "sha1:" + hashlib.sha1(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:10]
+            row_id = row_id_of(row, self.id_field)
             try:
                 parsed = parse_chat_row(row, row_id, need_cot=self.with_cot)
                 ex = self.builder.example(

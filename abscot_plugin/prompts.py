@@ -7,6 +7,8 @@ using it everywhere is what keeps the two the same).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 
@@ -38,12 +40,17 @@ class ReasoningRow:
     answer: str
 
 
-def row_id_of(row: dict, index: int | None = None, id_field: str = "id") -> str:
-    """A stable name for a row in errors and trace files: its id field, else its index."""
+def row_id_of(row: dict, id_field: str = "id") -> str:
+    """A row's name in errors and trace files: its id field, else ``sha1:`` + a hash of its
+    messages' roles and contents. Training and trace generation both name rows with this, so a
+    trace generated for a row without an id still finds it in Phase B (the hash reads only role
+    and content: ``datasets`` may add null columns to rows that ``json.loads`` reads without)."""
     value = row.get(id_field)
     if value is not None and value != "":
         return str(value)
-    return f"#{index}" if index is not None else "<no id>"
+    messages = row.get("messages")
+    turns = [[m.get("role"), m.get("content")] for m in messages if isinstance(m, dict)] if isinstance(messages, list) else messages
+    return "sha1:" + hashlib.sha1(json.dumps(turns, default=str).encode()).hexdigest()[:12]
 
 
 def parse_chat_row(row: dict, row_id: str, need_cot: bool = True) -> ReasoningRow:

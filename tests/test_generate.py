@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from _helpers_generation import VLLM_GENERATE, read_jsonl, tiny_extended, vllm_run  # noqa: F401  (fixtures)
+from support import VLLM_GENERATE, read_jsonl
 
 from abscot_plugin.decode import HFDecoder, TraceSettings
 from abscot_plugin.fixtures import data_path
@@ -118,10 +118,10 @@ def test_bad_rows_named_or_skipped(hf, tmp_path):
     (tmp_path / "dup.jsonl").write_text("\n".join([good[0], good[0]]) + "\n")
     with pytest.raises(ValueError, match="dup.jsonl:2: duplicate row id 'dolci-tiny-000'"):
         read_rows(tmp_path / "dup.jsonl")
-    no_id = json.loads(good[1])
+    no_id = json.loads(good[0])
     del no_id["id"]
-    (tmp_path / "noid.jsonl").write_text("\n".join([good[0], json.dumps(no_id)]) + "\n")
-    with pytest.raises(ValueError, match="noid.jsonl:2: no 'id' field"):
+    (tmp_path / "noid.jsonl").write_text("\n".join([json.dumps(no_id)] * 2) + "\n")
+    with pytest.raises(ValueError, match="noid.jsonl:2: duplicate row id 'sha1:[0-9a-f]{12}'"):
         read_rows(tmp_path / "noid.jsonl")
 
 

@@ -105,6 +105,36 @@ def test_phase_b_row_without_trace_is_an_error(plugin_active, tiny_tokenizer, do
         strat.tokenize_prompt(batch_of(dolci_rows[:1]))
 
 
+def test_rows_without_id_get_the_same_name_in_generation_and_training(
+    plugin_active, tiny_tokenizer, vocab, dolci_rows, tmp_path
+):
+    """A trace generated for an id-less row (named by generate.read_rows) is found by Phase B
+    training, also after ``datasets`` adds a null ``id`` column for rows that lack one."""
+    import datasets
+
+    from abscot_plugin.generate import read_rows
+
+    rows = [dict(dolci_rows[0])] + [{k: v for k, v in r.items() if k != "id"} for r in dolci_rows[1:3]]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    names = [name for name, _ in read_rows(data)]
+    assert names[0] == "dolci-tiny-000" and all(n.startswith("sha1:") for n in names[1:])
+    assert len(set(names)) == 3
+    traces = tmp_path / "t.jsonl"
+    trace_names = symbol_names(64)
+    traces.write_text("".join(
+        json.dumps({"id": n, "trace": "".join(trace_names[i : i + 4])}) + "\n" for i, n in enumerate(names)
+    ))
+    loaded = datasets.load_dataset("json", data_files=str(data), split="train")
+    assert loaded["id"][1] is None  # what axolotl's loader hands the strategy
+    out = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces)).tokenize_prompt(
+        loaded.to_dict()
+    )
+    for i, ids in enumerate(out["input_ids"]):
+        begin = ids.index(vocab.begin_id)
+        assert ids[begin + 1 : begin + 5] == tiny_tokenizer.convert_tokens_to_ids(trace_names[i : i + 4])
+
+
 @pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
 def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, builder, dolci_rows, keep):
     row = dolci_rows[0]  # the long CoT
