@@ -6,7 +6,7 @@
     python orchestrate.py RUN.yml --machine-rank 1           # join the training stages from node 1
 
 Each stage (trace generation, ``axolotl`` training through ``accelerate launch``, LoRA merge,
-evaluation) is a subprocess with its own log under ``OUTPUT_DIR/logs``; ``OUTPUT_DIR/manifest.json``
+lm-eval evaluation) is a subprocess with its own log under ``OUTPUT_DIR/logs``; ``OUTPUT_DIR/manifest.json``
 records finished stages, so rerunning after a crash resumes at the first unfinished one.
 See docs/orchestrate.md. Exit codes: 0 done, 1 a stage failed, 2 bad config, stale stages or a
 run folder in use, 130/143 stopped by SIGINT/SIGTERM (the running stage's processes are stopped too).
@@ -27,6 +27,7 @@ from abscot_plugin.orchestration.runner import (
     StageFailed,
     StaleStages,
     describe,
+    report_path,
     run_lock,
     run_plan,
     run_worker,
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted ({exc}); the running stage was stopped, rerun to resume", file=sys.stderr)
         return 128 + exc.signum
     print(f"warm-up model: {plan.final_model}\nsummary: {summary}\nplots: {cfg.output_dir / 'plots'}")
+    if report_path(plan).exists():
+        print(f"evaluation: {report_path(plan)}")
     return 0
 
 

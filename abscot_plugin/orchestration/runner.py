@@ -186,9 +186,37 @@ def _check_outputs(plan: Plan, stage: Stage) -> dict[str, Any]:
             "prefixes_cut": summary["prefixes_cut"], "skipped_bad_rows": summary["skipped_bad_rows"],
             "prompts_per_s": round(summary["generated"] / max(summary["seconds"], 1e-9), 2),
         }
+    if stage.kind == "eval":
+        return _report(plan, stage)
     if stage.kind == "merge" and not (stage.outputs[0] / "config.json").exists():
         raise StageFailed(f"stage {stage.name}: no merged model in {stage.outputs[0]}")
     return {}
+
+
+def report_path(plan: Plan) -> Path:
+    """``OUT/eval/report.md``: the evaluation table of the run (next to the reference rows)."""
+    return plan.run_dir / "eval" / "report.md"
+
+
+def _report(plan: Plan, stage: Stage) -> dict[str, Any]:
+    """Rewrite the run's evaluation report from every evaluation stage's results so far; returns
+    this stage's accuracy and mean generated tokens per task for the manifest."""
+    from ..report import build_report, find_results
+
+    labels = {"eval_base": "base model", "eval": f"warm-up model, T {plan.cfg.rounds}"}
+    try:
+        find_results(stage.outputs[0])
+    except FileNotFoundError as exc:
+        raise StageFailed(f"stage {stage.name}: {exc}") from None
+    done = [s for s in plan.stages if s.kind == "eval" and s.outputs[0].exists()]
+    path = report_path(plan)
+    rows = build_report([f"{labels[s.name]}={s.outputs[0]}" for s in done], path, path.with_suffix(".png"))
+    metrics: dict[str, Any] = {}
+    for row in rows:
+        if row.run == labels[stage.name]:
+            metrics[f"{row.task} accuracy"] = row.metrics["accuracy"]
+            metrics[f"{row.task} tokens"] = row.metrics["total_tokens"]
+    return metrics
 
 
 def _check_training(plan: Plan, stage: Stage) -> dict[str, Any]:
@@ -233,8 +261,10 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
     if trained:
         lines += ["", "## Training curves (loss, learning rate)", ""]
         lines += [f"![{s.name} loss](plots/{s.name}_loss.png) ![{s.name} lr](plots/{s.name}_lr.png)" for s in trained]
-    if any(s.kind == "eval" for s in plan.stages):
-        lines += ["", f"Evaluation outputs: `{plan.run_dir / 'eval'}`"]
+    report = report_path(plan)
+    if report.exists():
+        table = [ln for ln in report.read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
+        lines += ["", "## Evaluation (`eval/report.md`)", "", *table, "", "![accuracy vs tokens](eval/report.png)"]
     path = plan.run_dir / "SUMMARY.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path
