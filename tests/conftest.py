@@ -57,3 +57,44 @@ def dolci_rows() -> list[dict]:
     from abscot_plugin.fixtures import data_path
 
     return [json.loads(line) for line in data_path("dolci_tiny.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_extended(tmp_path_factory) -> Path:
+    """A tiny random Qwen3 whose tokenizer already has V_abs (what a merged round model is)."""
+    from abscot_plugin.fixtures import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_ext"), extend=True)
+
+
+@pytest.fixture(scope="session")
+def vllm_run(tiny_extended, tmp_path_factory) -> dict:
+    """One vLLM-CPU engine run (tests/vllm_worker.py in .venv-vllm) shared by test_decode and
+    test_generate (starting vLLM on CPU takes about a minute): stage-1/2 decodes of the first five
+    Dolci rows' Phase B prefixes, and the generate CLI's Phase A trace generation for
+    ``VLLM_GENERATE`` rows. Returns the worker's result plus the request's ``prefixes`` and the
+    trace file (``out``)."""
+    import json
+
+    from support import VLLM_GENERATE, VLLM_GREEDY, VLLM_SAMPLED, read_jsonl, run_vllm
+    from transformers import AutoTokenizer
+
+    from abscot_plugin.fixtures import data_path
+    from abscot_plugin.prompts import parse_chat_row
+    from abscot_plugin.sequences import SequenceBuilder
+    from abscot_plugin.vocab import AbstractVocab
+
+    tok = AutoTokenizer.from_pretrained(tiny_extended)
+    builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok, 64))
+    rows = read_jsonl(data_path("dolci_tiny.jsonl"))[:5]
+    prefixes = [builder.phase_b_prefix(parse_chat_row(r, r["id"]))[0] for r in rows]
+    work = tmp_path_factory.mktemp("vllm")
+    out = work / "traces.jsonl"
+    request = {
+        "prefixes": prefixes, "settings": VLLM_SAMPLED, "greedy_settings": VLLM_GREEDY, "answer_max_tokens": 5,
+        "generate": {"data": str(data_path("dolci_tiny.jsonl")), "out": str(out), **VLLM_GENERATE},
+    }
+    (work / "request.json").write_text(json.dumps(request))
+    proc = run_vllm(["tests/vllm_worker.py", str(tiny_extended), str(work / "request.json"), str(work / "result.json")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {**json.loads((work / "result.json").read_text()), "prefixes": prefixes, "out": out}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _helpers_generation import VLLM_GREEDY, VLLM_SAMPLED, tiny_extended, vllm_run  # noqa: F401  (fixtures)
+from support import VLLM_GREEDY, VLLM_SAMPLED
 
 from abscot_plugin.decode import (
     HFDecoder,

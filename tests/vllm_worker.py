@@ -1,7 +1,7 @@
 """Runs in the vLLM environment (.venv-vllm): one vLLM engine for the decode and generate tests
 (starting vLLM on CPU takes about a minute, so both test files share this run).
 
-    .venv-vllm/bin/python tests/_helpers_vllm_decode.py MODEL_DIR REQUEST.json RESULT.json
+    .venv-vllm/bin/python tests/vllm_worker.py MODEL_DIR REQUEST.json RESULT.json
 
 REQUEST: {"prefixes": [[ids]], "settings": [{TraceSettings kwargs}, ...], "greedy_settings":
 {...}, "answer_max_tokens": N, "generate": {"data", "out", "limit", "max_model_len", "m_min",
