@@ -48,8 +48,9 @@ def row_id_of(row: dict, id_field: str = "id") -> str:
     value = row.get(id_field)
     if value is not None and value != "":
         return str(value)
-    messages = row.get("messages")
-    turns = [[m.get("role"), m.get("content")] for m in messages if isinstance(m, dict)] if isinstance(messages, list) else messages
+    turns = row.get("messages")
+    if isinstance(turns, list):
+        turns = [[m.get("role"), m.get("content")] for m in turns if isinstance(m, dict)]
     return "sha1:" + hashlib.sha1(json.dumps(turns, default=str).encode()).hexdigest()[:12]
 
 
