@@ -52,17 +52,17 @@ class AbstractCoTStrategy:
     def _trace_ids(self, row: dict, parsed) -> list[int]:
         if self.traces is not None:
             if parsed.row_id not in self.traces:
-                raise BadRowError(parsed.row_id, "no trace for this id in abscot_trace_file")
+                raise BadRowError(parsed.row_id, "no_trace", "no trace for this id in abscot_trace_file")
             return self.builder.trace_ids(self.traces[parsed.row_id])
         if row.get(TRACE_FIELD) is not None:
             try:
                 parse_trace(row[TRACE_FIELD], self.num_symbols, self.m_max)
             except ValueError as exc:
-                raise BadRowError(parsed.row_id, str(exc)) from None
+                raise BadRowError(parsed.row_id, "bad_trace", str(exc)) from None
             return self.builder.trace_ids(row[TRACE_FIELD])
         if not self.with_cot:
             raise BadRowError(
-                parsed.row_id, f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field"
+                parsed.row_id, "no_trace", f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field"
             )
         return self.builder.random_trace_ids(parsed, self.num_symbols, self.trace_seed, self.m_max)
 
@@ -85,8 +85,7 @@ class AbstractCoTStrategy:
                     raise ValueError(
                         f"abscot {self.name}: {exc} (set abscot_skip_bad_rows: true to skip and count such rows)"
                     ) from None
-                kind = exc.reason.split(":")[0]
-                skipped[kind] = skipped.get(kind, 0) + 1
+                skipped[exc.kind] = skipped.get(exc.kind, 0) + 1
                 first_error = first_error or str(exc)
                 continue
             out["input_ids"].append(ex.input_ids)

@@ -22,11 +22,16 @@ _THINK = re.compile(r"^\s*<think>(.*?)</think>(.*)$", re.DOTALL)
 
 
 class BadRowError(ValueError):
-    """A data row that cannot be turned into a training example."""
+    """A data row that cannot be turned into a training example.
 
-    def __init__(self, row_id: str, reason: str):
+    ``kind`` is a short, fixed name of the problem (``too_long``, ``no_think``, …) that logs group
+    skipped rows by; ``reason`` is the full sentence, which may name lengths or values.
+    """
+
+    def __init__(self, row_id: str, kind: str, reason: str):
         super().__init__(f"row {row_id}: {reason}")
         self.row_id = row_id
+        self.kind = kind
         self.reason = reason
 
 
@@ -61,32 +66,32 @@ def parse_chat_row(row: dict, row_id: str, need_cot: bool = True) -> ReasoningRo
     """
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRowError(row_id, "'messages' must be a non-empty list")
+        raise BadRowError(row_id, "messages", "'messages' must be a non-empty list")
     for msg in messages:
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), str):
-            raise BadRowError(row_id, "each message needs a string 'content'")
+            raise BadRowError(row_id, "messages", "each message needs a string 'content'")
         if msg.get("role") not in ("system", "user", "assistant"):
-            raise BadRowError(row_id, f"unknown role {msg.get('role')!r}")
+            raise BadRowError(row_id, "role", f"unknown role {msg.get('role')!r}")
     if messages[-1]["role"] != "assistant":
-        raise BadRowError(row_id, "last message must be the assistant's")
+        raise BadRowError(row_id, "role", "last message must be the assistant's")
     prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
     if not any(m["role"] == "user" for m in prompt):
-        raise BadRowError(row_id, "no user message")
+        raise BadRowError(row_id, "role", "no user message")
     reply = messages[-1]["content"]
     match = _THINK.match(reply)
     if match is None:
         if need_cot:
-            raise BadRowError(row_id, "assistant message has no <think>…</think> block")
+            raise BadRowError(row_id, "no_think", "assistant message has no <think>…</think> block")
         cot, answer = "", reply
     else:
         cot, answer = match.group(1).strip(), match.group(2).strip()
     if need_cot and not cot:
-        raise BadRowError(row_id, "empty <think> block")
+        raise BadRowError(row_id, "empty_cot", "empty <think> block")
     if not answer:
-        raise BadRowError(row_id, "empty answer after </think>")
+        raise BadRowError(row_id, "empty_answer", "empty answer after </think>")
     for marker in (BEGIN, END):
         if marker in reply or any(marker in m["content"] for m in prompt):
-            raise BadRowError(row_id, f"text contains the reserved marker {marker}")
+            raise BadRowError(row_id, "marker", f"text contains the reserved marker {marker}")
     return ReasoningRow(row_id, prompt, cot, answer)
 
 

@@ -53,7 +53,7 @@ class SequenceBuilder:
         """x: the chat-template prompt (special tokens of the template parsed as such)."""
         ids = self.tok(prompt_text(self.tok, row.messages), add_special_tokens=False)["input_ids"]
         if self._abstract.intersection(ids):
-            raise BadRowError(row.row_id, "prompt text contains a reserved abstract token")
+            raise BadRowError(row.row_id, "marker", "prompt text contains a reserved abstract token")
         return ids
 
     def cot_ids(self, row: ReasoningRow) -> list[int]:
@@ -101,13 +101,13 @@ class SequenceBuilder:
         fixed = len(x) + len(z) + len(y)
         if fixed > sequence_len:
             raise BadRowError(
-                row.row_id,
+                row.row_id, "too_long",
                 f"prompt + trace + answer take {fixed} tokens, more than sequence_len={sequence_len}",
             )
         cut = max(0, len(c) - (sequence_len - fixed))
         c = _cut(c, cut, cot_keep)
         if with_cot and not c:
-            raise BadRowError(row.row_id, f"no room left for the CoT within sequence_len={sequence_len}")
+            raise BadRowError(row.row_id, "too_long", f"no room left for the CoT within sequence_len={sequence_len}")
         ids = x + c + z + y
         labels = [IGNORE] * (len(x) + len(c) + 1) + z[1:] + y
         segments = (

@@ -195,6 +195,16 @@ def test_bad_rows_are_counted_when_skipping(plugin_active, tiny_tokenizer, dolci
     out = strategy(tiny_tokenizer, abscot_skip_bad_rows=True).tokenize_prompt(batch_of(rows))
     assert len(out["input_ids"]) == 3
     assert "skipped 7 of 10 rows" in caplog.text and "row r1" in caplog.text
+    # grouped by the error's short kind, not by its message text
+    assert "3× bad_trace" in caplog.text and "1× no_think" in caplog.text
+
+
+def test_over_long_rows_are_one_kind_in_the_skip_log(plugin_active, tiny_tokenizer, dolci_rows, caplog):
+    caplog.set_level("WARNING")
+    out = strategy(tiny_tokenizer, sequence_len=40, abscot_skip_bad_rows=True).tokenize_prompt(
+        batch_of(dolci_rows[:4])
+    )
+    assert out["input_ids"] == [] and "skipped 4 of 4 rows in this batch (4× too_long)" in caplog.text
 
 
 def test_strategy_refuses_to_run_without_the_plugin(tiny_tokenizer):
