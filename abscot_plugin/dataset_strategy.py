@@ -78,7 +78,8 @@ class AbstractCoTStrategy:
             try:
                 parsed = parse_chat_row(row, row_id, need_cot=self.with_cot)
                 ex = self.builder.example(
-                    parsed, self._trace_ids(row, parsed), self.with_cot, self.sequence_len, self.cot_keep
+                    parsed, self._trace_ids(row, parsed), self.with_cot, self.sequence_len, self.cot_keep,
+                    self.m_max,
                 )
             except BadRowError as exc:
                 if not self.skip_bad:

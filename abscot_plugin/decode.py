@@ -5,11 +5,26 @@ V_abs only; ``<endabstract>`` is forbidden until ``m_min`` symbols and forced af
 Stage 2 (:meth:`Decoder.complete`): greedy, unconstrained continuation up to a token budget,
 stopping at stop ids. :func:`two_stage` chains them the way evaluation does (METHOD.md).
 
-Backends: :class:`HFDecoder` (transformers ``generate`` with a masking logits processor; CPU and
-small runs) and :class:`VLLMDecoder` (``SamplingParams.allowed_token_ids``; GPU runs). Both return
-token ids and both pass every trace through :func:`check_trace`, so a backend that broke the
-constraint fails loudly instead of writing a bad trace. vLLM is imported lazily: the vLLM
-environment has no axolotl and this module never imports it.
+Backends: :class:`HFDecoder` (transformers ``generate`` with :class:`TraceSampler`, a logits
+processor that samples each row itself; CPU and small runs) and :class:`VLLMDecoder`
+(``SamplingParams.allowed_token_ids``; GPU runs). Both return token ids and both pass every trace
+through :func:`check_trace`, so a backend that broke the constraint fails loudly instead of writing
+a bad trace. vLLM is imported lazily: the vLLM environment has no axolotl and this module never
+imports it. The stage-1 distribution (allowed set, temperature, top-p) is
+:func:`trace_log_probs`, the one definition both the sampler and later log-probability
+computations read.
+
+Seeds: every prompt gets its own seed, :func:`prompt_seed` of the run seed and its ids, on both
+backends, so a row's trace does not depend on which rows share its batch, on the batch size, the
+order, or how a resumed run is chunked. What this cannot promise: batching changes the shapes of
+the matrix products (left padding), so a row's logits differ by float rounding between batch
+shapes. The HF sampler draws one uniform per row and step and inverts the CDF over the allowed
+ids, so a token changes only when its uniform falls between the two CDFs at some boundary. On
+the tiny test model (a row alone vs in a padded batch of 8) the CDFs differ by at most 3e-7 in
+float32, a 4e-6 chance per step (~4e-4 per 100-symbol trace: a few rows of a large run), but by
+3e-4 in bfloat16, a 4e-3 chance per step: with bf16 weights, expect a sizeable share of long
+traces to change when their batch shapes change. vLLM has the same limitation (its batches
+change from step to step).
 """
 
 from __future__ import annotations
@@ -96,32 +111,68 @@ def _cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return list(ids)
 
 
-# -- transformers ----------------------------------------------------------------------------
-class TraceMaskProcessor(LogitsProcessor):
-    """Logits processor enforcing the stage-1 alphabet on left-padded batches.
+# -- the stage-1 distribution -----------------------------------------------------------------
+def trace_log_probs(
+    logits: torch.Tensor, generated: int, vocab: AbstractVocab, settings: TraceSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stage-1 next-token distribution after ``generated`` trace symbols.
 
-    Positions past ``prompt_len`` are generated. Before ``m_min`` symbols only V_abs is allowed;
-    from ``m_min`` to ``m_max`` V_abs and ``<endabstract>``; at ``m_max`` only ``<endabstract>``.
-    (``min_new_tokens`` would only block EOS, not keep other tokens out.)
+    ``logits``: ``[batch, vocab_size]`` scores of the next token. Returns ``(allowed, log_probs)``:
+    the allowed ids ``[k]`` and float32 log-probabilities ``[batch, k]`` over them (-inf where
+    top-p removed an id). Allowed: V_abs before ``m_min`` symbols, V_abs and ``<endabstract>`` from
+    ``m_min``, only ``<endabstract>`` at ``m_max``. Then temperature T (softmax of logits / T over
+    the allowed ids; T = 0 puts all mass on their argmax) and top-p (the highest-probability ids
+    whose mass reaches ``top_p``, as transformers' and vLLM's top-p keep them; renormalised). This
+    is what :class:`TraceSampler` samples from; anything that needs a trace's log-probability
+    under the teacher (e.g. importance ratios) should read it here.
+    """
+    ids = list(vocab.symbol_ids) if generated < settings.m_max else []
+    if generated >= settings.m_min:
+        ids.append(vocab.end_id)
+    allowed = torch.tensor(ids, dtype=torch.long, device=logits.device)
+    scores = logits.index_select(-1, allowed).float()
+    if settings.temperature == 0:
+        best = scores.argmax(-1, keepdim=True)
+        return allowed, torch.full_like(scores, float("-inf")).scatter(-1, best, 0.0)
+    scores = scores / settings.temperature
+    if settings.top_p < 1.0:
+        ordered, order = scores.sort(-1)
+        drop = ordered.softmax(-1).cumsum(-1) <= 1 - settings.top_p
+        drop[..., -1] = False  # the most likely id always stays
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return allowed, scores.log_softmax(-1)
+
+
+class TraceSampler(LogitsProcessor):
+    """Samples stage-1 tokens per row, inside ``generate`` (which then runs greedy).
+
+    Row r draws its step-k token from :func:`trace_log_probs` with the k-th uniform of a
+    generator seeded by ``seeds[r]`` (inverse CDF over the allowed ids) and returns scores that
+    leave only that token, so the draw depends on the row's own seed and logits alone. Positions
+    past ``prompt_len`` (the padded prompt width) are generated.
     """
 
-    def __init__(self, vocab: AbstractVocab, prompt_len: int, m_min: int, m_max: int):
-        self.symbols = torch.tensor(vocab.symbol_ids, dtype=torch.long)
-        self.end_id = vocab.end_id
+    def __init__(self, vocab: AbstractVocab, prompt_len: int, settings: TraceSettings, seeds: Sequence[int]):
+        self.vocab = vocab
         self.prompt_len = prompt_len
-        self.m_min = m_min
-        self.m_max = m_max
+        self.settings = settings
+        self.uniforms = torch.stack([  # [step, row]
+            torch.rand(settings.m_max + 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            for seed in seeds
+        ], dim=1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids.shape[1] - self.prompt_len
-        keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
-        if generated < self.m_max:
-            keep[self.symbols.to(scores.device)] = True
-        if generated >= self.m_min:
-            keep[self.end_id] = True
-        return scores.masked_fill(~keep, float("-inf"))
+        allowed, log_probs = trace_log_probs(scores, generated, self.vocab, self.settings)
+        cdf = log_probs.double().exp().cpu().cumsum(-1)
+        cdf = cdf / cdf[:, -1:]  # ends at exactly 1.0, above every uniform in [0, 1)
+        pick = torch.searchsorted(cdf, self.uniforms[generated, :, None], right=True).squeeze(-1)
+        tokens = allowed[pick.to(allowed.device)]
+        forced = torch.full_like(scores, float("-inf"))
+        return forced.scatter_(-1, tokens[:, None], 0.0)
 
 
+# -- transformers ----------------------------------------------------------------------------
 class HFDecoder:
     """:class:`Decoder` over a transformers causal LM (left padding, batched, seeded)."""
 
@@ -167,26 +218,17 @@ class HFDecoder:
         return out[:, ids.shape[1] :].tolist()
 
     def traces(self, prefixes: list[list[int]], settings: TraceSettings) -> list[list[int]]:
-        """Stage 1 with :class:`TraceMaskProcessor`; each batch seeded from its prompts."""
+        """Stage 1: greedy ``generate`` over the tokens :class:`TraceSampler` draws, each prompt
+        seeded by :func:`prompt_seed` (the same trace in any batch, modulo float rounding)."""
         results: list[list[int]] = [[] for _ in prefixes]
-        sample = settings.temperature > 0
         config = GenerationConfig(
-            do_sample=sample,
-            temperature=settings.temperature if sample else None,
-            top_p=settings.top_p if sample else None,
-            top_k=0,
-            repetition_penalty=1.0,
-            max_new_tokens=settings.m_max + 1,
-            eos_token_id=self.vocab.end_id,
-            pad_token_id=self.pad_id,
+            do_sample=False, max_new_tokens=settings.m_max + 1, eos_token_id=self.vocab.end_id,
+            pad_token_id=self.pad_id, repetition_penalty=1.0,
         )
         for idx, ids, mask in self._batches(prefixes):
-            mask_proc = TraceMaskProcessor(self.vocab, ids.shape[1], settings.m_min, settings.m_max)
-            devices = [self.model.device] if self.model.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(prompt_seed(settings.seed, [t for i in idx for t in prefixes[i]]))
-                generated = self._generate(ids, mask, config, [mask_proc])
-            for i, row in zip(idx, generated):
+            seeds = [prompt_seed(settings.seed, prefixes[i]) for i in idx]
+            sampler = TraceSampler(self.vocab, ids.shape[1], settings, seeds)
+            for i, row in zip(idx, self._generate(ids, mask, config, [sampler]), strict=True):
                 results[i] = check_trace(_cut_at_stop(row, [self.vocab.end_id]), self.vocab, settings)
         return results
 

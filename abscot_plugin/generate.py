@@ -3,17 +3,27 @@ constraint (:mod:`abscot_plugin.decode`), written as the JSONL that ``abscot_tra
 
     python -m abscot_plugin.generate --model DIR --data ROWS.jsonl --mode phase_a|phase_b \\
         --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min 16 --m-max 128 \\
-        --temperature 0.7 --seed 0] [--tensor-parallel-size N] [--limit N]
+        --temperature 0.7 --seed 0] [--sequence-len S --cot-keep end --train-m-max 128] \\
+        [--tensor-parallel-size N] [--limit N]
 
-Phase A teacher: prefix x c <beginabstract> (the previous round's model); Phase B teacher:
-x <beginabstract> (this round's Phase A model). Prefixes that would not leave room for a full
-trace within the model length are left-truncated (keeping ``<beginabstract>``) and counted.
+Phase A teacher (the previous round's model): prefix x c <beginabstract>, exactly the prefix of
+the row that the next Phase A training builds (:meth:`SequenceBuilder.phase_a_prefix` with that
+training's ``sequence_len``, ``abscot_cot_keep`` and ``abscot_m_max``: ``--sequence-len``,
+``--cot-keep``, ``--train-m-max``), so the CoT is cut exactly as training cuts it, and a row that
+training would reject is an error here too. If ``max_model_len`` is below ``--sequence-len``, the
+prefix is built for ``max_model_len`` instead (x whole, less CoT): such rows are counted and the
+summary warns. Phase B teacher (this round's Phase A model): x <beginabstract>, never cut. A
+prefix that leaves no room for ``m_max`` symbols and ``<endabstract>`` within ``max_model_len`` is
+a bad row (kind ``too_long``). Bad rows fail the run, naming the row, or with ``--skip-bad-rows``
+are skipped and counted by kind.
 
-Output rows: ``{"id", "trace", "length", "prefix_tokens", "prefix_cut"}`` in input order. Work is
-saved chunk by chunk in ``OUT.parts/`` (each part written atomically), so an interrupted run
-resumes without regenerating finished rows; at the end the parts become ``OUT`` (atomically)
-and ``OUT.meta.json`` records the settings and counts. Resuming with different settings is
-refused. Runs under the vLLM environment too: nothing here imports axolotl.
+Output rows: ``{"id", "trace", "length", "prefix_tokens", "cot_cut"}`` in input order (``cot_cut``:
+CoT tokens cut from the prefix; 0 in Phase B). Work is saved chunk by chunk in ``OUT.parts/`` (each
+part written atomically), so an interrupted run resumes without regenerating finished rows; every
+prompt has its own seed, so the traces do not depend on how the run was chunked (up to float
+rounding between batch shapes: :mod:`abscot_plugin.decode`). At the end the parts become ``OUT``
+(atomically) and ``OUT.meta.json`` records the settings and counts. Resuming with different
+settings is refused. Runs under the vLLM environment too: nothing here imports axolotl.
 """
 
 from __future__ import annotations
@@ -24,16 +34,17 @@ import shutil
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from tqdm import tqdm
 
+from .args import AbsCoTArgs
 from .decode import Decoder, TraceSettings
 from .orchestration.manifest import write_atomic
-from .prompts import BadRowError, parse_chat_row, row_id_of
-from .sequences import SequenceBuilder
+from .prompts import BadRowError, ReasoningRow, parse_chat_row, row_id_of
+from .sequences import CotKeep, SequenceBuilder
 from .traces import parse_trace
 from .vocab import DEFAULT_NUM_SYMBOLS, AbstractVocab
 
@@ -42,12 +53,24 @@ Backend = Literal["hf", "vllm"]
 
 
 @dataclass(frozen=True)
+class TrainLayout:
+    """The Phase A training that will read Phase A traces: its ``sequence_len``,
+    ``abscot_m_max`` (the trace room every row reserves) and ``abscot_cot_keep``."""
+
+    sequence_len: int
+    m_max: int
+    cot_keep: CotKeep
+
+
+@dataclass(frozen=True)
 class Prefix:
-    """One row's decode prompt."""
+    """One row's decode prompt; ``cot_cut``: CoT tokens cut; ``short``: less CoT than its
+    training row has (``max_model_len`` below the training ``sequence_len``)."""
 
     row_id: str
     ids: list[int]
-    cut: int
+    cot_cut: int = 0
+    short: bool = False
 
 
 @dataclass
@@ -58,8 +81,10 @@ class Summary:
     resumed: int = 0
     generated: int = 0
     skipped_bad_rows: int = 0
-    prefixes_cut: int = 0
-    tokens_cut: int = 0
+    skipped_kinds: dict[str, int] = field(default_factory=dict)
+    cots_cut: int = 0
+    cot_tokens_cut: int = 0
+    short_context: int = 0
     trace_tokens: int = 0
     prefix_tokens: int = 0
     seconds: float = 0.0
@@ -67,13 +92,20 @@ class Summary:
     def line(self) -> str:
         """The one-line report printed at the end (throughput of the rows generated now)."""
         secs = max(self.seconds, 1e-9)
-        return (
+        kinds = ", ".join(f"{n}× {kind}" for kind, n in sorted(self.skipped_kinds.items()))
+        text = (
             f"generated {self.generated} traces in {self.seconds:.1f} s: "
             f"{self.generated / secs:.2f} prompts/s, {self.trace_tokens / secs:.1f} trace tokens/s, "
             f"{self.prefix_tokens / secs:.0f} prefix tokens/s; {self.resumed} rows resumed from an "
-            f"earlier run; {self.prefixes_cut} prefixes left-truncated ({self.tokens_cut} tokens cut); "
-            f"{self.skipped_bad_rows} bad rows skipped"
+            f"earlier run; {self.cots_cut} CoTs cut as training cuts them ({self.cot_tokens_cut} tokens); "
+            f"{self.skipped_bad_rows} bad rows skipped" + (f" ({kinds})" if kinds else "")
         )
+        if self.short_context:
+            text += (
+                f"; WARNING: {self.short_context} rows decoded with less CoT than their training rows "
+                "hold (max_model_len < --sequence-len)"
+            )
+        return text
 
 
 def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") -> list[tuple[str, dict]]:
@@ -100,29 +132,58 @@ def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") 
     return rows
 
 
+def _row_prefix(
+    builder: SequenceBuilder, row: ReasoningRow, mode: Mode, m_max: int, max_model_len: int | None,
+    layout: TrainLayout | None,
+) -> Prefix:
+    """The decode prompt of one parsed row (module docstring); raises :class:`BadRowError`."""
+    if mode == "phase_b":
+        ids = builder.phase_b_prefix(row)
+        if max_model_len is not None and len(ids) + m_max + 1 > max_model_len:
+            raise BadRowError(
+                row.row_id, "too_long", f"prefix of {len(ids)} tokens leaves no room for {m_max} symbols "
+                f"and <endabstract> within max_model_len={max_model_len}",
+            )
+        return Prefix(row.row_id, ids)
+    # the training row's prefix first: it raises for every row that training rejects. A Phase A
+    # prefix built for a length L leaves L - |prefix| >= |y| + layout.m_max + 1 > m_max + 1 free
+    ids, cut = builder.phase_a_prefix(row, layout.sequence_len, layout.m_max, layout.cot_keep)
+    if max_model_len is None or max_model_len >= layout.sequence_len:
+        return Prefix(row.row_id, ids, cut)
+    try:
+        engine_ids, cut = builder.phase_a_prefix(row, max_model_len, layout.m_max, layout.cot_keep)
+    except BadRowError as exc:
+        raise BadRowError(
+            row.row_id, exc.kind, f"{exc.reason}: that is max_model_len, below the training's "
+            f"sequence_len {layout.sequence_len}",
+        ) from None
+    return Prefix(row.row_id, engine_ids, cut, short=engine_ids != ids)
+
+
 def build_prefixes(
     rows: Iterable[tuple[str, dict]],
     builder: SequenceBuilder,
     mode: Mode,
-    max_prefix_len: int | None,
+    m_max: int,
+    max_model_len: int | None,
+    layout: TrainLayout | None,
     skip_bad_rows: bool,
     summary: Summary,
 ) -> list[Prefix]:
-    """Decode prompts for ``mode``; a malformed row raises (naming it) unless skipped and counted."""
+    """Decode prompts for ``mode`` (``layout``: needed for Phase A); a bad row raises (naming
+    it) unless skipped and counted by kind in ``summary``."""
+    if mode == "phase_a" and layout is None:
+        raise ValueError("Phase A prefixes need the layout of the Phase A training (TrainLayout)")
     prefixes = []
     for row_id, row in rows:
         try:
             parsed = parse_chat_row(row, row_id, need_cot=mode == "phase_a")
-            if mode == "phase_a":
-                ids, cut = builder.phase_a_prefix(parsed, max_prefix_len)
-            else:
-                ids, cut = builder.phase_b_prefix(parsed, max_prefix_len)
+            prefixes.append(_row_prefix(builder, parsed, mode, m_max, max_model_len, layout))
         except BadRowError as exc:
             if not skip_bad_rows:
                 raise ValueError(f"{exc} (pass --skip-bad-rows to skip and count such rows)") from None
             summary.skipped_bad_rows += 1
-            continue
-        prefixes.append(Prefix(row_id, ids, cut))
+            summary.skipped_kinds[exc.kind] = summary.skipped_kinds.get(exc.kind, 0) + 1
     return prefixes
 
 
@@ -187,7 +248,7 @@ def trace_record(prefix: Prefix, ids: list[int], vocab: AbstractVocab, settings:
         )
     return {
         "id": prefix.row_id, "trace": trace, "length": len(symbols),
-        "prefix_tokens": len(prefix.ids), "prefix_cut": prefix.cut,
+        "prefix_tokens": len(prefix.ids), "cot_cut": prefix.cot_cut,
     }
 
 
@@ -199,20 +260,24 @@ def generate_traces(
     out: str | Path,
     settings: TraceSettings,
     max_model_len: int | None,
+    layout: TrainLayout | None = None,
     chunk_size: int = 256,
     skip_bad_rows: bool = False,
     settings_record: dict | None = None,
 ) -> Summary:
-    """Generate (or resume) one trace per row into ``out``; returns the run's counts."""
+    """Generate (or resume) one trace per row into ``out``; returns the run's counts.
+    ``layout``: the Phase A training that will read the traces (Phase A only)."""
+    if layout is not None and settings.m_max > layout.m_max:
+        raise ValueError(
+            f"m_max {settings.m_max} exceeds the training's m_max {layout.m_max}: its rows have no room for such traces"
+        )
     summary = Summary(rows=len(rows))
-    max_prefix = None if max_model_len is None else max_model_len - settings.m_max - 1
-    if max_prefix is not None and max_prefix < 2:
-        raise ValueError(f"max_model_len={max_model_len} leaves no room for a prefix and {settings.m_max} symbols")
     writer = TraceWriter(out, settings_record or {})
     done = writer.finished()
-    prefixes = build_prefixes(rows, builder, mode, max_prefix, skip_bad_rows, summary)
-    summary.prefixes_cut = sum(1 for p in prefixes if p.cut)
-    summary.tokens_cut = sum(p.cut for p in prefixes)
+    prefixes = build_prefixes(rows, builder, mode, settings.m_max, max_model_len, layout, skip_bad_rows, summary)
+    summary.cots_cut = sum(1 for p in prefixes if p.cot_cut)
+    summary.cot_tokens_cut = sum(p.cot_cut for p in prefixes)
+    summary.short_context = sum(1 for p in prefixes if p.short)
     pending = [p for p in prefixes if p.row_id not in done]
     summary.resumed = len(prefixes) - len(pending)
     start = time.perf_counter()
@@ -220,7 +285,7 @@ def generate_traces(
         for begin in range(0, len(pending), chunk_size):
             chunk = pending[begin : begin + chunk_size]
             traces = decoder.traces([p.ids for p in chunk], settings)
-            records = [trace_record(p, ids, builder.vocab, settings) for p, ids in zip(chunk, traces)]
+            records = [trace_record(p, ids, builder.vocab, settings) for p, ids in zip(chunk, traces, strict=True)]
             writer.write_part(records)
             done.update((r["id"], r) for r in records)
             summary.generated += len(chunk)
@@ -284,6 +349,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="prefix + trace budget (default: the model's max_position_embeddings)")
     parser.add_argument("--m-min", type=int, default=16)
     parser.add_argument("--m-max", type=int, default=128)
+    cot_keep = AbsCoTArgs.model_fields["abscot_cot_keep"].default
+    parser.add_argument("--sequence-len", type=int, default=None,
+                        help="phase_a: sequence_len of the Phase A training (default: the model length)")
+    parser.add_argument("--cot-keep", choices=get_args(CotKeep), default=cot_keep,
+                        help="phase_a: abscot_cot_keep of the Phase A training")
+    parser.add_argument("--train-m-max", type=int, default=None,
+                        help="phase_a: abscot_m_max of the Phase A training, the trace room its rows reserve "
+                        "(default: --m-max)")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -301,9 +374,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.chunk_size is None:
         args.chunk_size = 4 * args.batch_size if args.backend == "hf" else 1024
-    if min(args.chunk_size, args.batch_size, args.limit or 1) < 1:
-        parser.error("--chunk-size, --batch-size and --limit must be >= 1")
+    if min(args.chunk_size, args.batch_size, args.limit or 1, args.sequence_len or 1) < 1:
+        parser.error("--chunk-size, --batch-size, --limit and --sequence-len must be >= 1")
+    args.train_m_max = args.train_m_max or args.m_max
     return args
+
+
+def train_layout(args: argparse.Namespace, max_model_len: int | None) -> TrainLayout | None:
+    """The Phase A training layout the command line describes (None in Phase B)."""
+    if args.mode != "phase_a":
+        return None
+    sequence_len = args.sequence_len or max_model_len
+    if sequence_len is None:
+        raise SystemExit("error: --mode phase_a needs --sequence-len (the model config has no length)")
+    return TrainLayout(sequence_len, args.train_m_max, args.cot_keep)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,15 +399,16 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
     decoder, tokenizer, max_len = load_decoder(args)
+    layout = train_layout(args, max_len)
     record = {
         "model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()),
         "mode": args.mode, "max_model_len": max_len, "num_symbols": args.num_symbols,
-        "id_field": args.id_field, **asdict(settings),
+        "id_field": args.id_field, "train_layout": asdict(layout) if layout else None, **asdict(settings),
     }
     try:
         summary = generate_traces(
-            decoder, SequenceBuilder(tokenizer, decoder.vocab), rows, args.mode, args.out, settings,
-            max_len, args.chunk_size, args.skip_bad_rows, record,
+            decoder, SequenceBuilder(tokenizer, decoder.vocab), rows, args.mode, args.out, settings, max_len,
+            layout, args.chunk_size, args.skip_bad_rows, record,
         )
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None

@@ -146,7 +146,7 @@ class AbsCoTLM(LM):
                 f"{self.info['pretrained']}: the tokenizer has no abstract vocabulary "
                 f"(M={self.info['num_symbols']}); abstract tasks need an Abstract-CoT checkpoint"
             )
-        return self.builder.phase_b_prefix(row)[0]
+        return self.builder.phase_b_prefix(row)
 
     def stop_ids(self, stop: tuple[str, ...]) -> list[int]:
         """Token ids of the stop strings; each must be one token."""

@@ -6,6 +6,16 @@ Phase B (self-distill):  x     <beginabstract> z <endabstract>  \\n y <|im_end|>
 Labels cover z, ``<endabstract>`` and ``\\n y <|im_end|>``; never x, c or ``<beginabstract>``
 (which the decoder is given). Prefixes for generation are built here too, from the same pieces,
 so a training prompt and a decode prompt are the same ids.
+
+Fitting ``sequence_len``: only the CoT c is ever cut (``cot_keep``); x, z and y never are. A Phase A
+row is laid out before its trace is known (the teacher that writes z decodes from this very
+prefix), so it reserves room for the longest trace: c gets
+``sequence_len - |x| - |y| - (m_max + 2)`` tokens (2: the delimiters) whatever |z| turns out to
+be. That costs at most m_max + 2 CoT tokens (130 of 8192 at the defaults). Example,
+sequence_len 20, m_max 4 (reserve 6), |x| 5, |y| 3, |c| 10: c keeps 20 - 5 - 3 - 6 = 6 tokens
+(4 cut); the generation prefix is x c[4:] <beginabstract> (12 ids, ``cot_keep`` end), and with a
+2-symbol trace the training row is those 12 ids + z <endabstract> + y = 18 ids. Phase B rows have
+no c: x + z + y must fit.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import segments as seg
 from .prompts import BadRowError, ReasoningRow, cot_steps, cot_text, prompt_text
-from .traces import random_trace
+from .traces import DEFAULT_M_MAX, random_trace
 from .vocab import AbstractVocab
 
 IGNORE = -100
@@ -71,20 +81,44 @@ class SequenceBuilder:
         return self.tok(trace, add_special_tokens=False)["input_ids"]
 
     # -- generation prefixes -------------------------------------------------------------
-    def phase_a_prefix(self, row: ReasoningRow, max_len: int | None = None) -> tuple[list[int], int]:
-        """x c <beginabstract>, left-truncated to ``max_len`` (keeping the end); returns the
-        ids and how many tokens were cut."""
-        return _left_truncate(self.prompt_ids(row) + self.cot_ids(row) + [self.vocab.begin_id], max_len)
+    def phase_a_prefix(
+        self, row: ReasoningRow, sequence_len: int, m_max: int = DEFAULT_M_MAX, cot_keep: CotKeep = "end"
+    ) -> tuple[list[int], int]:
+        """x c <beginabstract>: exactly the ids that :meth:`example` puts before z for the same
+        ``sequence_len``, ``m_max`` and ``cot_keep``; returns them and how many CoT tokens were cut.
+        Raises :class:`BadRowError` (``too_long``) for a row that training would reject."""
+        x, c, _, cut = self._phase_a_head(row, sequence_len, m_max, cot_keep)
+        return x + c + [self.vocab.begin_id], cut
 
-    def phase_b_prefix(self, row: ReasoningRow, max_len: int | None = None) -> tuple[list[int], int]:
-        """x <beginabstract>, left-truncated to ``max_len``."""
-        return _left_truncate(self.prompt_ids(row) + [self.vocab.begin_id], max_len)
+    def phase_b_prefix(self, row: ReasoningRow) -> list[int]:
+        """x <beginabstract> (never cut: a prompt too long for its budget is the caller's error)."""
+        return self.prompt_ids(row) + [self.vocab.begin_id]
 
     def answer_prefix_suffix(self, trace_ids: list[int]) -> list[int]:
         """What follows x <beginabstract> before the answer: z <endabstract> \\n."""
         return list(trace_ids) + [self.vocab.end_id] + self.newline_ids
 
     # -- training examples ---------------------------------------------------------------
+    def _answer_ids(self, row: ReasoningRow) -> list[int]:
+        """\\n y <|im_end|>: what follows ``<endabstract>``."""
+        return self.newline_ids + self._text_ids(row.answer) + [self.end_of_turn]
+
+    def _phase_a_head(
+        self, row: ReasoningRow, sequence_len: int, m_max: int, cot_keep: CotKeep
+    ) -> tuple[list[int], list[int], list[int], int]:
+        """(x, c cut to its room, y, CoT tokens cut) of a Phase A row: the one place that decides
+        what a Phase A row keeps, read by :meth:`example` and :meth:`phase_a_prefix` alike."""
+        x, c, y = self.prompt_ids(row), self.cot_ids(row), self._answer_ids(row)
+        room = sequence_len - len(x) - len(y) - (m_max + 2)
+        if room < 1:
+            raise BadRowError(
+                row.row_id, "too_long",
+                f"prompt ({len(x)}) + answer ({len(y)}) + room for a {m_max}-symbol trace (+2 delimiters) "
+                f"leave no room for the CoT within sequence_len={sequence_len}",
+            )
+        cut = max(0, len(c) - room)
+        return x, _cut(c, cut, cot_keep), y, cut
+
     def example(
         self,
         row: ReasoningRow,
@@ -92,34 +126,28 @@ class SequenceBuilder:
         with_cot: bool,
         sequence_len: int,
         cot_keep: CotKeep = "end",
+        m_max: int = DEFAULT_M_MAX,
     ) -> Example:
-        """Build one training example; the CoT (only) is cut to fit ``sequence_len``."""
-        x = self.prompt_ids(row)
-        c = self.cot_ids(row) if with_cot else []
+        """Build one training example. Phase A (``with_cot``): c is cut to the room that a
+        trace of ``m_max`` symbols leaves (module docstring); Phase B: x + z + y must fit."""
         z = [self.vocab.begin_id] + list(trace_ids) + [self.vocab.end_id]
-        y = self.newline_ids + self._text_ids(row.answer) + [self.end_of_turn]
-        fixed = len(x) + len(z) + len(y)
-        if fixed > sequence_len:
-            raise BadRowError(
-                row.row_id, "too_long",
-                f"prompt + trace + answer take {fixed} tokens, more than sequence_len={sequence_len}",
-            )
-        cut = max(0, len(c) - (sequence_len - fixed))
-        c = _cut(c, cut, cot_keep)
-        if with_cot and not c:
-            raise BadRowError(row.row_id, "too_long", f"no room left for the CoT within sequence_len={sequence_len}")
+        if with_cot:
+            if len(trace_ids) > m_max:
+                raise BadRowError(row.row_id, "bad_trace", f"trace of {len(trace_ids)} symbols exceeds m_max={m_max}")
+            x, c, y, cut = self._phase_a_head(row, sequence_len, m_max, cot_keep)
+        else:
+            x, c, y, cut = self.prompt_ids(row), [], self._answer_ids(row), 0
+            if len(x) + len(z) + len(y) > sequence_len:
+                raise BadRowError(
+                    row.row_id, "too_long", f"prompt + trace + answer take {len(x) + len(z) + len(y)} tokens, "
+                    f"more than sequence_len={sequence_len}",
+                )
         ids = x + c + z + y
         labels = [IGNORE] * (len(x) + len(c) + 1) + z[1:] + y
         segments = (
             [seg.PROMPT] * len(x) + [seg.COT] * len(c) + [seg.ABSTRACT] * len(z) + [seg.ANSWER] * len(y)
         )
         return Example(ids, labels, segments, cut)
-
-
-def _left_truncate(ids: list[int], max_len: int | None) -> tuple[list[int], int]:
-    if max_len is None or len(ids) <= max_len:
-        return ids, 0
-    return ids[len(ids) - max_len :], len(ids) - max_len
 
 
 def _cut(ids: list[int], n: int, keep: CotKeep) -> list[int]:

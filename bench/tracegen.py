@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cot-repeat", type=int, default=12, help="CoT copies in a Phase A row (prefix length)")
     parser.add_argument("--batch-size", type=int, default=8, help="hf backend: prompts per generate call")
     parser.add_argument("--max-model-len", type=int, default=1400,
-                        help="prefix + m_max budget; Phase A prefixes are left-truncated to fit")
+                        help="engine length and Phase A training sequence_len (CoTs cut as training cuts them)")
     parser.add_argument("--dtype", default=None, help="both backends (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
@@ -79,18 +79,20 @@ def tiny_model() -> Path:
 
 def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
     """``calls`` disjoint prompt sets per mode, made by the trace-generation CLI's own
-    ``build_prefixes`` (left-truncated to leave room for m_max symbols, as it does)."""
+    ``build_prefixes`` (Phase A: the prefixes of Phase A training rows of sequence_len
+    ``--max-model-len`` and m_max 128, the CLI's defaults)."""
     from bench.common import dolci_rows
-    from abscot_plugin.generate import Summary, build_prefixes
+    from abscot_plugin.generate import Summary, TrainLayout, build_prefixes
 
     sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
-    budget = args.max_model_len - 128 - 1  # generate_traces' max prefix for m_max = 128
+    layout = TrainLayout(args.max_model_len, 128, "end")
     sets: dict[str, list] = {}
     first = 0  # rows (so prompts) are disjoint across modes too: no shared prefix to cache
     for mode in MODES:
         rows = dolci_rows(sizes[mode] * calls, args.cot_repeat if mode == "phase_a" else 1, first)
         first += len(rows)
-        prefixes = build_prefixes([(r["id"], r) for r in rows], builder, mode, budget, False, Summary())
+        prefixes = build_prefixes([(r["id"], r) for r in rows], builder, mode, 128, args.max_model_len, layout,
+                                  False, Summary())
         ids = [p.ids for p in prefixes]
         sets[mode] = [ids[i * sizes[mode]:(i + 1) * sizes[mode]] for i in range(calls)]
     return sets

@@ -59,6 +59,17 @@ def dolci_rows() -> list[dict]:
     return [json.loads(line) for line in data_path("dolci_tiny.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def plugin_active():
+    """The abscot plugin registered with axolotl's PluginManager (the strategies refuse without)."""
+    from axolotl.integrations.base import PluginManager
+
+    manager = PluginManager.get_instance()
+    manager.register("abscot_plugin.AbsCoTPlugin")
+    yield
+    manager.plugins.pop("abscot_plugin.AbsCoTPlugin", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_extended(tmp_path_factory) -> Path:
     """A tiny random Qwen3 whose tokenizer already has V_abs (what a merged round model is)."""
@@ -87,7 +98,7 @@ def vllm_run(tiny_extended, tmp_path_factory) -> dict:
     tok = AutoTokenizer.from_pretrained(tiny_extended)
     builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok, 64))
     rows = read_jsonl(data_path("dolci_tiny.jsonl"))[:5]
-    prefixes = [builder.phase_b_prefix(parse_chat_row(r, r["id"]))[0] for r in rows]
+    prefixes = [builder.phase_b_prefix(parse_chat_row(r, r["id"])) for r in rows]
     work = tmp_path_factory.mktemp("vllm")
     out = work / "traces.jsonl"
     request = {

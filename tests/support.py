@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: the offline environment of subprocesses, the vLLM
-environment (``.venv-vllm``) and its run settings, JSONL reading. Fixtures live in conftest.py."""
+environment (``.venv-vllm``) and its run settings, JSONL reading, the dataset strategies as
+axolotl builds them. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -41,6 +42,30 @@ def run_vllm(args: list[str], timeout: int = 420) -> subprocess.CompletedProcess
 
 def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def make_cfg(**overrides):
+    """An axolotl config (``DictDefault``) with the abscot keys a strategy reads."""
+    from axolotl.utils.dict import DictDefault
+
+    base = dict(sequence_len=512, abscot_num_symbols=64, abscot_m_max=128, abscot_cot_keep="end",
+                abscot_trace_seed=0, abscot_skip_bad_rows=False, abscot_id_field="id")
+    base.update(overrides)
+    return DictDefault(base)
+
+
+def strategy(tok, with_cot=True, **cfg):
+    """The Phase A (``with_cot``) or Phase B strategy as axolotl loads it (needs ``plugin_active``)."""
+    from abscot_plugin import bottleneck, self_distill
+
+    module = bottleneck if with_cot else self_distill
+    return module.load(tok, make_cfg(**cfg), {})
+
+
+def batch_of(rows: list[dict]) -> dict[str, list]:
+    """Rows as the column batch a strategy's ``tokenize_prompt`` takes."""
+    keys = sorted({k for r in rows for k in r})
+    return {k: [r.get(k) for r in rows] for k in keys}
 
 
 VLLM_SAMPLED = [dict(m_min=3, m_max=12, temperature=1.5), dict(m_min=5, m_max=5)]

@@ -156,7 +156,7 @@ def test_prompt_ids_are_the_training_ids(lm):
     row = ReasoningRow("r", math_messages(PROBLEMS[0]), "", "")
     abstract = lm.prompt_ids(PROBLEMS[0], "abstract")
     verbal = lm.prompt_ids(PROBLEMS[0], "verbal")
-    assert abstract == builder.phase_b_prefix(row)[0]
+    assert abstract == builder.phase_b_prefix(row)
     assert verbal == builder.prompt_ids(row) and abstract == verbal + [lm.vocab.begin_id]
     text = lm.tok.decode(abstract)
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n<beginabstract>")

@@ -121,6 +121,19 @@ def test_plan_stages_commands_and_yaml(tmp_path):
     assert gen[gen.index("--model") + 1] == str(run / "round1" / "phase_b" / "model")
     assert gen[gen.index("--mode") + 1] == "phase_a"
     assert plan.stage("r2_b_traces").command[gen.index("--mode") + 1] == "phase_b"
+    # a Phase A teacher's prefix is the prefix of the rows the Phase A YAML trains on
+    for flag, value in [("--sequence-len", "256"), ("--cot-keep", "end"), ("--train-m-max", "128")]:
+        assert gen[gen.index(flag) + 1] == value
+    assert "--sequence-len" not in plan.stage("r2_b_traces").command and not plan.notes
+    changed = plan_for(tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"abscot_cot_keep": "both_ends",
+                                                                        "abscot_m_max": 64}})
+    gen = changed.stage("r2_a_traces").command
+    assert gen[gen.index("--cot-keep") + 1] == "both_ends" and gen[gen.index("--train-m-max") + 1] == "64"
+    short = plan_for(tmp_path, "Qwen/Qwen3-4B", generation={"max_model_len": 200})
+    assert short.notes == ["generation.max_model_len 200 < Phase A sequence_len 256: on long rows, Phase A "
+                           "teachers see less CoT than training (counted in the trace stages' summaries)"]
+    with pytest.raises(PlanError, match="tiny_phase_a.yml: set sequence_len"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"sequence_len": None}})
     train = plan.stage("r1_a_train").command
     assert train[1:3] == ["-m", "accelerate.commands.launch"] and train[-3:-1] == ["-m", "axolotl.cli.train"]
 
@@ -212,6 +225,7 @@ def test_shipped_run_configs_plan(tmp_path, tiny_dir):
     assert a3["sequence_len"] == 8192 and a3["lora_r"] == 32 and a3["num_epochs"] == 1
     gen = plan.stage("r3_a_traces").command
     assert gen[gen.index("--max-model-len") + 1] == "8192" and gen[gen.index("--tensor-parallel-size") + 1] == "2"
+    assert gen[gen.index("--sequence-len") + 1] == "8192" and not [n for n in plan.notes if "max_model_len" in n]
 
 
 # -- learning-rate schedule check ------------------------------------------------------------

@@ -5,43 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from support import batch_of, strategy
 
 from abscot_plugin import segments as seg
 from abscot_plugin.prompts import BadRowError, parse_chat_row
 from abscot_plugin.sequences import IGNORE
 from abscot_plugin.traces import parse_trace, random_trace
 from abscot_plugin.vocab import symbol_names
-
-
-@pytest.fixture(scope="module")
-def plugin_active():
-    from axolotl.integrations.base import PluginManager
-
-    manager = PluginManager.get_instance()
-    manager.register("abscot_plugin.AbsCoTPlugin")
-    yield
-    manager.plugins.pop("abscot_plugin.AbsCoTPlugin", None)
-
-
-def make_cfg(**overrides):
-    from axolotl.utils.dict import DictDefault
-
-    base = dict(sequence_len=512, abscot_num_symbols=64, abscot_m_max=128, abscot_cot_keep="end",
-                abscot_trace_seed=0, abscot_skip_bad_rows=False, abscot_id_field="id")
-    base.update(overrides)
-    return DictDefault(base)
-
-
-def strategy(tok, with_cot=True, **cfg):
-    from abscot_plugin import bottleneck, self_distill
-
-    module = bottleneck if with_cot else self_distill
-    return module.load(tok, make_cfg(**cfg), {})
-
-
-def batch_of(rows):
-    keys = sorted({k for r in rows for k in r})
-    return {k: [r.get(k) for r in rows] for k in keys}
 
 
 def runs(segments):
@@ -60,7 +30,7 @@ def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder
         assert runs(segs) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
         parsed = parse_chat_row(row, row["id"])
         # the prefix a teacher decodes from is exactly the training sequence's prefix
-        prefix, cut = builder.phase_a_prefix(parsed)
+        prefix, cut = builder.phase_a_prefix(parsed, 4096, 128, "end")
         assert cut == 0 and ids[: len(prefix)] == prefix
         begin = ids.index(vocab.begin_id)
         end = ids.index(vocab.end_id)
@@ -89,7 +59,7 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer,
     )
     assert set(out) == {"input_ids", "attention_mask", "labels"}
     for i, (row, ids, labels) in enumerate(zip(dolci_rows, out["input_ids"], out["labels"])):
-        prefix, _ = builder.phase_b_prefix(parse_chat_row(row, row["id"]))
+        prefix = builder.phase_b_prefix(parse_chat_row(row, row["id"]))
         assert ids[: len(prefix)] == prefix
         begin = ids.index(vocab.begin_id)
         assert ids[begin + 1 : begin + 21] == tiny_tokenizer.convert_tokens_to_ids(names[i : i + 20])
@@ -137,12 +107,13 @@ def test_rows_without_id_get_the_same_name_in_generation_and_training(
 
 @pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
 def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, builder, dolci_rows, keep):
+    """Only the CoT is cut, to the room left by x, y and a full m_max trace (+ 2 delimiters)."""
     row = dolci_rows[0]  # the long CoT
-    full = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of([row]))
-    short = strategy(tiny_tokenizer, sequence_len=200, abscot_cot_keep=keep).tokenize_prompt(batch_of([row]))
-    assert len(short["input_ids"][0]) == 200
-    cut = short["abscot_cot_cut"][0]
-    assert cut == len(full["input_ids"][0]) - 200 > 0 and full["abscot_cot_cut"][0] == 0
+    full = strategy(tiny_tokenizer, sequence_len=4096, abscot_m_max=32).tokenize_prompt(batch_of([row]))
+    short = strategy(tiny_tokenizer, sequence_len=200, abscot_m_max=32, abscot_cot_keep=keep).tokenize_prompt(
+        batch_of([row])
+    )
+    assert full["abscot_cot_cut"][0] == 0
 
     def part(out, code):
         return [i for i, s in zip(out["input_ids"][0], out["segment_ids"][0]) if s == code]
@@ -150,7 +121,11 @@ def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, bu
     for code in (seg.PROMPT, seg.ABSTRACT, seg.ANSWER):
         assert part(short, code) == part(full, code)
     full_cot, short_cot = part(full, seg.COT), part(short, seg.COT)
-    assert len(short_cot) == len(full_cot) - cut
+    room = 200 - len(part(full, seg.PROMPT)) - len(part(full, seg.ANSWER)) - (32 + 2)
+    cut = short["abscot_cot_cut"][0]
+    assert len(short_cot) == room and cut == len(full_cot) - room > 0
+    trace_len = len(part(full, seg.ABSTRACT)) - 2
+    assert len(short["input_ids"][0]) == 200 - (32 - trace_len)  # unused trace room stays free
     if keep == "end":
         assert short_cot == full_cot[cut:]
     elif keep == "start":
@@ -158,6 +133,25 @@ def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, bu
     else:
         head = len(short_cot) // 2
         assert short_cot == full_cot[:head] + full_cot[head + cut :]
+
+
+@pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
+def test_phase_a_prefix_is_the_training_prefix_when_the_cot_is_cut(tiny_tokenizer, builder, vocab, dolci_rows, keep):
+    """The teacher's prefix (generation) is exactly the training example's ids up to
+    <beginabstract>, whatever the trace length, with the whole prompt x (chat header) in front."""
+    parsed = parse_chat_row(dolci_rows[0], "dolci-tiny-000")  # a 461-token CoT
+    m_max, sequence_len = 32, 200
+    x = builder.prompt_ids(parsed)
+    prefix, cut = builder.phase_a_prefix(parsed, sequence_len, m_max, keep)
+    assert prefix[: len(x)] == x and tiny_tokenizer.decode(prefix[:3]).startswith("<|im_start|>")
+    assert cut > 0 and len(prefix) == len(x) + len(builder.cot_ids(parsed)) - cut + 1
+    for trace_len in (1, m_max // 2, m_max):
+        ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), True, sequence_len, keep, m_max)
+        assert ex.input_ids[: len(prefix)] == prefix and ex.cot_cut == cut
+        assert ex.input_ids[len(prefix) - 1] == vocab.begin_id and len(ex.input_ids) <= sequence_len
+    with pytest.raises(BadRowError, match="row dolci-tiny-000: .*sequence_len=100") as info:
+        builder.phase_a_prefix(parsed, 100, m_max, keep)  # x + y + m_max + 2 leave no CoT room
+    assert info.value.kind == "too_long"
 
 
 def test_row_that_cannot_fit_is_an_error_not_a_silent_cut(plugin_active, tiny_tokenizer, dolci_rows):

@@ -6,7 +6,8 @@
 REQUEST: {"prefixes": [[ids]], "settings": [{TraceSettings kwargs}, ...], "greedy_settings":
 {...}, "answer_max_tokens": N, "generate": {"data", "out", "limit", "max_model_len", "m_min",
 "m_max"}}. The engine is built by the generate CLI's own loader (``load_decoder``) from its
-arguments. RESULT: {"traces": [[[ids]] per settings], "greedy": [[ids]], "two_stage": [{"trace",
+arguments; the Phase A generation is for a training of sequence_len = max_model_len (the CLI's
+default). RESULT: {"traces": [[[ids]] per settings], "greedy": [[ids]], "two_stage": [{"trace",
 "answer"}], "generate_summary": "<the CLI's summary line>"} (a file: vLLM prints to stdout).
 """
 
@@ -18,7 +19,7 @@ import sys
 
 def main() -> None:
     from abscot_plugin.decode import TraceSettings, two_stage
-    from abscot_plugin.generate import generate_traces, load_decoder, parse_args, read_rows
+    from abscot_plugin.generate import generate_traces, load_decoder, parse_args, read_rows, train_layout
     from abscot_plugin.sequences import SequenceBuilder
 
     model_dir, request_path, result_path = sys.argv[1:4]
@@ -27,17 +28,17 @@ def main() -> None:
     args = parse_args([
         "--backend", "vllm", "--model", model_dir, "--data", gen["data"], "--mode", "phase_a",
         "--out", gen["out"], "--max-model-len", str(gen["max_model_len"]), "--dtype", "float32",
-        "--enforce-eager",
+        "--enforce-eager", "--m-min", str(gen["m_min"]), "--m-max", str(gen["m_max"]),
     ])
     decoder, tokenizer, max_len = load_decoder(args)
     builder = SequenceBuilder(tokenizer, decoder.vocab)
     prefixes = request["prefixes"]
     greedy = TraceSettings(**request["greedy_settings"])
     outs = two_stage(decoder, prefixes, greedy, request["answer_max_tokens"], [builder.end_of_turn], builder)
-    settings = TraceSettings(m_min=gen["m_min"], m_max=gen["m_max"])
+    settings = TraceSettings(m_min=args.m_min, m_max=args.m_max)
     summary = generate_traces(
         decoder, builder, read_rows(gen["data"], gen["limit"]), "phase_a", gen["out"], settings, max_len,
-        chunk_size=5,
+        train_layout(args, max_len), chunk_size=5,
     )
     result = {
         "traces": [decoder.traces(prefixes, TraceSettings(**kw)) for kw in request["settings"]],

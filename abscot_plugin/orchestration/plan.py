@@ -184,6 +184,10 @@ def phase_yaml(
     m_max = int(merged.get("abscot_m_max") or 128)
     if cfg.generation.m_max > m_max:
         raise PlanError(f"generation.m_max {cfg.generation.m_max} exceeds abscot_m_max {m_max} of {source.config}")
+    if phase == "a" and traces is not None and not merged.get("sequence_len"):
+        raise PlanError(
+            f"{source.config}: set sequence_len (Phase A trace stages cut the CoT to fit it, as training does)"
+        )
     return merged
 
 
@@ -235,8 +239,9 @@ def backend_python(cfg: RunConfig, backend: str) -> str:
 
 
 def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phase: str, out: Path) -> list[str]:
-    """The ``abscot_plugin.generate`` command of a trace stage (M and bad-row handling follow the
-    training YAML that will read the traces)."""
+    """The ``abscot_plugin.generate`` command of a trace stage. M and bad-row handling follow the
+    training YAML that will read the traces, and so does a Phase A prefix: that YAML's
+    ``sequence_len``, ``abscot_cot_keep`` and ``abscot_m_max`` (the prefix is its rows' prefix)."""
     g = cfg.generation
     cmd = [
         backend_python(cfg, g.backend), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
@@ -248,6 +253,10 @@ def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phas
     ]
     if g.max_model_len:
         cmd += ["--max-model-len", str(g.max_model_len)]
+    if phase == "a":
+        cmd += ["--sequence-len", str(yaml_cfg["sequence_len"]),
+                "--cot-keep", str(yaml_cfg.get("abscot_cot_keep") or "end"),
+                "--train-m-max", str(yaml_cfg.get("abscot_m_max") or 128)]
     if g.backend == "hf":
         cmd += ["--batch-size", str(g.batch_size)]
     else:
@@ -255,6 +264,15 @@ def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phas
     if yaml_cfg.get("abscot_skip_bad_rows"):
         cmd += ["--skip-bad-rows"]
     return cmd + list(g.extra_args)
+
+
+def _short_context_note(cfg: RunConfig, yaml_a: dict) -> str | None:
+    """A plan note when the generation engine is shorter than the Phase A training rows."""
+    limit, seq = cfg.generation.max_model_len, yaml_a["sequence_len"]
+    if limit is None or limit >= seq:
+        return None
+    return (f"generation.max_model_len {limit} < Phase A sequence_len {seq}: on long rows, Phase A teachers see "
+            "less CoT than training (counted in the trace stages' summaries)")
 
 
 def evaluation_stage(
@@ -330,6 +348,9 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
             yaml_cfg = phase_yaml(cfg, phase, model, data, traces, train_dir, run / "prepared" / prefix)
             yaml_cfg.update(extra_yaml)
             if traces is not None:
+                note = _short_context_note(cfg, yaml_cfg) if phase == "a" else None
+                if note and note not in notes:
+                    notes.append(note)
                 add(Stage(
                     f"{prefix}_traces", "traces",
                     traces_command(cfg, yaml_cfg, Path(model), data, phase, traces),

@@ -183,7 +183,8 @@ def _check_outputs(plan: Plan, stage: Stage) -> dict[str, Any]:
         summary = json.loads(stage.outputs[1].read_text(encoding="utf-8"))["summary"]
         return {
             "traces": len(lengths), "mean_symbols": round(sum(lengths) / max(1, len(lengths)), 1),
-            "prefixes_cut": summary["prefixes_cut"], "skipped_bad_rows": summary["skipped_bad_rows"],
+            "cots_cut": summary["cots_cut"], "short_context": summary["short_context"],
+            "skipped_bad_rows": summary["skipped_bad_rows"],
             "prompts_per_s": round(summary["generated"] / max(summary["seconds"], 1e-9), 2),
         }
     if stage.kind == "eval":
