@@ -108,11 +108,9 @@ def test_rows_without_id_get_the_same_name_in_generation_and_training(
 @pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
 def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, builder, dolci_rows, keep):
     """Only the CoT is cut, to the room left by x, y and a full m_max trace (+ 2 delimiters)."""
-    row = dolci_rows[0]  # the long CoT
-    full = strategy(tiny_tokenizer, sequence_len=4096, abscot_m_max=32).tokenize_prompt(batch_of([row]))
-    short = strategy(tiny_tokenizer, sequence_len=200, abscot_m_max=32, abscot_cot_keep=keep).tokenize_prompt(
-        batch_of([row])
-    )
+    row = dolci_rows[0]  # the long CoT (461 tokens); its random trace has 110 symbols, m_max 128
+    full = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of([row]))
+    short = strategy(tiny_tokenizer, sequence_len=300, abscot_cot_keep=keep).tokenize_prompt(batch_of([row]))
     assert full["abscot_cot_cut"][0] == 0
 
     def part(out, code):
@@ -121,11 +119,11 @@ def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, bu
     for code in (seg.PROMPT, seg.ABSTRACT, seg.ANSWER):
         assert part(short, code) == part(full, code)
     full_cot, short_cot = part(full, seg.COT), part(short, seg.COT)
-    room = 200 - len(part(full, seg.PROMPT)) - len(part(full, seg.ANSWER)) - (32 + 2)
+    room = 300 - len(part(full, seg.PROMPT)) - len(part(full, seg.ANSWER)) - (128 + 2)
     cut = short["abscot_cot_cut"][0]
     assert len(short_cot) == room and cut == len(full_cot) - room > 0
     trace_len = len(part(full, seg.ABSTRACT)) - 2
-    assert len(short["input_ids"][0]) == 200 - (32 - trace_len)  # unused trace room stays free
+    assert trace_len < 128 and len(short["input_ids"][0]) == 300 - (128 - trace_len)  # unused room stays free
     if keep == "end":
         assert short_cot == full_cot[cut:]
     elif keep == "start":
