@@ -150,6 +150,7 @@ def build_qwen3_tokenizer(out_dir: str | Path) -> Path:
         pad_token="<|endoftext|>",
         unk_token=None,
         bos_token=None,
+        # Qwen3's additional special tokens: the special ones after <|endoftext|> (its pad token)
         extra_special_tokens=[name for name, special in QWEN3_ADDED_TOKENS[1:] if special],
         model_max_length=131072,
         clean_up_tokenization_spaces=False,

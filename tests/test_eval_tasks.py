@@ -175,10 +175,10 @@ def test_problem_text_is_plain_in_prompt_ids(lm, qwen3_extended):
     qwen3 = AbsCoTLM(qwen3_extended, None, load_vocab(qwen3_extended, 64), 1, {"pretrained": "qwen3", "num_symbols": 64})
     for model in (lm, qwen3):
         verbal = model.prompt_ids(MENTIONS, "verbal")
-        assert model.prompt_ids(MENTIONS, "abstract") == verbal + [model.vocab.begin_id]
         added = set(model.tok.added_tokens_decoder)
         assert [i for i in verbal if i in added] == [i for i in model.prompt_ids("P", "verbal") if i in added]
         assert model.tok.decode(verbal) == prompt_text(model.tok, math_messages(MENTIONS))
+        assert model.prompt_ids(MENTIONS, "abstract") == verbal + [model.vocab.begin_id]
 
 
 def test_abstract_run_scores_a_problem_that_spells_abstract_tokens(lm, tmp_path):

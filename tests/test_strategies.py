@@ -1,4 +1,5 @@
-"""Phase A / Phase B dataset formats: layout, labels, truncation, traces and bad input."""
+"""Phase A / Phase B dataset formats: layout, labels, truncation, traces, bad input, and text that
+spells token names (plain text, never those ids)."""
 
 from __future__ import annotations
 
