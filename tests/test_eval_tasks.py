@@ -172,7 +172,8 @@ def test_problem_text_is_plain_in_prompt_ids(lm, qwen3_extended):
     names in the problem are text pieces; the only added ids are the template's (+ <beginabstract>)."""
     from abscot_plugin.lm_eval_models import AbsCoTLM, load_vocab
 
-    qwen3 = AbsCoTLM(qwen3_extended, None, load_vocab(qwen3_extended, 64), 1, {"pretrained": "qwen3", "num_symbols": 64})
+    info = {"pretrained": "qwen3", "num_symbols": 64}
+    qwen3 = AbsCoTLM(qwen3_extended, None, load_vocab(qwen3_extended, 64), chunk_size=1, info=info)
     for model in (lm, qwen3):
         verbal = model.prompt_ids(MENTIONS, "verbal")
         added = set(model.tok.added_tokens_decoder)

@@ -265,7 +265,8 @@ def _literal_row(names: str, cot_names: str) -> dict:
         "messages": [
             {"role": "system", "content": f"Never write {names} yourself."},
             {"role": "user", "content": f"Is {names} a token? Say yes."},
-            {"role": "assistant", "content": f"<think>The CoT spells {cot_names} as text.</think>Text: {names} \\boxed{{1}}"},
+            {"role": "assistant",
+             "content": f"<think>The CoT spells {cot_names} as text.</think>Text: {names} \\boxed{{1}}"},
         ],
         "abstract_trace": "<TOKEN_C><TOKEN_D><TOKEN_E>",
     }
@@ -281,7 +282,8 @@ def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwe
     row = _literal_row("<think>, </think> and <|im_end|>", cot_names="<think> and <|im_end|>")
     out = strategy(tok, with_cot=with_cot).tokenize_prompt(batch_of([row]))
     ids, labels = out["input_ids"][0], out["labels"][0]
-    im_start, im_end, think, end_think = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<think>", "</think>"])
+    names = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    im_start, im_end, think, end_think = tok.convert_tokens_to_ids(names)
     trace = tok.convert_tokens_to_ids(["<TOKEN_C>", "<TOKEN_D>", "<TOKEN_E>"])
     template = [im_start, im_end, im_start, im_end, im_start, think, end_think]  # system, user, generation prompt
     added = set(tok.added_tokens_decoder)

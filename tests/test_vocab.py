@@ -61,7 +61,8 @@ def test_qwen3_tokenizer_has_the_published_ids(qwen3_tokenizer):
     ]
     assert tok("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
     # two of llama.cpp's Qwen2 tokenizer test vectors (NFC, byte-level pieces, one digit a token)
-    assert tok("Hello, y'all! How are you 😁 ?我想在apple工作1314151天～", add_special_tokens=False)["input_ids"] == [
+    mixed = "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～"
+    assert tok(mixed, add_special_tokens=False)["input_ids"] == [
         9707, 11, 379, 64848, 0, 2585, 525, 498, 26525, 223, 937, 104100, 18493, 22377, 99257, 16, 18, 16, 19, 16,
         20, 16, 35727, 21216,
     ]
