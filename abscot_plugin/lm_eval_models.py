@@ -6,8 +6,9 @@ lm-eval cannot run a two-stage decode inside a task, so the decode lives here. B
 :class:`~abscot_plugin.decode.Decoder` they construct (transformers or vLLM).
 
 Each request's context is the problem text (the tasks use ``doc_to_text: problem``). The prompt is
-built here, from token ids, exactly as training builds it: ``prompt_text(tok,
-math_messages(problem))`` then ``<beginabstract>`` (:meth:`SequenceBuilder.phase_b_prefix`).
+built here, from token ids, exactly as training builds it: ``tokenization.prompt_ids(tok,
+math_messages(problem))`` then ``<beginabstract>`` (:meth:`SequenceBuilder.phase_b_prefix`). The
+problem is plain text: a literal ``<TOKEN_A>`` or ``<|im_end|>`` in it is never that token's id.
 The task's ``generation_kwargs`` choose the mode and settings (:class:`DecodeSpec`). The response
 handed back to lm-eval is a :class:`~abscot_plugin.scoring.DecodeRecord` as JSON: trace and
 answer are kept apart at the id level, so special tokens are never dropped from the trace
@@ -30,8 +31,9 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from . import tokenization
 from .decode import Decoder, HFDecoder, TraceSettings, VLLMDecoder, two_stage
-from .prompts import ReasoningRow, math_messages, prompt_text
+from .prompts import ReasoningRow, math_messages
 from .scoring import MODES, DecodeRecord, Mode
 from .sequences import SequenceBuilder
 from .vocab import DEFAULT_NUM_SYMBOLS, AbstractVocab, has_abstract_tokens
@@ -140,7 +142,7 @@ class AbsCoTLM(LM):
         """Decode prompt ids: x (verbal) or x <beginabstract> (abstract), as in training."""
         row = ReasoningRow(row_id, math_messages(problem), "", "")
         if mode == "verbal":
-            return self.tok(prompt_text(self.tok, row.messages), add_special_tokens=False)["input_ids"]
+            return tokenization.prompt_ids(self.tok, row.messages, row_id)
         if self.builder is None:
             raise ValueError(
                 f"{self.info['pretrained']}: the tokenizer has no abstract vocabulary "

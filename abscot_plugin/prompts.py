@@ -2,7 +2,10 @@
 
 Every path that builds a prompt goes through :func:`prompt_text`, so train and decode prompts are
 byte-identical (Qwen3's template inserts an empty think block with ``enable_thinking=False``;
-using it everywhere is what keeps the two the same).
+using it everywhere is what keeps the two the same). Their token ids come from
+:mod:`abscot_plugin.tokenization`, which keeps every message content (and the CoT and answer)
+plain text: a prompt, CoT or answer that mentions ``<TOKEN_A>``, ``<beginabstract>`` or
+``<|im_end|>`` is tokenised like any other text, not rejected.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import re
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
-
-from .vocab import BEGIN, END
 
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -62,6 +63,9 @@ def row_id_of(row: dict, id_field: str = "id") -> str:
 def parse_chat_row(row: dict, row_id: str, need_cot: bool = True) -> ReasoningRow:
     """Split a Dolci-Think row (``messages``: system?/user/assistant with ``<think>``) into parts.
 
+    The assistant message is ``<think>c</think>y``; without ``need_cot`` a message without any
+    think tag is all answer. A ``<think>`` without ``</think>``, a ``</think>`` without
+    ``<think>``, or a think block after other text is malformed in both cases (kind ``bad_think``).
     Raises :class:`BadRowError` naming the row for every malformed input.
     """
     messages = row.get("messages")
@@ -80,6 +84,7 @@ def parse_chat_row(row: dict, row_id: str, need_cot: bool = True) -> ReasoningRo
     reply = messages[-1]["content"]
     match = _THINK.match(reply)
     if match is None:
+        _check_no_think_tags(reply, row_id)
         if need_cot:
             raise BadRowError(row_id, "no_think", "assistant message has no <think>…</think> block")
         cot, answer = "", reply
@@ -89,10 +94,21 @@ def parse_chat_row(row: dict, row_id: str, need_cot: bool = True) -> ReasoningRo
         raise BadRowError(row_id, "empty_cot", "empty <think> block")
     if not answer:
         raise BadRowError(row_id, "empty_answer", "empty answer after </think>")
-    for marker in (BEGIN, END):
-        if marker in reply or any(marker in m["content"] for m in prompt):
-            raise BadRowError(row_id, "marker", f"text contains the reserved marker {marker}")
     return ReasoningRow(row_id, prompt, cot, answer)
+
+
+def _check_no_think_tags(reply: str, row_id: str) -> None:
+    """A reply that does not open with a whole think block must not contain a think tag at all."""
+    opened, closed = "<think>" in reply, "</think>" in reply
+    if not (opened or closed):
+        return
+    if not closed:
+        reason = "assistant message has <think> without a closing </think>"
+    elif not opened:
+        reason = "assistant message has </think> without <think>"
+    else:
+        reason = "assistant message's think tags are not a <think>…</think> block at its start"
+    raise BadRowError(row_id, "bad_think", reason)
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:

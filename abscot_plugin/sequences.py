@@ -16,6 +16,10 @@ sequence_len 20, m_max 4 (reserve 6), |x| 5, |y| 3, |c| 10: c keeps 20 - 5 - 3 -
 (4 cut); the generation prefix is x c[4:] <beginabstract> (12 ids, ``cot_keep`` end), and with a
 2-symbol trace the training row is those 12 ids + z <endabstract> + y = 18 ids. Phase B rows have
 no c: x + z + y must fit.
+
+Text is tokenised by :mod:`abscot_plugin.tokenization`: the CoT c and answer y are plain text, and
+x keeps only the chat template's own structure tokens, so text that spells ``<think>``,
+``<|im_end|>`` or an abstract token never yields that token's id.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from typing import Literal
 from transformers import PreTrainedTokenizerBase
 
 from . import segments as seg
-from .prompts import BadRowError, ReasoningRow, cot_steps, cot_text, prompt_text
+from . import tokenization
+from .prompts import BadRowError, ReasoningRow, cot_steps, cot_text
 from .traces import DEFAULT_M_MAX, random_trace
 from .vocab import AbstractVocab
 
@@ -48,7 +53,6 @@ class SequenceBuilder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab: AbstractVocab):
         self.tok = tokenizer
         self.vocab = vocab
-        self._abstract = set(vocab.all_ids)
         self.newline_ids = self._text_ids("\n")
         eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
         if eot is None or eot == tokenizer.unk_token_id:
@@ -56,15 +60,12 @@ class SequenceBuilder:
         self.end_of_turn = eot
 
     def _text_ids(self, text: str) -> list[int]:
-        """Ids of free text: special-token strings inside it stay plain text."""
-        return self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        """Ids of free text, as plain text (:func:`~abscot_plugin.tokenization.text_ids`)."""
+        return tokenization.text_ids(self.tok, text)
 
     def prompt_ids(self, row: ReasoningRow) -> list[int]:
-        """x: the chat-template prompt (special tokens of the template parsed as such)."""
-        ids = self.tok(prompt_text(self.tok, row.messages), add_special_tokens=False)["input_ids"]
-        if self._abstract.intersection(ids):
-            raise BadRowError(row.row_id, "marker", "prompt text contains a reserved abstract token")
-        return ids
+        """x: the chat-template prompt, its contents plain text (:func:`.tokenization.prompt_ids`)."""
+        return tokenization.prompt_ids(self.tok, row.messages, row.row_id)
 
     def cot_ids(self, row: ReasoningRow) -> list[int]:
         return self._text_ids(cot_text(row.cot))
@@ -72,7 +73,7 @@ class SequenceBuilder:
     def random_trace_ids(self, row: ReasoningRow, num_symbols: int, seed: int, m_max: int) -> list[int]:
         """Round-1 random trace, step lengths measured in this tokenizer's tokens."""
         steps = cot_steps(row.cot)
-        lengths = [len(ids) for ids in self.tok(steps, add_special_tokens=False)["input_ids"]] if steps else []
+        lengths = [len(self._text_ids(step)) for step in steps]
         names = random_trace(lengths, row.row_id, num_symbols, seed, m_max)
         return self.tok.convert_tokens_to_ids(names)
 

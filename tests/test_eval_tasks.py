@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
+from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
 from abscot_plugin.decode import HFDecoder, TraceSettings, two_stage
 from abscot_plugin.fixtures import data_path
-from abscot_plugin.prompts import ReasoningRow, math_messages
+from abscot_plugin.prompts import ReasoningRow, math_messages, prompt_text
 from abscot_plugin.scoring import DecodeRecord
 from abscot_plugin.traces import parse_trace
 
@@ -161,6 +161,47 @@ def test_prompt_ids_are_the_training_ids(lm):
     text = lm.tok.decode(abstract)
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n<beginabstract>")
     assert "Please reason step by step" in text and PROBLEMS[0] in text
+
+
+# A problem that spells abstract tokens and an end of turn: plain text, scored like any other.
+MENTIONS = "Let <TOKEN_A> be 3 and <beginabstract> be 4; what is <TOKEN_A> + <beginabstract>? (no <|im_end|>)"
+
+
+def test_problem_text_is_plain_in_prompt_ids(lm, qwen3_extended):
+    """Verbal and abstract prompts on extended tokenizers (tiny, and Qwen3's real one): literal
+    names in the problem are text pieces; the only added ids are the template's (+ <beginabstract>)."""
+    from abscot_plugin.lm_eval_models import AbsCoTLM, load_vocab
+
+    info = {"pretrained": "qwen3", "num_symbols": 64}
+    qwen3 = AbsCoTLM(qwen3_extended, None, load_vocab(qwen3_extended, 64), chunk_size=1, info=info)
+    for model in (lm, qwen3):
+        verbal = model.prompt_ids(MENTIONS, "verbal")
+        added = set(model.tok.added_tokens_decoder)
+        assert [i for i in verbal if i in added] == [i for i in model.prompt_ids("P", "verbal") if i in added]
+        assert model.tok.decode(verbal) == prompt_text(model.tok, math_messages(MENTIONS))
+        assert model.prompt_ids(MENTIONS, "abstract") == verbal + [model.vocab.begin_id]
+
+
+def test_abstract_run_scores_a_problem_that_spells_abstract_tokens(lm, tmp_path):
+    """An lm-eval run (in process, the task's YAML) over MATH rows, one of which spells V_abs
+    tokens: it finishes and scores every problem (the prompt used to be refused, ending the run)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    rows = read_jsonl(data_path("math500_tiny.jsonl"))[:2] + [{"problem": MENTIONS, "answer": "7"}]
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    manager = TaskManager(include_path=str(TASKS), metadata={"math500_file": str(data)})
+    results = simple_evaluate(
+        model=lm, tasks=["math500_abscot"], task_manager=manager, gen_kwargs={"max_gen_toks": 8}, bootstrap_iters=0,
+    )
+    samples = results["samples"]["math500_abscot"]
+    assert results["n-samples"]["math500_abscot"]["effective"] == len(samples) == 3
+    assert [s["doc"]["problem"] for s in samples] == [row["problem"] for row in rows]
+    for sample in samples:
+        entry = json.loads(sample["filtered_resps"][0])
+        assert entry["mode"] == "abstract" and entry["abstract_tokens"] >= 16 and entry["gold"] == sample["target"]
+        assert sample["accuracy"] == float(entry["correct"])
 
 
 def test_generate_until_is_the_shared_two_stage_decode(lm):

@@ -1,4 +1,5 @@
-"""Phase A / Phase B dataset formats: layout, labels, truncation, traces and bad input."""
+"""Phase A / Phase B dataset formats: layout, labels, truncation, traces, bad input, and text that
+spells token names (plain text, never those ids)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from abscot_plugin import segments as seg
 from abscot_plugin.prompts import BadRowError, parse_chat_row
 from abscot_plugin.sequences import IGNORE
 from abscot_plugin.traces import parse_trace, random_trace
-from abscot_plugin.vocab import symbol_names
+from abscot_plugin.vocab import AbstractVocab, symbol_names
 
 
 def runs(segments):
@@ -171,6 +172,8 @@ BAD_ROWS = [
       "abstract_trace": "<TOKEN_A>" * 129}, "allowed 1..128"),
     ({"id": "r7", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
       "abstract_trace": "<TOKEN_A> hello"}, "not an abstract symbol"),
+    ({"id": "r8", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c, then a"}]},
+     "<think> without a closing </think>"),
 ]
 
 
@@ -186,9 +189,9 @@ def test_bad_rows_are_counted_when_skipping(plugin_active, tiny_tokenizer, dolci
     caplog.set_level("WARNING")
     out = strategy(tiny_tokenizer, abscot_skip_bad_rows=True).tokenize_prompt(batch_of(rows))
     assert len(out["input_ids"]) == 3
-    assert "skipped 7 of 10 rows" in caplog.text and "row r1" in caplog.text
+    assert "skipped 8 of 11 rows" in caplog.text and "row r1" in caplog.text
     # grouped by the error's short kind, not by its message text
-    assert "3× bad_trace" in caplog.text and "1× no_think" in caplog.text
+    assert "3× bad_trace" in caplog.text and "1× no_think" in caplog.text and "1× bad_think" in caplog.text
 
 
 def test_over_long_rows_are_one_kind_in_the_skip_log(plugin_active, tiny_tokenizer, dolci_rows, caplog):
@@ -226,8 +229,74 @@ def test_random_traces_follow_the_step_rule_and_are_reproducible():
     assert len(random_trace([400] * 10, "long", 64, m_max=128)) == 128
 
 
-def test_prompt_with_reserved_marker_is_rejected():
-    row = {"messages": [{"role": "user", "content": "say <endabstract>"},
-                        {"role": "assistant", "content": "<think>c</think>a"}]}
-    with pytest.raises(BadRowError, match="reserved marker"):
-        parse_chat_row(row, "m1")
+BROKEN_THINK = [
+    ("<think>c, and no end: a", "<think> without a closing </think>"),
+    ("a, then c</think>", "</think> without <think>"),
+    ("a first <think>c</think>", "not a <think>…</think> block at its start"),
+]
+
+
+@pytest.mark.parametrize("with_cot", [True, False], ids=["phase_a", "phase_b"])
+@pytest.mark.parametrize("reply,reason", BROKEN_THINK, ids=["open", "close", "late"])
+def test_broken_think_block_is_a_bad_row_in_both_phases(plugin_active, tiny_tokenizer, with_cot, reply, reason):
+    """Phase B used to take such a reply, think tag and all, as the answer y."""
+    row = {"id": "t1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
+           "abstract_trace": "<TOKEN_A><TOKEN_B>"}
+    with pytest.raises(ValueError, match=f"row t1: .*{reason}"):
+        strategy(tiny_tokenizer, with_cot=with_cot).tokenize_prompt(batch_of([row]))
+    with pytest.raises(BadRowError) as info:
+        parse_chat_row(row, "t1", need_cot=with_cot)
+    assert info.value.kind == "bad_think"
+
+
+def _literal_row(names: str, cot_names: str) -> dict:
+    """A row whose system prompt, user prompt and answer spell token ``names``, and its CoT
+    ``cot_names`` (a CoT cannot spell </think>: that ends it)."""
+    return {
+        "id": "lit",
+        "messages": [
+            {"role": "system", "content": f"Never write {names} yourself."},
+            {"role": "user", "content": f"Is {names} a token? Say yes."},
+            {"role": "assistant",
+             "content": f"<think>The CoT spells {cot_names} as text.</think>Text: {names} \\boxed{{1}}"},
+        ],
+        "abstract_trace": "<TOKEN_C><TOKEN_D><TOKEN_E>",
+    }
+
+
+@pytest.mark.parametrize("with_cot", [True, False], ids=["phase_a", "phase_b"])
+def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwen3_extended, with_cot):
+    """Real Qwen3 tokenizer, where <think>/</think> are added but not special tokens: a prompt, CoT
+    and answer that spell them (and <|im_end|>) never yield their ids in input_ids or labels; the
+    only added ids are the template's, <beginabstract> z <endabstract> and the final <|im_end|>."""
+    tok = qwen3_extended
+    vocab = AbstractVocab.from_tokenizer(tok)
+    row = _literal_row("<think>, </think> and <|im_end|>", cot_names="<think> and <|im_end|>")
+    out = strategy(tok, with_cot=with_cot).tokenize_prompt(batch_of([row]))
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    names = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    im_start, im_end, think, end_think = tok.convert_tokens_to_ids(names)
+    trace = tok.convert_tokens_to_ids(["<TOKEN_C>", "<TOKEN_D>", "<TOKEN_E>"])
+    template = [im_start, im_end, im_start, im_end, im_start, think, end_think]  # system, user, generation prompt
+    added = set(tok.added_tokens_decoder)
+    assert [i for i in labels if i in added] == [*trace, vocab.end_id, im_end]
+    assert [i for i in ids if i in added] == template + [vocab.begin_id, *trace, vocab.end_id, im_end]
+    # the literals are there, as text
+    begin = ids.index(vocab.begin_id)
+    answer = tok.decode(ids[ids.index(vocab.end_id) + 1 : -1])
+    assert answer == "\nText: <think>, </think> and <|im_end|> \\boxed{1}"
+    assert "Is <think>, </think> and <|im_end|> a token?" in tok.decode(ids[:begin])
+    if with_cot:
+        assert runs(out["segment_ids"][0]) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
+        assert "The CoT spells <think> and <|im_end|> as text." in tok.decode(ids[:begin])
+
+
+def test_row_that_mentions_abstract_tokens_is_trained_normally(plugin_active, tiny_tokenizer, vocab, builder):
+    """Such rows used to be refused ("reserved marker"); their text is plain, so they are trained."""
+    row = _literal_row("<TOKEN_A>, <beginabstract> and <endabstract>", cot_names="<TOKEN_B> and <endabstract>")
+    out = strategy(tiny_tokenizer).tokenize_prompt(batch_of([row]))
+    (ids,), (segs,) = out["input_ids"], out["segment_ids"]
+    parsed = parse_chat_row(row, "lit")
+    assert [i for i, s in zip(ids, segs) if s == seg.PROMPT] == builder.prompt_ids(parsed)
+    assert [i for i, s in zip(ids, segs) if s == seg.COT] == builder.cot_ids(parsed)
+    assert [i for i in ids if i in set(vocab.all_ids)] == [vocab.begin_id, *vocab.symbol_ids[2:5], vocab.end_id]

@@ -1,4 +1,5 @@
-"""Abstract vocabulary: names, single special ids, kept special tokens, row initialisation."""
+"""Abstract vocabulary: names, single special ids, kept special tokens, row initialisation; the
+real Qwen3 tokenizer fixture and where V_abs lands in it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from abscot_plugin.fixtures import QWEN3_4B, QWEN3_ADDED_TOKENS
+from abscot_plugin.prompts import prompt_text
+from abscot_plugin.tokenization import text_ids
 from abscot_plugin.vocab import (
     BEGIN, END, AbstractVocab, add_abstract_tokens, check_tied, has_abstract_tokens,
     init_new_rows, symbol_names,
@@ -42,11 +46,47 @@ def test_added_tokens_are_single_special_ids_and_keep_existing_specials(tiny_dir
 
 
 def test_ordinary_text_never_produces_abstract_ids(tiny_tokenizer, vocab):
-    text = "The answer <TOKEN_A> is <beginabstract> 42 TOKEN_B <endabstract> done."
-    ids = tiny_tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    assert not set(ids) & set(vocab.all_ids)
+    text = "The answer <TOKEN_A> is <beginabstract> 42 TOKEN_B <endabstract> done <think></think>."
+    assert not set(text_ids(tiny_tokenizer, text)) & set(tiny_tokenizer.added_tokens_decoder)
     plain = tiny_tokenizer("Ava has 22 apples and TOKEN_A tokens.", add_special_tokens=False)["input_ids"]
     assert not set(plain) & set(vocab.all_ids)
+
+
+# -- Qwen3's real tokenizer (abscot_plugin.fixtures.build_qwen3_tokenizer) ------------------------
+def test_qwen3_tokenizer_has_the_published_ids(qwen3_tokenizer):
+    tok = qwen3_tokenizer
+    assert type(tok).__name__ == "Qwen2Tokenizer" and len(tok) == 151669
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]) == [
+        151643, 151644, 151645, 151667, 151668,
+    ]
+    assert tok("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
+    # two of llama.cpp's Qwen2 tokenizer test vectors (NFC, byte-level pieces, one digit a token)
+    mixed = "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～"
+    assert tok(mixed, add_special_tokens=False)["input_ids"] == [
+        9707, 11, 379, 64848, 0, 2585, 525, 498, 26525, 223, 937, 104100, 18493, 22377, 99257, 16, 18, 16, 19, 16,
+        20, 16, 35727, 21216,
+    ]
+    assert tok("ied 4 ½ months", add_special_tokens=False)["input_ids"] == [1122, 220, 19, 220, 26062, 3951]
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.bos_token is None
+    added = [(tok.added_tokens_decoder[i].content, tok.added_tokens_decoder[i].special) for i in range(151643, 151669)]
+    assert added == list(QWEN3_ADDED_TOKENS)
+    assert dict(added)["<|video_pad|>"] and not dict(added)["<tool_call>"] and not dict(added)["<think>"]
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
+    assert prompt_text(tok, messages) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+
+
+def test_abstract_tokens_on_qwen3_fit_its_embedding_without_resize(qwen3_tokenizer, qwen3_extended):
+    vocab = AbstractVocab.from_tokenizer(qwen3_extended)
+    assert list(vocab.all_ids) == list(range(151669, 151669 + 66)) and len(qwen3_extended) == 151669 + 66
+    assert max(vocab.all_ids) < QWEN3_4B["vocab_size"] == 151936  # lands in Qwen3-4B's padding rows
+    for name, idx in zip(symbol_names(64) + [BEGIN, END], vocab.all_ids, strict=True):
+        assert qwen3_extended.encode(name, add_special_tokens=False) == [idx]
+    for idx, token in qwen3_tokenizer.added_tokens_decoder.items():
+        kept = qwen3_extended.added_tokens_decoder[idx]
+        assert (kept.content, kept.special) == (token.content, token.special)
 
 
 def test_from_tokenizer_rejects_unextended_tokenizer(tiny_dir):
