@@ -11,6 +11,11 @@ depends on: its command line, its generated axolotl YAML, the data slice it read
 (round 1) and the fingerprints of the stages whose outputs it reads, so a change anywhere
 upstream changes every fingerprint downstream.
 
+Each training stage carries its :class:`Schedule`, the optimizer steps and warm-up axolotl will
+plan from the YAML, the N rows and the processes (shown by ``--dry-run``, checked after training).
+The batch must be a number of examples, so ``sample_packing`` is refused. With the vLLM backend,
+an evaluation ``max_model_len`` must hold every task's prompt, trace and answer budget.
+
 Run folder layout::
 
     OUT/manifest.json  SUMMARY.md  run_config.yml  data/<slice>.jsonl  logs/<stage>.log
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -40,15 +46,119 @@ PHASE_TYPES = {"a": "abscot_plugin.bottleneck", "b": "abscot_plugin.self_distill
 MODES = {"a": "phase_a", "b": "phase_b"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_FILE = 10 * 1024 * 1024  # files below this are hashed whole in model fingerprints
+# Context tokens an evaluation needs besides the trace and the answer budget: the chat template,
+# the system prompt and the problem (MATH-500's longest problems, with Asymptote figures, are a few
+# hundred tokens; GSM8K's under 300), and the trace delimiters.
+PROMPT_MARGIN = 1024
 
 
 class PlanError(ValueError):
     """A run config that validates but cannot be planned (one-line message)."""
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The optimizer steps and warm-up of one training stage, as axolotl 0.19 sets them from its
+    YAML keys (``None``: unset) for ``rows`` training rows.
+
+    The batch is ``micro_batch_size × gradient_accumulation_steps × world_size`` examples
+    (``world_size``: data-parallel processes). Without ``max_steps`` axolotl gives the trainer
+    ``max_steps = ceil(rows × num_epochs / batch)`` (``calculate_total_num_steps``; for 3 epochs
+    this can be one step less than 3 × the steps of one epoch), and the trainer stops there. The
+    warm-up is ``warmup_steps``, else ``int(warmup_ratio × steps)``, else 3 % (at most 100) of the
+    steps, where steps are the data's capped by ``max_steps``; axolotl turns a warm-up of 1 into 2.
+
+    >>> s = Schedule(rows=5000, micro_batch_size=1, gradient_accumulation_steps=16, world_size=2, warmup_ratio=0.05)
+    >>> (s.batch, s.steps, s.warmup)
+    (32, 157, 7)
+    """
+
+    rows: int
+    micro_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    world_size: int = 1
+    num_epochs: float = 1.0
+    max_steps: int | None = None
+    warmup_steps: int | None = None
+    warmup_ratio: float | None = None
+
+    @property
+    def batch(self) -> int:
+        """Examples per optimizer step."""
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    def _data_steps(self, rows: int) -> int:
+        return math.ceil(rows * self.num_epochs / self.batch)
+
+    def steps_for(self, rows: int) -> int:
+        """The optimizer steps when ``rows`` rows reach training."""
+        return self.max_steps or self._data_steps(rows)
+
+    @property
+    def steps(self) -> int:
+        """The optimizer steps when all ``rows`` reach training."""
+        return self.steps_for(self.rows)
+
+    @property
+    def warmup(self) -> int:
+        """The warm-up steps."""
+        total = min(self._data_steps(self.rows), self.max_steps or math.inf)
+        if self.warmup_steps is not None:
+            steps = self.warmup_steps
+        elif self.warmup_ratio is not None:
+            steps = int(self.warmup_ratio * total)
+        else:
+            steps = min(int(0.03 * total), 100)
+        return 2 if steps == 1 else steps
+
+    def short(self) -> str:
+        """``157 steps, warm-up 7, batch 32`` (the run summary's cell)."""
+        basis = " (max_steps)" if self.max_steps else ""
+        return f"{self.steps} steps{basis}, warm-up {self.warmup}, batch {self.batch}"
+
+    def describe(self) -> str:
+        """The dry run's line: steps, warm-up, and where they come from."""
+        basis = "max_steps" if self.max_steps else (
+            f"ceil({self.rows} rows × num_epochs {self.num_epochs:g} / batch {self.batch})")
+        return (
+            f"{self.steps} optimizer steps, warm-up {self.warmup} ({basis}); batch {self.batch} examples = "
+            f"micro-batch {self.micro_batch_size} × accumulation {self.gradient_accumulation_steps} × "
+            f"{self.world_size} processes"
+        )
+
+
+def training_schedule(yaml_cfg: dict[str, Any], rows: int, num_processes: int, source: Path) -> Schedule:
+    """The :class:`Schedule` of a generated training YAML for ``rows`` rows on ``num_processes``
+    processes (data-parallel groups: processes / context_parallel_size / tensor_parallel_size, as
+    axolotl divides them). Refuses a batch that is not a number of examples (one-line PlanError)."""
+    if yaml_cfg.get("sample_packing"):
+        raise PlanError(
+            f"{source}: sample_packing is on: a packed micro-batch holds as many examples as fit in "
+            "sequence_len, so the effective batch is not a number of examples and the optimizer steps "
+            "and warm-up depend on the lengths; set sample_packing: false (batch = micro_batch_size × "
+            "gradient_accumulation_steps × processes)"
+        )
+    if yaml_cfg.get("batch_size"):
+        raise PlanError(
+            f"{source}: set micro_batch_size and gradient_accumulation_steps, not batch_size (the "
+            "effective batch is derived from them and the number of processes)"
+        )
+    groups = int(yaml_cfg.get("context_parallel_size") or 1) * int(yaml_cfg.get("tensor_parallel_size") or 1)
+    return Schedule(
+        rows=rows,
+        micro_batch_size=int(yaml_cfg.get("micro_batch_size") or 1),
+        gradient_accumulation_steps=int(yaml_cfg.get("gradient_accumulation_steps") or 1),
+        world_size=num_processes // groups,
+        num_epochs=float(yaml_cfg.get("num_epochs") or 1.0),
+        max_steps=yaml_cfg.get("max_steps") or None,
+        warmup_steps=yaml_cfg.get("warmup_steps"),
+        warmup_ratio=yaml_cfg.get("warmup_ratio"),
+    )
+
+
 @dataclass
 class Stage:
-    """One subprocess of the pipeline."""
+    """One subprocess of the pipeline (``schedule``: training stages only)."""
 
     name: str
     kind: Kind
@@ -61,6 +171,7 @@ class Stage:
     yaml_path: Path | None = None
     yaml: dict[str, Any] | None = None
     fingerprint: str = ""
+    schedule: Schedule | None = None
 
     def shell(self) -> str:
         """The command as one shell line."""
@@ -257,6 +368,45 @@ def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phas
     return cmd + list(g.extra_args)
 
 
+def _context_parts(settings: dict[str, Any]) -> list[tuple[int, str]]:
+    """The context an evaluation request fills, from its task's generation settings."""
+    parts = [(PROMPT_MARGIN, "prompt tokens")]
+    if settings.get("abscot_mode") == "abstract":
+        parts.append((int(settings["m_max"]), "trace tokens (m_max)"))
+    return parts + [(int(settings["max_gen_toks"]), "answer tokens (max_gen_toks)")]
+
+
+def _eval_contexts(tasks: list[str], gen_kwargs: dict[str, Any]) -> dict[str, list[tuple[int, str]]]:
+    from ..eval_cli import task_generation_kwargs
+
+    return {task: _context_parts({**settings, **gen_kwargs}) for task, settings in task_generation_kwargs(tasks).items()}
+
+
+def eval_context_needed(tasks: list[str], gen_kwargs: dict[str, Any]) -> dict[str, int]:
+    """Context tokens each task of ``tasks`` (groups expanded) needs: :data:`PROMPT_MARGIN`, the
+    trace (``m_max``, abstract tasks) and the answer budget (``max_gen_toks``), read from the task's
+    YAML with ``gen_kwargs`` (the run's overrides) on top."""
+    return {task: sum(n for n, _ in parts) for task, parts in _eval_contexts(tasks, gen_kwargs).items()}
+
+
+def _check_eval_context(max_model_len: int, tasks: list[str], gen_kwargs: dict[str, Any]) -> None:
+    """vLLM ends an answer at the end of its context without counting it as truncated: refuse a
+    ``max_model_len`` that cannot hold a task's prompt, trace and answer budget."""
+    try:
+        contexts = _eval_contexts(tasks, gen_kwargs)
+    except ValueError as exc:
+        raise PlanError(f"evaluation: {exc}") from None
+    for task, parts in contexts.items():
+        need = sum(n for n, _ in parts)
+        if max_model_len < need:
+            raise PlanError(
+                f"evaluation.model_args.max_model_len {max_model_len} is too short for task {task}: "
+                + " + ".join(f"{n} {what}" for n, what in parts) + f" = {need}; raise max_model_len "
+                "(vLLM would stop answers at the end of the context, uncounted as truncated) or lower "
+                "max_gen_toks in evaluation.gen_kwargs"
+            )
+
+
 def evaluation_stage(
     cfg: RunConfig, name: str, model: str, tasks: list[str], upstream: list[str], env: dict[str, str]
 ) -> Stage | None:
@@ -268,6 +418,8 @@ def evaluation_stage(
         return None
     ev = cfg.evaluation
     backend = ev.backend or cfg.generation.backend
+    if backend == "vllm" and ev.model_args.get("max_model_len"):
+        _check_eval_context(int(ev.model_args["max_model_len"]), tasks, ev.gen_kwargs)
     out = cfg.output_dir / "eval" / ("base" if name == "eval_base" else "final")
     command = lm_eval_command(
         model, tasks, out, backend, ev.limit, {k: str(v) for k, v in ev.data_files.items()},
@@ -337,6 +489,8 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                     dict(data_inputs), list(upstream), {**env, **cfg.generation.env},
                 ))
                 upstream = [*upstream, f"{prefix}_traces"]
+            schedule = training_schedule(yaml_cfg, cfg.data.num_rows, lc.num_processes,
+                                         (cfg.phase_a if phase == "a" else cfg.phase_b).config)
             yaml_path = folder / "axolotl.yml"
             command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(cfg, machine_rank),
                        "-m", "axolotl.cli.train", str(yaml_path)]
@@ -345,7 +499,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                 inputs["deepspeed"] = _file_digest(Path(str(yaml_cfg["deepspeed"])))
             train = Stage(
                 f"{prefix}_train", "train", command, [train_dir], run / "logs" / f"{prefix}_train.log",
-                inputs, upstream, env, yaml_path, yaml_cfg,
+                inputs, upstream, env, yaml_path, yaml_cfg, schedule=schedule,
             )
             add(train, hash_command=False)  # the launch line differs per machine; inputs keep what matters
             if yaml_cfg.get("adapter") == "lora":
