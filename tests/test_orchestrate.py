@@ -20,15 +20,9 @@ from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_
 from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine, read_curves
 from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.eval_cli import task_generation_kwargs
-from abscot_plugin.orchestration.plan import (
-    PROMPT_MARGIN,
-    PlanError,
-    Schedule,
-    build_plan,
-    eval_context_needed,
-    training_schedule,
-)
+from abscot_plugin.orchestration.plan import PROMPT_MARGIN, PlanError, build_plan, eval_context_needed, training_schedule
 from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
+from abscot_plugin.orchestration.schedule import Schedule
 from abscot_plugin.orchestration.runner import StageFailed, check_trained_steps, stale_report, statuses, write_summary
 
 _spec = importlib.util.spec_from_file_location("orchestrate", ROOT / "orchestrate.py")
@@ -340,11 +334,17 @@ def test_qwen3_4b_plan_predicts_the_documented_schedule(tmp_path, capsys):
         assert shown.count(f"schedule: {steps} optimizer steps, warm-up {int(0.05 * steps)}") == 6
 
 
-def test_summary_shows_the_planned_schedule(tmp_path):
+def test_summary_shows_the_planned_schedule_and_evaluation_warnings(tmp_path):
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B")
+    report = tmp_path / "run" / "eval" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# Evaluation report\n\n| run | task |\n|---|---|\n| base | math500_verbal |\n\n"
+                      "**Warning: base, math500_verbal: 5.0 % answers truncated** (more than 1 %): …\n\nTokens are …\n")
     summary = write_summary(plan, Manifest(tmp_path / "run" / "manifest.json")).read_text()
     assert "| r2_b_train | todo |  | 4 steps (max_steps), warm-up 2, batch 2 |  | `logs/r2_b_train.log` |" in summary
     assert "| r2_b_merge | todo |  |  |  | `logs/r2_b_merge.log` |" in summary
+    assert "| base | math500_verbal |\n\n**Warning: base, math500_verbal: 5.0 % answers truncated**" in summary
+    assert "Tokens are" not in summary
 
 
 def test_trained_steps_check():
@@ -355,7 +355,7 @@ def test_trained_steps_check():
     for logged in (157, 150, 79):
         check_trained_steps("r1_b_train", logged, planned)
     with pytest.raises(StageFailed, match=r"r1_b_train: the trainer ran 12 optimizer steps; the plan expects "
-                                          r"157 for 5000 rows \(at least 79 if half of them were skipped\)"):
+                                          r"157 for 5000 rows \(at least 79 if only 50% of them reach training\)"):
         check_trained_steps("r1_b_train", 12, planned)  # e.g. packed micro-batches
     with pytest.raises(StageFailed, match="ran 314 optimizer steps; the plan expects 157"):
         check_trained_steps("r1_b_train", 314, planned)  # e.g. half the processes

@@ -32,7 +32,8 @@ import yaml
 from ..report import WARNING_PREFIX, build_report
 from .curves import ScheduleError, check_warmup_cosine, plot_curve, read_curves
 from .manifest import Manifest, diff_inputs, write_atomic
-from .plan import Plan, Schedule, Stage
+from .plan import Plan, Stage
+from .schedule import Schedule
 
 # Share of a slice's rows that must reach training: the rest may be skipped as bad rows (or
 # dropped by axolotl); fewer means a wrong schedule (e.g. packed batches) or a data problem.
@@ -238,7 +239,8 @@ def check_trained_steps(name: str, logged: int, schedule: Schedule) -> None:
         expected, ok = f"{schedule.steps} (max_steps)", logged == schedule.steps
     else:
         low = schedule.steps_for(math.ceil(MIN_ROWS_TRAINED * schedule.rows))
-        expected = f"{schedule.steps} for {schedule.rows} rows (at least {low} if half of them were skipped)"
+        expected = (f"{schedule.steps} for {schedule.rows} rows (at least {low} if only "
+                    f"{MIN_ROWS_TRAINED:.0%} of them reach training)")
         ok = low <= logged <= schedule.steps
     if not ok:
         raise StageFailed(
