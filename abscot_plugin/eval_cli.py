@@ -7,7 +7,8 @@ Every argument goes to lm-eval's CLI unchanged. Stock ``lm_eval`` registers our 
 a task is given as a YAML path (it imports ``eval_tasks/utils.py`` before building the model);
 by task name, or for the groups, this entry point is needed.
 
-:func:`lm_eval_command` builds this entry point's command line (the orchestrator's evaluation
+:func:`task_generation_kwargs` reads a task's generation settings from its YAML (the orchestrator
+checks vLLM's context length against them). :func:`lm_eval_command` builds this entry point's command line (the orchestrator's evaluation
 stages run it as a subprocess, so that a GPU is released after evaluation and vLLM can run from
 its own environment); :func:`evaluate` runs it and returns the results file.
 """
@@ -22,8 +23,40 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 TASKS_DIR = Path(__file__).resolve().parents[1] / "eval_tasks"
 Backend = Literal["hf", "vllm"]
+
+
+class _TaskLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs: a ``!function`` tag stays a plain string."""
+
+
+_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
+def _task_yaml(path: Path) -> dict[str, Any]:
+    """A task YAML with its ``include:`` chain merged in (the file's own keys win, as in lm-eval)."""
+    raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskLoader) or {}
+    include = raw.pop("include", None)
+    return {**_task_yaml(path.parent / include), **raw} if include else raw
+
+
+def task_generation_kwargs(names: list[str]) -> dict[str, dict[str, Any]]:
+    """The ``generation_kwargs`` each task of ``names`` (groups expanded) sets in its YAML in
+    eval_tasks/, e.g. ``{"math500_verbal": {"abscot_mode": "verbal", "max_gen_toks": …, …}}``;
+    raises ValueError naming a task or group that eval_tasks/ does not define."""
+    configs = [_task_yaml(path) for path in sorted(TASKS_DIR.glob("*.yaml"))]
+    tasks = {c["task"]: c for c in configs if isinstance(c.get("task"), str)}
+    groups = {c["group"]: c["task"] for c in configs if "group" in c}
+    found: dict[str, dict[str, Any]] = {}
+    for name in names:
+        for task in groups.get(name, [name]):
+            if task not in tasks:
+                raise ValueError(f"unknown task {task!r}: eval_tasks/ defines {sorted(tasks)} and groups {sorted(groups)}")
+            found[task] = dict(tasks[task].get("generation_kwargs") or {})
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,9 @@ the paper's and the reproduction's MATH-500 numbers) and an accuracy-vs-tokens p
 
 ``RESULTS`` is a ``results_*.json`` written by lm-eval (``--output_path``) or a folder searched for
 them; ``LABEL=`` names the run (default: the evaluated checkpoint's last two path parts).
+Below the table, a warning line names each run and task whose answers hit the ``max_gen_toks``
+budget more than :data:`TRUNCATION_LIMIT` of the time (a cut answer scores 0, so the budget, not
+the model, cost that accuracy).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 
 FILTER = "boxed"
 COLUMNS = ("accuracy", "abstract_tokens", "answer_tokens", "total_tokens", "hit_m_max", "unparseable", "answer_truncated")
+# share of answers cut at the answer budget above which a row gets a warning (a cut answer scores 0)
+TRUNCATION_LIMIT = 0.01
+WARNING_PREFIX = "**Warning: "
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,22 @@ def markdown_table(rows: Iterable[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def truncation_warnings(rows: Iterable[Row]) -> list[str]:
+    """A warning line for each of our rows (not the reference rows) whose share of answers that
+    used the whole ``max_gen_toks`` budget without stopping exceeds :data:`TRUNCATION_LIMIT`."""
+    lines = []
+    for row in rows:
+        share = row.metrics.get("answer_truncated")
+        if row.reference or share is None or share <= TRUNCATION_LIMIT:
+            continue
+        lines.append(
+            f"{WARNING_PREFIX}{row.run}, {row.task}: {_pct(share)} % answers truncated** (more than "
+            f"{100 * TRUNCATION_LIMIT:g} %): they used the whole max_gen_toks budget without stopping "
+            "and score 0; raise max_gen_toks (eval_tasks/README.md)."
+        )
+    return lines
+
+
 def _atomic_target(path: Path, suffix: str) -> Path:
     """A temporary file beside ``path`` (same filesystem, for os.replace), with normal permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +212,9 @@ def build_report(inputs: list[str], out: Path, plot_path: Path | None) -> list[R
         raise ValueError(f"no abscot task results in {inputs}")
     all_rows = rows + list(REFERENCE_ROWS)
     text = "# Evaluation report\n\n" + markdown_table(all_rows)
+    warnings = truncation_warnings(rows)
+    if warnings:
+        text += "\n" + "\n\n".join(warnings) + "\n"
     text += (
         "\nTokens are per-problem means of generated tokens: abstract = trace symbols, answer = "
         "stage-2 tokens (stop token excluded), total = abstract + answer (the paper's token "

@@ -8,6 +8,17 @@ compared with ``verify(gold, prediction)`` (gold first: the order matters for se
 An answer without a box, or whose box math-verify cannot parse into a mathematical object,
 scores 0 and is counted as unparseable.
 
+Units: math-verify drops a unit written after a number (``4\\text{ cm}`` reads as 4) but reads a
+number written *inside* the text group (``\\text{4 cm}``) as text, which would score a right answer
+0. Before parsing, every text group (``\\text``, ``\\textrm``, ``\\textbf``, ``\\textnormal``,
+``\\mbox``, ``\\mathrm``) that holds a number (optionally ``\\$``, a sign, thousands commas, a
+decimal part) followed only by unit words (letters, spaces, ``.``, ``/``, ``'``, ``°`` and powers
+such as ``^2``) is rewritten as the number followed by ``\\text{ <unit>}``, on gold and answer alike:
+``\\text{4 cm}`` and ``\\text{4 cm}^2`` compare as 4, ``\\text{\\$18.90}`` as 18.90, and
+``x = \\text{6 cm}`` as ``x = 6``. Text without a leading number (``\\text{Monday}``,
+``\\text{(B)}``) or with another number after the words (``\\text{2 and 3}``) is left as it is and
+compares as text.
+
 The model classes (``lm_eval_models``) hand lm-eval one :class:`DecodeRecord` per sample, as JSON;
 :func:`scored_entry` adds the score (the per-sample log entry) and :func:`sample_metrics` turns
 an entry into the task metrics.
@@ -33,6 +44,12 @@ _BOX_JOINER = re.compile(
     r"[A-Za-z](?:_\{?\w+\}?)?\s*=)*$"
 )
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+# A number followed only by unit words inside one text group: ``\text{4 cm}``, ``\mbox{\$18.90}``.
+_NUMBER_IN_TEXT = re.compile(
+    r"\\(?:text|textrm|textbf|textnormal|mbox|mathrm)\s*\{\s*"
+    r"(?P<number>(?:\\\$\s*)?[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)"
+    r"\s*(?P<unit>(?:[A-Za-z\u00b0'./\s]|\^\{?\d+\}?)*?)\s*\}"
+)
 
 
 def _boxes(text: str) -> list[tuple[int, int, str]]:
@@ -92,8 +109,18 @@ def gsm8k_gold(answer: str) -> str:
     return match.group(1).replace(",", "").strip()
 
 
+def _units_outside_text(text: str) -> str:
+    """``\\text{4 cm}`` -> ``4\\text{ cm}`` (the form math-verify reads as 4); see the module doc."""
+
+    def rewrite(match: re.Match) -> str:
+        number, unit = match.group("number"), match.group("unit")
+        return f"{number}\\text{{ {unit}}}" if unit else number
+
+    return _NUMBER_IN_TEXT.sub(rewrite, text)
+
+
 def _parse_math(text: str) -> list:
-    return parse(f"${text}$")
+    return parse(f"${_units_outside_text(text)}$")
 
 
 def parse_gold(gold: str) -> list:

@@ -62,6 +62,15 @@ def test_shipped_config_validates(path, tiny_dir, tmp_path):
         assert not cfg.sample_packing
 
 
+@pytest.mark.parametrize("variant", ["lora", "full"])
+def test_qwen3_4b_phases_share_one_batch_in_examples(variant):
+    """Phase B unpacked, with Phase A's micro_batch_size × gradient_accumulation_steps: the same
+    effective batch in examples (× the processes) in both phases."""
+    a, b = (yaml.safe_load((REPO / "axolotl_configs" / f"qwen3_4b_phase_{p}_{variant}.yml").read_text()) for p in "ab")
+    assert not a.get("sample_packing") and not b.get("sample_packing")
+    assert a["micro_batch_size"] * a["gradient_accumulation_steps"] == b["micro_batch_size"] * b["gradient_accumulation_steps"]
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

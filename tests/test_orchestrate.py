@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -16,11 +17,13 @@ import pytest
 import yaml
 from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
-from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine
+from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine, read_curves
 from abscot_plugin.orchestration.manifest import Manifest
-from abscot_plugin.orchestration.plan import PlanError, build_plan
+from abscot_plugin.eval_cli import task_generation_kwargs
+from abscot_plugin.orchestration.plan import PROMPT_MARGIN, PlanError, build_plan, eval_context_needed, training_schedule
 from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
-from abscot_plugin.orchestration.runner import stale_report, statuses
+from abscot_plugin.orchestration.schedule import Schedule
+from abscot_plugin.orchestration.runner import StageFailed, check_trained_steps, stale_report, statuses, write_summary
 
 _spec = importlib.util.spec_from_file_location("orchestrate", ROOT / "orchestrate.py")
 orchestrate = importlib.util.module_from_spec(_spec)
@@ -228,6 +231,154 @@ def test_shipped_run_configs_plan(tmp_path, tiny_dir):
     assert gen[gen.index("--sequence-len") + 1] == "8192" and not [n for n in plan.notes if "max_model_len" in n]
 
 
+def test_shipped_eval_budgets_and_commands_agree():
+    """The verbal answer budget is read from its task YAML (one place); every vLLM command in the
+    READMEs leaves room for its tasks' budgets, and eval_tasks/README.md states the YAMLs' values."""
+    budgets = {name: task_generation_kwargs([name])[name]["max_gen_toks"] for name in ("math500_verbal", "math500_abscot")}
+    template = yaml.safe_load((ROOT / "eval_tasks" / "_verbal_template_yaml").read_text())
+    assert budgets["math500_verbal"] == template["generation_kwargs"]["max_gen_toks"]
+    checked = 0
+    for doc in (ROOT / "README.md", ROOT / "eval_tasks" / "README.md"):
+        for command in doc.read_text().replace("\\\n", " ").splitlines():
+            if "abscot-vllm" not in command or "max_model_len=" not in command:
+                continue
+            length = int(re.search(r"max_model_len=(\d+)", command).group(1))
+            tasks = re.search(r"--tasks (\S+)", command).group(1).split(",")
+            assert length >= max(eval_context_needed(tasks, {}).values()), (doc.name, command)
+            checked += 1
+    assert checked == 4
+    readme = (ROOT / "eval_tasks" / "README.md").read_text()
+    stated = dict(re.findall(r"\*\*(abstract|verbal)\*\*.*?`max_gen_toks` = (\d+)", readme, re.DOTALL))
+    assert stated == {"abstract": str(budgets["math500_abscot"]), "verbal": str(budgets["math500_verbal"])}
+
+
+def test_vllm_evaluation_context_must_hold_the_answer_budget(tmp_path):
+    """evaluation.model_args.max_model_len (vLLM) must fit the prompt margin, the trace (abstract
+    tasks) and the answer budget of every task; one-line PlanError otherwise."""
+    verbal = task_generation_kwargs(["math500_verbal"])["math500_verbal"]["max_gen_toks"]
+    abstract = task_generation_kwargs(["math500_abscot"])["math500_abscot"]
+    assert eval_context_needed(["verbal_math"], {}) == {"math500_verbal": PROMPT_MARGIN + verbal,
+                                                       "gsm8k_verbal": PROMPT_MARGIN + verbal}
+    assert eval_context_needed(["math500_abscot"], {"m_max": 64, "max_gen_toks": 100}) == {
+        "math500_abscot": PROMPT_MARGIN + 64 + 100}
+    need = PROMPT_MARGIN + abstract["m_max"] + abstract["max_gen_toks"]
+
+    def plan(max_model_len, backend="vllm", **evaluation):
+        return plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation={
+            "baseline_tasks": ["math500_verbal"], "tasks": ["math500_abscot"], "backend": backend,
+            "model_args": {"max_model_len": max_model_len}, **evaluation},
+            generation={"backend": "vllm", "python": sys.executable})
+
+    with pytest.raises(PlanError, match=(
+            rf"^evaluation.model_args.max_model_len {verbal} is too short for task math500_verbal: "
+            rf"{PROMPT_MARGIN} prompt tokens \+ {verbal} answer tokens \(max_gen_toks\) = {PROMPT_MARGIN + verbal};")):
+        plan(verbal)
+    plan(max(PROMPT_MARGIN + verbal, need))
+    plan(need, baseline_tasks=[])
+    with pytest.raises(PlanError, match=rf"task math500_abscot: {PROMPT_MARGIN} prompt tokens \+ "
+                                        rf"{abstract['m_max']} trace tokens \(m_max\) \+ "):
+        plan(need - 1, baseline_tasks=[])
+    plan(PROMPT_MARGIN + 512, gen_kwargs={"max_gen_toks": 256})  # the run's gen_kwargs win
+    plan(100, backend="hf")  # the hf backend has no context limit to check
+
+
+# -- the training schedule -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("yaml_cfg", "rows", "world", "steps", "warmup"),
+    [
+        # Qwen3-4B: 5000 rows, batch 1 x 16 x 2 processes = 32, 1 epoch, 5 % warm-up
+        ({"micro_batch_size": 1, "gradient_accumulation_steps": 16, "num_epochs": 1, "warmup_ratio": 0.05}, 5000, 2, 157, 7),
+        # axolotl's ceil(rows x epochs / batch) (it sets the trainer's max_steps), not epochs x ceil(rows / batch)
+        ({"micro_batch_size": 1, "gradient_accumulation_steps": 2, "num_epochs": 2, "warmup_ratio": 0.1}, 5, 1, 5, 0),
+        # max_steps wins; axolotl turns a warm-up of 1 step into 2
+        ({"micro_batch_size": 4, "max_steps": 4, "warmup_steps": 1}, 8, 1, 4, 2),
+        # the warm-up ratio applies to min(steps from the data, max_steps)
+        ({"max_steps": 100, "warmup_ratio": 0.1}, 20, 1, 100, 2),
+        # defaults: micro-batch 1, accumulation 1, 1 epoch, 3 % warm-up
+        ({}, 1000, 4, 250, 7),
+        # context parallelism: 4 processes in 2 data-parallel groups
+        ({"micro_batch_size": 2, "context_parallel_size": 2}, 10, 4, 3, 0),
+    ],
+)
+def test_training_schedule_follows_axolotl(yaml_cfg, rows, world, steps, warmup):
+    schedule = training_schedule({"sample_packing": False, **yaml_cfg}, rows, world, Path("x.yml"))
+    assert (schedule.steps, schedule.warmup) == (steps, warmup)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sample_packing": True}, "x.yml: sample_packing is on: a packed micro-batch holds as many examples as fit"),
+        ({"batch_size": 32}, "x.yml: set micro_batch_size and gradient_accumulation_steps, not batch_size"),
+    ],
+)
+def test_training_schedule_refuses_batches_not_in_examples(change, message):
+    with pytest.raises(PlanError, match=f"^{re.escape(message)}") as err:
+        training_schedule(change, 100, 2, Path("x.yml"))
+    assert "\n" not in str(err.value)
+
+
+def test_plan_refuses_packing(tmp_path):
+    with pytest.raises(PlanError, match="tiny_phase_b.yml: sample_packing is on"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", phase_b={"overrides": {"sample_packing": True}})
+
+
+def test_qwen3_4b_plan_predicts_the_documented_schedule(tmp_path, capsys):
+    """configs/runs/qwen3_4b.yml (LoRA and full fine-tuning): both phases train the number of
+    optimizer steps the README states, with one effective batch in examples; the dry run shows it."""
+    rows = tmp_path / "dolci.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"row-{i}", "messages": []}) + "\n" for i in range(5000)))
+    documented = re.search(r"effective batch (\d+) examples = (\d+) optimizer steps\s+per phase",
+                           (ROOT / "README.md").read_text())
+    batch, steps = int(documented.group(1)), int(documented.group(2))
+    for variant in ("lora", "full"):
+        cfg = yaml.safe_load((ROOT / "configs" / "runs" / "qwen3_4b.yml").read_text())
+        cfg["data"]["path"] = str(rows)
+        cfg["output_dir"] = str(tmp_path / variant)
+        cfg["generation"]["python"] = sys.executable
+        for phase in ("a", "b"):
+            cfg[f"phase_{phase}"]["config"] = str(ROOT / "axolotl_configs" / f"qwen3_4b_phase_{phase}_{variant}.yml")
+        config = write_config(tmp_path, cfg, f"{variant}.yml")
+        plan = build_plan(load_run_config(config))
+        schedules = [s.schedule for s in plan.stages if s.kind == "train"]
+        assert len(schedules) == 6 and all(s.rows == 5000 and s.batch == batch for s in schedules)
+        assert {(s.steps, s.warmup) for s in schedules} == {(steps, int(0.05 * steps))}
+        assert orchestrate.main([str(config), "--dry-run"]) == 0
+        shown = capsys.readouterr().out
+        assert shown.count(f"schedule: {steps} optimizer steps, warm-up {int(0.05 * steps)}") == 6
+
+
+def test_summary_shows_the_planned_schedule_and_evaluation_warnings(tmp_path):
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B")
+    report = tmp_path / "run" / "eval" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# Evaluation report\n\n| run | task |\n|---|---|\n| base | math500_verbal |\n\n"
+                      "**Warning: base, math500_verbal: 5.0 % answers truncated** (more than 1 %): …\n\nTokens are …\n")
+    summary = write_summary(plan, Manifest(tmp_path / "run" / "manifest.json")).read_text()
+    assert "| r2_b_train | todo |  | 4 steps (max_steps), warm-up 2, batch 2 |  | `logs/r2_b_train.log` |" in summary
+    assert "| r2_b_merge | todo |  |  |  | `logs/r2_b_merge.log` |" in summary
+    assert "| base | math500_verbal |\n\n**Warning: base, math500_verbal: 5.0 % answers truncated**" in summary
+    assert "Tokens are" not in summary
+
+
+def test_trained_steps_check():
+    """The trainer's optimizer steps against the plan: exact with max_steps; from the rows otherwise,
+    where rows skipped as bad may lower them (down to the steps of half the rows), never raise them."""
+    planned = Schedule(rows=5000, micro_batch_size=1, gradient_accumulation_steps=16, world_size=2)
+    assert planned.steps == 157
+    for logged in (157, 150, 79):
+        check_trained_steps("r1_b_train", logged, planned)
+    with pytest.raises(StageFailed, match=r"r1_b_train: the trainer ran 12 optimizer steps; the plan expects "
+                                          r"157 for 5000 rows \(at least 79 if only 50% of them reach training\)"):
+        check_trained_steps("r1_b_train", 12, planned)  # e.g. packed micro-batches
+    with pytest.raises(StageFailed, match="ran 314 optimizer steps; the plan expects 157"):
+        check_trained_steps("r1_b_train", 314, planned)  # e.g. half the processes
+    fixed = Schedule(rows=8, micro_batch_size=4, max_steps=4)
+    check_trained_steps("r1_a_train", 4, fixed)
+    with pytest.raises(StageFailed, match="ran 3 optimizer steps; the plan expects 4 \\(max_steps\\)"):
+        check_trained_steps("r1_a_train", 3, fixed)
+
+
 # -- learning-rate schedule check ------------------------------------------------------------
 def hf_cosine(peak, warmup, total, steps_per_call=1):
     """Learning rates an HF warm-up + cosine schedule gives per optimizer step; ``steps_per_call``
@@ -313,11 +464,19 @@ def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProc
 
 @pytest.mark.slow
 def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
-    """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU); stopped with
-    SIGTERM while round 2 trains (no stage process survives), resumed without redoing finished
-    stages; then the evaluation hook and --redo-stale on a changed evaluation command."""
-    cfg = run_config(tmp_path, tiny_dir, training={"launcher": {"num_processes": 2}})
+    """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU) for a number of
+    epochs; stopped with SIGTERM while round 2 trains (no stage process survives), resumed without
+    redoing finished stages; every training stage takes the optimizer steps and warm-up the plan
+    predicted; then the evaluation hook and --redo-stale on a changed evaluation command."""
+    # 8 rows x 3 epochs / batch (1 x 3 x 2 processes) = ceil(4) = 4 steps, as axolotl plans them
+    # (3 epochs x ceil(8 / 2 / 3) would be 6); warm-up int(0.25 x 4) = 1, which axolotl makes 2
+    cfg = run_config(tmp_path, tiny_dir, training={
+        "overrides": {"max_steps": None, "num_epochs": 3, "micro_batch_size": 1, "gradient_accumulation_steps": 3,
+                      "warmup_ratio": 0.25},
+        "launcher": {"num_processes": 2}})
     config = write_config(tmp_path, cfg)
+    plan = build_plan(load_run_config(config))
+    assert {(s.schedule.steps, s.schedule.warmup) for s in plan.stages if s.kind == "train"} == {(4, 2)}
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "orchestrate.py", str(config)], cwd=ROOT, env=offline_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -353,11 +512,15 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
         traces = load_trace_file(run / phase / "traces.jsonl", 64, 6)
         assert len(traces) == 8 and all(2 <= r["length"] <= 6 for r in read_jsonl(run / phase / "traces.jsonl"))
     for name in ("r1_a_train", "r1_b_train", "r2_a_train", "r2_b_train"):
-        assert after[name]["metrics"]["steps"] == 4 and after[name]["metrics"]["lr_peak"] == pytest.approx(0.005)
+        metrics = after[name]["metrics"]
+        assert metrics["steps"] == metrics["steps_planned"] == 4 and metrics["lr_peak"] == pytest.approx(0.005)
+        lr = read_curves(plan.stage(name).outputs[0])["learning_rate"]
+        assert lr.steps[lr.values.index(max(lr.values))] - 1 == plan.stage(name).schedule.warmup  # warm-up steps
         for kind in ("loss", "lr"):
             assert (run / "plots" / f"{name}_{kind}.png").read_bytes()[:4] == b"\x89PNG"
     summary = (run / "SUMMARY.md").read_text()
     assert summary.count("| done |") == 11 and "r2_b_train_lr.png" in summary
+    assert "| 4 steps, warm-up 2, batch 6 | steps 4, steps_planned 4," in summary
     assert (run / "round2" / "phase_b" / "model" / "config.json").exists()
     assert "warm-up model: " + str(run / "round2" / "phase_b" / "model") in resumed.stdout
     _check_axolotl_adapter_merge(tiny_dir, run / "round1" / "phase_a")
@@ -407,7 +570,7 @@ def test_t1_run_with_vllm_generation_and_evaluation(tmp_path, tiny_dir):
                     "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
         evaluation={"tasks": ["math500_abscot"], "limit": 2, "data_files": {"math500_file": str(math500)},
                     "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8},
-                    "model_args": {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}},
+                    "model_args": {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True}},
     )
     done = _orchestrate(write_config(tmp_path, cfg), timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

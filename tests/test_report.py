@@ -76,6 +76,20 @@ def test_build_report_writes_markdown_and_plot(runs, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["eval.md", "eval.png"]  # no temp files left
 
 
+def test_report_warns_when_answers_hit_the_budget(runs, tmp_path, capsys):
+    """A row of ours with more than 1 % of answers cut at max_gen_toks gets a warning line (a cut
+    answer scores 0: the budget is too small); 1 % exactly, other rows and reference rows do not."""
+    out = tmp_path / "r.md"
+    main([f"baseline={runs['base']}", f"round1={runs['round1']}", "--out", str(out), "--no-plot"])
+    printed = capsys.readouterr().out
+    warnings = [line for line in out.read_text().splitlines() if "answers truncated" in line]
+    assert warnings == [
+        "**Warning: baseline, math500_verbal: 5.0 % answers truncated** (more than 1 %): they used the "
+        "whole max_gen_toks budget without stopping and score 0; raise max_gen_toks (eval_tasks/README.md)."
+    ]
+    assert warnings[0] in printed
+
+
 def test_report_cli(runs, tmp_path, capsys):
     out = tmp_path / "r.md"
     main([str(runs["round1"]), "--out", str(out), "--no-plot"])

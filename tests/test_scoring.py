@@ -89,6 +89,41 @@ def test_is_equivalent_on_math_formats(gold, pred, equal):
     assert is_equivalent(gold, pred) is equal
 
 
+# A number with its unit inside one text group: the number is compared (the unit is dropped, as
+# math-verify already does for `4\\text{ cm}`); other text answers compare as text.
+UNITS_IN_TEXT = [
+    ("4", "\\text{4 cm}", True),
+    ("4", "\\text{4 cm}^2", True),  # the power belongs to the unit
+    ("4", "\\text{4 cm^2}", True),
+    ("5", "\\text{4 cm}", False),
+    ("4", "4\\text{ cm}", True),  # already read by math-verify
+    ("30", "\\text{30 degrees}", True),
+    ("30^\\circ", "\\text{30 degrees}", True),
+    ("1000", "\\text{1,000 dollars}", True),
+    ("18.90", "\\text{\\$18.90}", True),
+    ("18.90", "\\text{\\$18.90 dollars}", True),
+    ("4", "\\mbox{4 cm}", True),
+    ("4", "\\textrm{4 square units}", True),
+    ("60", "\\text{60 km/h}", True),
+    ("-3", "\\text{-3 degrees}", True),
+    ("2.5", "\\text{2.5 hours}", True),
+    ("6", "x = \\text{6 cm}", True),  # ends with the text group
+    ("4\\text{ cm}", "\\text{4 cm}", True),  # both sides read the same way
+    ("\\text{Monday}", "\\text{Monday}", True),  # text answers stay text
+    ("\\text{Monday}", "\\text{Tuesday}", False),
+    ("\\text{(B)}", "\\text{(B)}", True),
+    ("\\text{(B)}", "\\text{(C)}", False),
+    ("2", "\\text{2 and 3}", False),  # words followed by another number are not a unit
+    ("3", "\\text{3}", True),
+]
+
+
+@pytest.mark.parametrize(("gold", "pred", "equal"), UNITS_IN_TEXT)
+def test_number_with_unit_inside_text(gold, pred, equal):
+    assert is_equivalent(gold, pred) is equal
+    assert score_answer(f"so the answer is $\\boxed{{{pred}}}$.", gold).correct is equal
+
+
 def test_is_equivalent_rejects_unparseable_gold():
     with pytest.raises(ValueError, match="gold answer"):
         is_equivalent("", "3")

@@ -2,7 +2,9 @@
 and PNG plots.
 
 The orchestrator sets ``use_tensorboard: true``; the Hugging Face trainer (rank 0 only) then
-writes ``train/loss`` and ``train/learning_rate`` per logging step under ``OUTPUT_DIR/runs/``.
+writes ``train/loss`` and ``train/learning_rate`` per logging step under ``OUTPUT_DIR/runs/``, and
+``train/train_runtime`` once, at its last optimizer step (the steps it took, whatever
+``logging_steps`` is).
 The logged learning rate is the one each optimizer step used, so a warm-up + cosine schedule
 shows as one rise to the peak followed by a monotone descent. The reproduction's multi-process
 bug (the scheduler stepped once per process per step) shows as a descent that finishes early and
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from .manifest import atomic_path
 
-TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate"}
+TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "train_runtime": "train/train_runtime"}
 
 
 class ScheduleError(RuntimeError):
@@ -30,7 +32,8 @@ class Curve:
 
 
 def read_curves(train_dir: str | Path) -> dict[str, Curve]:
-    """Loss and learning rate per logged step, from the newest TensorBoard run in ``train_dir``."""
+    """Loss, learning rate and the end-of-training runtime per logged step, from the newest
+    TensorBoard run in ``train_dir``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     runs = sorted(

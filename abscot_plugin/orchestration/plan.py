@@ -11,6 +11,11 @@ depends on: its command line, its generated axolotl YAML, the data slice it read
 (round 1) and the fingerprints of the stages whose outputs it reads, so a change anywhere
 upstream changes every fingerprint downstream.
 
+Each training stage carries its :class:`Schedule`, the optimizer steps and warm-up axolotl will
+plan from the YAML, the N rows and the processes (shown by ``--dry-run``, checked after training).
+The batch must be a number of examples, so ``sample_packing`` is refused. With the vLLM backend,
+an evaluation ``max_model_len`` must hold every task's prompt, trace and answer budget.
+
 Run folder layout::
 
     OUT/manifest.json  SUMMARY.md  run_config.yml  data/<slice>.jsonl  logs/<stage>.log
@@ -34,12 +39,17 @@ import yaml
 
 from .manifest import fingerprint
 from .run_config import MANAGED_KEYS, RunConfig
+from .schedule import Schedule
 
 Kind = Literal["traces", "train", "merge", "eval"]
 PHASE_TYPES = {"a": "abscot_plugin.bottleneck", "b": "abscot_plugin.self_distill"}
 MODES = {"a": "phase_a", "b": "phase_b"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_FILE = 10 * 1024 * 1024  # files below this are hashed whole in model fingerprints
+# Context tokens an evaluation needs besides the trace and the answer budget: the chat template,
+# the system prompt and the problem (MATH-500's longest problems, with Asymptote figures, are a few
+# hundred tokens; GSM8K's under 300), and the trace delimiters.
+PROMPT_MARGIN = 1024
 
 
 class PlanError(ValueError):
@@ -48,7 +58,7 @@ class PlanError(ValueError):
 
 @dataclass
 class Stage:
-    """One subprocess of the pipeline."""
+    """One subprocess of the pipeline (``schedule``: training stages only)."""
 
     name: str
     kind: Kind
@@ -61,6 +71,7 @@ class Stage:
     yaml_path: Path | None = None
     yaml: dict[str, Any] | None = None
     fingerprint: str = ""
+    schedule: Schedule | None = None
 
     def shell(self) -> str:
         """The command as one shell line."""
@@ -205,6 +216,15 @@ def _cpu_multiprocess_fix(cfg: RunConfig, notes: list[str]) -> dict[str, Any]:
     return {"max_memory": {"cpu": "64GiB"}}
 
 
+def training_schedule(yaml_cfg: dict[str, Any], rows: int, num_processes: int, source: Path) -> Schedule:
+    """The :class:`Schedule` of a generated training YAML (``source``: the phase config named in
+    errors); a batch that is not a number of examples is a one-line PlanError."""
+    try:
+        return Schedule.of(yaml_cfg, rows, num_processes)
+    except ValueError as exc:
+        raise PlanError(f"{source}: {exc}") from None
+
+
 def launcher_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
     """``accelerate launch`` arguments from ``training.launcher``."""
     lc = cfg.training.launcher
@@ -275,6 +295,45 @@ def _short_context_note(cfg: RunConfig, yaml_a: dict) -> str | None:
             "less CoT than training (counted in the trace stages' summaries)")
 
 
+def _context_parts(settings: dict[str, Any]) -> list[tuple[int, str]]:
+    """The context an evaluation request fills, from its task's generation settings."""
+    parts = [(PROMPT_MARGIN, "prompt tokens")]
+    if settings.get("abscot_mode") == "abstract":
+        parts.append((int(settings["m_max"]), "trace tokens (m_max)"))
+    return parts + [(int(settings["max_gen_toks"]), "answer tokens (max_gen_toks)")]
+
+
+def _eval_contexts(tasks: list[str], gen_kwargs: dict[str, Any]) -> dict[str, list[tuple[int, str]]]:
+    from ..eval_cli import task_generation_kwargs
+
+    return {task: _context_parts({**settings, **gen_kwargs}) for task, settings in task_generation_kwargs(tasks).items()}
+
+
+def eval_context_needed(tasks: list[str], gen_kwargs: dict[str, Any]) -> dict[str, int]:
+    """Context tokens each task of ``tasks`` (groups expanded) needs: :data:`PROMPT_MARGIN`, the
+    trace (``m_max``, abstract tasks) and the answer budget (``max_gen_toks``), read from the task's
+    YAML with ``gen_kwargs`` (the run's overrides) on top."""
+    return {task: sum(n for n, _ in parts) for task, parts in _eval_contexts(tasks, gen_kwargs).items()}
+
+
+def _check_eval_context(max_model_len: int, tasks: list[str], gen_kwargs: dict[str, Any]) -> None:
+    """vLLM ends an answer at the end of its context without counting it as truncated: refuse a
+    ``max_model_len`` that cannot hold a task's prompt, trace and answer budget."""
+    try:
+        contexts = _eval_contexts(tasks, gen_kwargs)
+    except ValueError as exc:
+        raise PlanError(f"evaluation: {exc}") from None
+    for task, parts in contexts.items():
+        need = sum(n for n, _ in parts)
+        if max_model_len < need:
+            raise PlanError(
+                f"evaluation.model_args.max_model_len {max_model_len} is too short for task {task}: "
+                + " + ".join(f"{n} {what}" for n, what in parts) + f" = {need}; raise max_model_len "
+                "(vLLM would stop answers at the end of the context, uncounted as truncated) or lower "
+                "max_gen_toks in evaluation.gen_kwargs"
+            )
+
+
 def evaluation_stage(
     cfg: RunConfig, name: str, model: str, tasks: list[str], upstream: list[str], env: dict[str, str]
 ) -> Stage | None:
@@ -286,6 +345,8 @@ def evaluation_stage(
         return None
     ev = cfg.evaluation
     backend = ev.backend or cfg.generation.backend
+    if backend == "vllm" and ev.model_args.get("max_model_len"):
+        _check_eval_context(int(ev.model_args["max_model_len"]), tasks, ev.gen_kwargs)
     out = cfg.output_dir / "eval" / ("base" if name == "eval_base" else "final")
     command = lm_eval_command(
         model, tasks, out, backend, ev.limit, {k: str(v) for k, v in ev.data_files.items()},
@@ -358,6 +419,8 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                     dict(data_inputs), list(upstream), {**env, **cfg.generation.env},
                 ))
                 upstream = [*upstream, f"{prefix}_traces"]
+            schedule = training_schedule(yaml_cfg, cfg.data.num_rows, lc.num_processes,
+                                         (cfg.phase_a if phase == "a" else cfg.phase_b).config)
             yaml_path = folder / "axolotl.yml"
             command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(cfg, machine_rank),
                        "-m", "axolotl.cli.train", str(yaml_path)]
@@ -366,7 +429,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                 inputs["deepspeed"] = _file_digest(Path(str(yaml_cfg["deepspeed"])))
             train = Stage(
                 f"{prefix}_train", "train", command, [train_dir], run / "logs" / f"{prefix}_train.log",
-                inputs, upstream, env, yaml_path, yaml_cfg,
+                inputs, upstream, env, yaml_path, yaml_cfg, schedule=schedule,
             )
             add(train, hash_command=False)  # the launch line differs per machine; inputs keep what matters
             if yaml_cfg.get("adapter") == "lora":

@@ -1,6 +1,9 @@
 """Executing a plan: resume at the first unfinished stage, one subprocess per stage, checks after
 each stage, the manifest and the run summary.
 
+After a training stage, the optimizer steps the trainer took are checked against the plan's
+schedule (:func:`check_trained_steps`), and its learning-rate curve against one warm-up + cosine.
+
 A stage recorded in the manifest with the fingerprint the plan computes now is finished and is
 never run again; one recorded with another fingerprint is stale: the run stops and reports what
 changed, unless ``redo_stale`` moves the stale outputs to ``OUT/superseded/`` (nothing is
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -25,9 +29,15 @@ from typing import Any
 
 import yaml
 
+from ..report import WARNING_PREFIX, build_report
 from .curves import ScheduleError, check_warmup_cosine, plot_curve, read_curves
 from .manifest import Manifest, diff_inputs, write_atomic
 from .plan import Plan, Stage
+from .schedule import Schedule
+
+# Share of a slice's rows that must reach training: the rest may be skipped as bad rows (or
+# dropped by axolotl); fewer means a wrong schedule (e.g. packed batches) or a data problem.
+MIN_ROWS_TRAINED = 0.5
 
 
 class StageFailed(RuntimeError):
@@ -91,7 +101,8 @@ def stale_report(plan: Plan, manifest: Manifest) -> str | None:
 
 
 def describe(plan: Plan, manifest: Manifest) -> str:
-    """The dry-run listing: every stage with its status, command, log and generated YAML."""
+    """The dry-run listing: every stage with its status, command, log, generated YAML and (training
+    stages) optimizer steps and warm-up."""
     state = statuses(plan, manifest)
     lines = [f"run folder: {plan.run_dir}", f"final model: {plan.final_model}"]
     lines += [f"note: {note}" for note in plan.notes]
@@ -99,6 +110,8 @@ def describe(plan: Plan, manifest: Manifest) -> str:
         lines.append(f"[{i:2d}] {stage.name:<12} {state[stage.name]:<5} log: {stage.log}")
         if stage.yaml_path:
             lines.append(f"     config: {stage.yaml_path}")
+        if stage.schedule:
+            lines.append(f"     schedule: {stage.schedule.describe()}")
         lines.append(f"     $ {stage.shell()}")
     return "\n".join(lines)
 
@@ -202,8 +215,6 @@ def report_path(plan: Plan) -> Path:
 def _report(plan: Plan, stage: Stage) -> dict[str, Any]:
     """Rewrite the run's evaluation report from every evaluation stage's results so far; returns
     this stage's accuracy and mean generated tokens per task for the manifest."""
-    from ..report import build_report
-
     labels = {"eval_base": "base model", "eval": f"warm-up model, T {plan.cfg.rounds}"}
     done = [s for s in plan.stages if s.kind == "eval" and s.outputs[0].exists()]
     path = report_path(plan)
@@ -219,6 +230,26 @@ def _report(plan: Plan, stage: Stage) -> dict[str, Any]:
     return metrics
 
 
+def check_trained_steps(name: str, logged: int, schedule: Schedule) -> None:
+    """Raise :class:`StageFailed` unless the trainer's optimizer steps ``logged`` fit the plan's
+    ``schedule``: exactly its steps with ``max_steps``; otherwise between the steps of
+    :data:`MIN_ROWS_TRAINED` of the rows and of all rows. Rows skipped as bad (or dropped as too
+    long) lower the steps and nothing else can raise them, so more steps mean a smaller batch
+    than planned, and far fewer a larger one (packed micro-batches) or most rows lost."""
+    if schedule.max_steps:
+        expected, ok = f"{schedule.steps} (max_steps)", logged == schedule.steps
+    else:
+        low = schedule.steps_for(math.ceil(MIN_ROWS_TRAINED * schedule.rows))
+        expected = (f"{schedule.steps} for {schedule.rows} rows (at least {low} if only "
+                    f"{MIN_ROWS_TRAINED:.0%} of them reach training)")
+        ok = low <= logged <= schedule.steps
+    if not ok:
+        raise StageFailed(
+            f"stage {name}: the trainer ran {logged} optimizer steps; the plan expects {expected} with "
+            f"a batch of {schedule.batch} examples: the batch or the data is not what was planned, see the log"
+        )
+
+
 def _check_training(plan: Plan, stage: Stage) -> dict[str, Any]:
     train_dir = stage.outputs[0]
     expected = "adapter_config.json" if stage.yaml.get("adapter") == "lora" else "config.json"
@@ -229,18 +260,21 @@ def _check_training(plan: Plan, stage: Stage) -> dict[str, Any]:
     plot_curve(curves["loss"], f"{stage.name}: training loss", "loss", plots / f"{stage.name}_loss.png")
     plot_curve(curves["learning_rate"], f"{stage.name}: learning rate", "learning rate", plots / f"{stage.name}_lr.png")
     lr, loss = curves["learning_rate"], curves["loss"]
+    steps = curves["train_runtime"].steps[-1]
+    check_trained_steps(stage.name, steps, stage.schedule)
     try:
         check_warmup_cosine(lr, float(stage.yaml.get("learning_rate") or 0) or None)
     except ScheduleError as exc:
         raise StageFailed(f"stage {stage.name}: {exc}; plot: {plots / f'{stage.name}_lr.png'}") from None
     return {
-        "steps": lr.steps[-1], "loss_first": round(loss.values[0], 4), "loss_last": round(loss.values[-1], 4),
-        "lr_peak": max(lr.values), "lr_last": lr.values[-1],
+        "steps": steps, "steps_planned": stage.schedule.steps, "loss_first": round(loss.values[0], 4),
+        "loss_last": round(loss.values[-1], 4), "lr_peak": max(lr.values), "lr_last": lr.values[-1],
     }
 
 
 def write_summary(plan: Plan, manifest: Manifest) -> Path:
-    """``OUT/SUMMARY.md``: stages, their timings and metrics, the plots and the final model."""
+    """``OUT/SUMMARY.md``: stages, their timings, planned schedules and metrics, the plots, the
+    evaluation table and the final model."""
     state = statuses(plan, manifest)
     lines = [
         f"# Abstract-CoT warm-up: {plan.run_dir.name}", "",
@@ -248,7 +282,7 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
         f"(schedule {plan.cfg.data.schedule}), generation backend {plan.cfg.generation.backend}",
         f"- final (warm-up) model: `{plan.final_model}`"
         + ("" if state[plan.stages[-1].name] == "done" else " (not finished yet)"), "",
-        "| stage | status | seconds | metrics | log |", "|---|---|---|---|---|",
+        "| stage | status | seconds | planned | metrics | log |", "|---|---|---|---|---|---|",
     ]
     for stage in plan.stages:
         record = manifest.get(stage.name) if state[stage.name] == "done" else None
@@ -256,15 +290,19 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
                             for k, v in (record or {}).get("metrics", {}).items())
         seconds = f"{record['seconds']:.0f}" if record else ""
         log = stage.log.relative_to(plan.run_dir)
-        lines.append(f"| {stage.name} | {state[stage.name]} | {seconds} | {metrics} | `{log}` |")
+        planned = stage.schedule.short() if stage.schedule else ""
+        lines.append(f"| {stage.name} | {state[stage.name]} | {seconds} | {planned} | {metrics} | `{log}` |")
     trained = [s for s in plan.stages if s.kind == "train" and state[s.name] == "done"]
     if trained:
         lines += ["", "## Training curves (loss, learning rate)", ""]
         lines += [f"![{s.name} loss](plots/{s.name}_loss.png) ![{s.name} lr](plots/{s.name}_lr.png)" for s in trained]
     report = report_path(plan)
     if report.exists():
-        table = [ln for ln in report.read_text(encoding="utf-8").splitlines() if ln.startswith("|")]
-        lines += ["", "## Evaluation (`eval/report.md`)", "", *table, "", "![accuracy vs tokens](eval/report.png)"]
+        text = report.read_text(encoding="utf-8").splitlines()
+        table = [ln for ln in text if ln.startswith("|")]
+        warnings = [ln for ln in text if ln.startswith(WARNING_PREFIX)]
+        lines += ["", "## Evaluation (`eval/report.md`)", "", *table, "", *[f"{w}\n" for w in warnings],
+                  "![accuracy vs tokens](eval/report.png)"]
     path = plan.run_dir / "SUMMARY.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path
