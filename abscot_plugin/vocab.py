@@ -117,15 +117,11 @@ def _seed_for(ids: list[int], seed: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def full_shape(weight: torch.Tensor) -> torch.Size:
-    """A parameter's full shape, also while DeepSpeed ZeRO-3 partitions it (under ``zero.Init`` a
-    partitioned parameter's ``.shape`` is ``(0,)``; its full shape is ``ds_shape``)."""
-    return getattr(weight, "ds_shape", weight.shape)
-
-
 def embedding_rows(model: PreTrainedModel) -> int:
-    """Rows of the model's input embedding (its full size under ZeRO-3 as well)."""
-    return full_shape(model.get_input_embeddings().weight)[0]
+    """Rows of the model's input embedding, also while DeepSpeed ZeRO-3 partitions it (under
+    ``zero.Init`` a partitioned parameter's ``.shape`` is ``(0,)``; its full shape is ``ds_shape``)."""
+    weight = model.get_input_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
 
 
 @torch.no_grad()
@@ -190,9 +186,9 @@ def check_tied(model: PreTrainedModel, ids: list[int]) -> None:
 
     Functional (works through peft wrappers such as trainable-token deltas): for a random hidden
     vector h, lm_head(h)[ids] must equal embed(ids) · h. Under DeepSpeed ZeRO-3 the parameters of
-    both modules (peft's trainable-token deltas included) are gathered read-only first, so every
-    rank must call this, and before ``deepspeed.initialize`` (whose hooks would re-partition
-    parameters inside the forward calls).
+    both modules (peft's trainable-token deltas included) are gathered read-only first: every rank
+    must call this, before ``deepspeed.initialize`` (afterwards the engine's forward hooks manage
+    the partitions).
     """
     if not is_tied(model):
         return

@@ -1,5 +1,6 @@
 """`axolotl train` end to end on the tiny model: Phase A (bottleneck) then Phase B (self-distill)
-from the merged Phase A model, LoRA with trainable V_abs rows. New rows move, old rows do not."""
+from the merged Phase A model, LoRA with trainable V_abs rows (new rows move, old rows do not);
+skipped rows totalled by `axolotl preprocess` and read back from its cache by `axolotl train`."""
 
 from __future__ import annotations
 
