@@ -9,4 +9,4 @@ from .dataset_strategy import AbstractCoTStrategy
 
 def load(tokenizer, cfg, ds_cfg=None, processor=None) -> AbstractCoTStrategy:
     """axolotl entry point for the bottleneck format."""
-    return AbstractCoTStrategy(tokenizer, cfg, with_cot=True)
+    return AbstractCoTStrategy(tokenizer, cfg, with_cot=True, ds_cfg=ds_cfg)

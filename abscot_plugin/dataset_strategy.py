@@ -2,12 +2,24 @@
 
 Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched by id), a row's
 ``abstract_trace`` field, or (Phase A without either) round-1 random traces.
+
+With ``abscot_skip_bad_rows`` malformed rows are skipped and counted by kind; the counts of each
+tokenised dataset are summed once its ``datasets.map`` is done and kept with the dataset
+(:mod:`.data_counts`). ``axolotl preprocess`` logs them per dataset as it tokenises;
+``axolotl train`` logs the run's totals once the trainer exists (:func:`log_data_summary`), also
+when the data came from the prepared-dataset cache.
 """
 
 from __future__ import annotations
 
-from axolotl.utils.logging import get_logger
+import logging
+import tempfile
 
+from axolotl.prompt_tokenizers import DatasetWrappingStrategy
+from axolotl.utils.logging import get_logger
+from datasets import Dataset
+
+from . import data_counts
 from .prompts import BadRowError, parse_chat_row, row_id_of
 from .sequences import SequenceBuilder
 from .traces import load_trace_file, parse_trace
@@ -17,13 +29,17 @@ LOG = get_logger("axolotl.integrations.abscot")
 TRACE_FIELD = "abstract_trace"
 
 
-class AbstractCoTStrategy:
-    """Batched tokenising strategy (axolotl's strategy protocol: ``tokenize_prompt``)."""
+class AbstractCoTStrategy(DatasetWrappingStrategy):
+    """Batched tokenising strategy: axolotl calls :meth:`wrap_dataset`, which maps
+    :meth:`tokenize_prompt` over the rows and records how many were skipped."""
 
-    def __init__(self, tokenizer, cfg, with_cot: bool):
+    def __init__(self, tokenizer, cfg, with_cot: bool, ds_cfg=None):
         _require_plugin(cfg)
         self.with_cot = with_cot
         self.name = "bottleneck" if with_cot else "self_distill"
+        self.source = str((ds_cfg or {}).get("path") or "the dataset")
+        self.preprocess_only = bool(cfg.is_preprocess)  # `axolotl preprocess`: no trainer will report
+        self.count_dir: str | None = None  # set by wrap_dataset while its map runs
         self.num_symbols = int(cfg.abscot_num_symbols or 64)
         self.m_max = int(cfg.abscot_m_max or 128)
         self.sequence_len = int(cfg.sequence_len)
@@ -48,6 +64,42 @@ class AbstractCoTStrategy:
     @property
     def supports_batched(self) -> bool:
         return True
+
+    def wrap_dataset(
+        self, dataset, process_count: int | None = None, keep_in_memory: bool | None = False, **kwargs
+    ):
+        """Tokenise ``dataset`` with axolotl's ``TokenizedPromptDataset`` (``datasets.map`` over
+        ``process_count`` processes) and record its row counts with it (:mod:`.data_counts`).
+
+        The counting folder is an attribute of the strategy, so each tokenisation has its own map
+        fingerprint and ``datasets``' map cache never hands back rows without running the
+        batches. Streamed data is mapped lazily: only per-batch log lines report its skips.
+        """
+        from axolotl.datasets import TokenizedPromptDataset, wrap_dataset_for_tokenized_prompt
+
+        if not isinstance(dataset, Dataset):
+            return wrap_dataset_for_tokenized_prompt(self, dataset, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="abscot_counts_") as folder:
+            self.count_dir = folder
+            try:
+                out = TokenizedPromptDataset(
+                    self, dataset, process_count=process_count, keep_in_memory=keep_in_memory, **kwargs
+                )
+            finally:
+                self.count_dir = None
+            counts = data_counts.sum_batches(folder, self.name)
+        if counts.rows != len(dataset):
+            raise RuntimeError(
+                f"abscot {self.name}: counted {counts.rows} of the {len(dataset)} rows of {self.source} "
+                "(some batches did not run in this tokenisation)"
+            )
+        if counts.rows and counts.num_skipped == counts.rows:
+            raise ValueError(f"abscot {self.name}: every row of {self.source} was skipped ({counts.line()})")
+        data_counts.record(out, counts)
+        if counts.num_skipped:  # train reports the run's total later (log_data_summary)
+            level = logging.INFO if self.preprocess_only else logging.DEBUG
+            LOG.log(level, counts.line(f" from {self.source}"))
+        return out
 
     def _trace_ids(self, row: dict, parsed) -> list[int]:
         if self.traces is not None:
@@ -95,8 +147,12 @@ class AbstractCoTStrategy:
             if self.with_cot:
                 out["segment_ids"].append(ex.segment_ids)
                 out["abscot_cot_cut"].append(ex.cot_cut)
+        if self.count_dir is not None:
+            data_counts.write_batch(self.count_dir, len(rows), skipped)
         if skipped:
-            LOG.warning(
+            # counted batches are summed by wrap_dataset; a lone batch (streaming) reports itself
+            LOG.log(
+                logging.DEBUG if self.count_dir is not None else logging.WARNING,
                 "abscot %s: skipped %d of %d rows in this batch (%s); first: %s",
                 self.name, sum(skipped.values()), len(rows),
                 ", ".join(f"{n}× {r}" for r, n in skipped.items()), first_error,
@@ -119,9 +175,21 @@ def _require_plugin(cfg) -> None:
         )
 
 
-def log_data_summary(dataset) -> None:
-    """Log how many Phase A rows had their CoT cut to fit, and by how much."""
-    if dataset is None or "abscot_cot_cut" not in getattr(dataset, "column_names", []):
+def log_data_summary(cfg, dataset) -> None:
+    """Log the run's skipped rows by kind (from the counts recorded with the data, also when it
+    came from the prepared-dataset cache) and how many Phase A rows had their CoT cut to fit."""
+    if dataset is None:
+        return
+    totals = data_counts.recorded(dataset)
+    if totals is None and cfg.abscot_skip_bad_rows:
+        LOG.warning(
+            "abscot: the training data carries no count of skipped rows (streamed, or prepared by "
+            "an older abscot); see the per-batch lines of its tokenisation"
+        )
+    for counts in (totals or {}).values():
+        if counts.num_skipped:
+            LOG.info(counts.line())
+    if "abscot_cot_cut" not in getattr(dataset, "column_names", []):
         return
     cuts = dataset["abscot_cot_cut"]
     cut_rows = sum(1 for c in cuts if c)

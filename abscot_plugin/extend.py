@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .vocab import DEFAULT_NUM_SYMBOLS, add_abstract_tokens, check_tied, has_abstract_tokens, init_new_rows
+from .vocab import (
+    DEFAULT_NUM_SYMBOLS, add_abstract_tokens, check_tied, embedding_rows, has_abstract_tokens, init_new_rows,
+)
 
 
 def extend_model(
@@ -25,8 +27,7 @@ def extend_model(
     if has_abstract_tokens(tokenizer, num_symbols):
         raise SystemExit(f"{base} already has the abstract vocabulary; nothing to extend")
     vocab = add_abstract_tokens(tokenizer, num_symbols)
-    rows = model.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
+    if len(tokenizer) > embedding_rows(model):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     init_new_rows(model, list(vocab.all_ids), init, seed)
     check_tied(model, list(vocab.all_ids))

@@ -29,6 +29,7 @@ from .vocab import (
     DEFAULT_NUM_SYMBOLS,
     AbstractVocab,
     check_tied,
+    embedding_rows,
     has_abstract_tokens,
     init_new_rows,
     is_tied,
@@ -52,7 +53,7 @@ def load_base(base: str, tokenizer, num_symbols: int, init: str, init_seed: int,
     """The base model as the trainer built it: resized if needed, new rows initialised."""
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     vocab = AbstractVocab.from_tokenizer(tokenizer, num_symbols)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    if len(tokenizer) > embedding_rows(model):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if not has_abstract_tokens(AutoTokenizer.from_pretrained(base), num_symbols):
         init_new_rows(model, list(vocab.all_ids), init, init_seed)

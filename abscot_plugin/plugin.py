@@ -1,5 +1,12 @@
-"""The axolotl plugin class: wires abscot's hooks; the work lives in the modules it calls."""
+"""The axolotl plugin class: wires abscot's hooks; the work lives in the modules it calls.
 
+* ``register``: extended tokenizer (``tokenizer_prep``), LoRA settings for ``full`` embeddings;
+* ``post_model_build``: new V_abs rows initialised (``vocab``; DeepSpeed ZeRO-3 partitions too);
+* ``post_model_load``: tied lm_head still tied (``vocab.check_tied``, gathered under ZeRO-3);
+* ``get_trainer_cls`` / ``get_collator_cls_and_kwargs``: Phase A's mask trainer and segment
+  collator (``trainer``, ``collator``); other formats train with axolotl's own;
+* ``post_trainer_create``: the data summary: skipped rows by kind, CoT cuts (``dataset_strategy``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from axolotl.utils.logging import get_logger
 from .args import AbsCoTArgs, uses_bottleneck
 
 LOG = get_logger("axolotl.integrations.abscot")
+
 
 class AbsCoTPlugin(BasePlugin):
     """Wires the abscot hooks into axolotl; the work lives in the modules named above."""
@@ -36,13 +44,14 @@ class AbsCoTPlugin(BasePlugin):
             cfg.setdefault("peft_ensure_weight_tying", True)
 
     def post_model_build(self, cfg, model):
-        from .vocab import AbstractVocab, init_new_rows, is_tied
         from transformers import AutoTokenizer
+
+        from .vocab import AbstractVocab, embedding_rows, init_new_rows, is_tied
 
         vocab = AbstractVocab.from_tokenizer(
             AutoTokenizer.from_pretrained(cfg.tokenizer_config), cfg.abscot_num_symbols
         )
-        rows = model.get_input_embeddings().weight.shape[0]
+        rows = embedding_rows(model)
         if max(vocab.all_ids) >= rows:
             raise RuntimeError(f"abstract ids reach {max(vocab.all_ids)} but the embedding has {rows} rows")
         self.tied = is_tied(model)
@@ -66,6 +75,9 @@ class AbsCoTPlugin(BasePlugin):
         check_tied(model, list(self.vocab.all_ids))
 
     def get_trainer_cls(self, cfg):
+        """Phase A: the trainer that builds the bottleneck mask; otherwise axolotl's own."""
+        if not uses_bottleneck(cfg):
+            return None
         from .trainer import AbsCoTTrainer
 
         return AbsCoTTrainer
@@ -80,4 +92,4 @@ class AbsCoTPlugin(BasePlugin):
     def post_trainer_create(self, cfg, trainer):
         from .dataset_strategy import log_data_summary
 
-        log_data_summary(trainer.train_dataset)
+        log_data_summary(cfg, trainer.train_dataset)

@@ -8,4 +8,4 @@ from .dataset_strategy import AbstractCoTStrategy
 
 def load(tokenizer, cfg, ds_cfg=None, processor=None) -> AbstractCoTStrategy:
     """axolotl entry point for the self-distillation format."""
-    return AbstractCoTStrategy(tokenizer, cfg, with_cot=False)
+    return AbstractCoTStrategy(tokenizer, cfg, with_cot=False, ds_cfg=ds_cfg)

@@ -117,6 +117,13 @@ def _seed_for(ids: list[int], seed: int) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def embedding_rows(model: PreTrainedModel) -> int:
+    """Rows of the model's input embedding, also while DeepSpeed ZeRO-3 partitions it (under
+    ``zero.Init`` a partitioned parameter's ``.shape`` is ``(0,)``; its full shape is ``ds_shape``)."""
+    weight = model.get_input_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
+
+
 @torch.no_grad()
 def init_new_rows(
     model: PreTrainedModel, ids: list[int], method: InitMethod = "random", seed: int = 0
@@ -125,7 +132,9 @@ def init_new_rows(
 
     ``random``: normal with the std of the existing rows (the paper); ``mean``: mean of the
     existing rows. Rows past the tokenizer (Qwen3's padding rows) are overwritten in place, so
-    this also works where no resize happened. Under DeepSpeed ZeRO-3 the rows are gathered first.
+    this also works where no resize happened. Under DeepSpeed ZeRO-3 every rank must call this
+    (the gather is collective): the weight is gathered, rank 0's new rows are broadcast when the
+    context exits and each rank keeps its shard of them.
     """
     embeddings = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
@@ -133,7 +142,7 @@ def init_new_rows(
         embeddings.append(output.weight)
     index = torch.tensor(sorted(ids), dtype=torch.long)
     for weight in embeddings:
-        with _gathered(weight):
+        with _gathered([weight], modifier_rank=0):
             old = torch.ones(weight.shape[0], dtype=torch.bool)
             old[index] = False
             # padding rows past the tokenizer are often zeros: take statistics from real rows
@@ -149,12 +158,16 @@ def init_new_rows(
             weight[index.to(weight.device)] = rows.to(weight.device, weight.dtype)
 
 
-def _gathered(weight: torch.Tensor):
-    """Context that materialises a ZeRO-3 partitioned parameter (a no-op otherwise)."""
-    if hasattr(weight, "ds_id"):
+def _gathered(params: list[torch.Tensor], modifier_rank: int | None = None):
+    """Context that materialises ZeRO-3 partitioned parameters (a no-op for ordinary ones).
+
+    Collective: every rank must enter it. ``modifier_rank``: the rank whose changes are kept
+    (broadcast to all ranks on exit); ``None`` for a read-only gather.
+    """
+    if any(hasattr(p, "ds_id") for p in params):
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters([weight], modifier_rank=0)
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
     from contextlib import nullcontext
 
     return nullcontext()
@@ -172,21 +185,24 @@ def check_tied(model: PreTrainedModel, ids: list[int]) -> None:
     """Raise if a tied model's lm_head no longer scores rows ``ids`` with the embedding's rows.
 
     Functional (works through peft wrappers such as trainable-token deltas): for a random hidden
-    vector h, lm_head(h)[ids] must equal embed(ids) · h.
+    vector h, lm_head(h)[ids] must equal embed(ids) · h. Under DeepSpeed ZeRO-3 the parameters of
+    both modules (peft's trainable-token deltas included) are gathered read-only first: every rank
+    must call this, before ``deepspeed.initialize`` (afterwards the engine's forward hooks manage
+    the partitions).
     """
     if not is_tied(model):
         return
     emb, out = model.get_input_embeddings(), model.get_output_embeddings()
-    if any(hasattr(p, "ds_id") for p in (*emb.parameters(), *out.parameters())):
-        return  # ZeRO-3 partitions: the tie is checked on the saved checkpoint instead
-    weight = next(emb.parameters())
-    index = torch.tensor(ids, device=weight.device)
-    h = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
-    rows = emb(index)
-    logits = out(h[None])[0, index]
-    expect = rows @ h
-    if not torch.allclose(logits.float(), expect.float(), rtol=1e-3, atol=1e-3):
-        raise RuntimeError(
-            "lm_head is no longer tied to embed_tokens for the abstract rows "
-            f"(max diff {(logits - expect).abs().max().item():.3g})"
-        )
+    params = list({id(p): p for p in (*emb.parameters(), *out.parameters())}.values())
+    with _gathered(params):
+        weight = next(emb.parameters())
+        index = torch.tensor(ids, device=weight.device)
+        h = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)
+        rows = emb(index)
+        logits = out(h[None])[0, index]
+        expect = rows @ h
+        if not torch.allclose(logits.float(), expect.float(), rtol=1e-3, atol=1e-3):
+            raise RuntimeError(
+                "lm_head is no longer tied to embed_tokens for the abstract rows "
+                f"(max diff {(logits - expect).abs().max().item():.3g})"
+            )

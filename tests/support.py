@@ -1,6 +1,6 @@
-"""Helpers shared by the test modules: the offline environment of subprocesses, the vLLM
-environment (``.venv-vllm``) and its run settings, JSONL reading, the dataset strategies as
-axolotl builds them. Fixtures live in conftest.py."""
+"""Helpers shared by the test modules: the offline environment of subprocesses, axolotl runs of
+the tiny configs, the vLLM environment (``.venv-vllm``) and its run settings, JSONL reading, the
+dataset strategies as axolotl builds them. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -28,6 +29,36 @@ def offline_env(**extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def run_axolotl(
+    config: dict, tmp: Path, name: str, command: str = "train", **env: str
+) -> subprocess.CompletedProcess:
+    """Write ``config`` to ``tmp/<name>.yml`` and run ``axolotl <command>`` on it from the
+    repository root, with tests/ on PYTHONPATH (for the probe plugins of axolotl_probes.py) and
+    ``env`` added; stdout and stderr are also kept in ``tmp/<name>.log``."""
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(config))
+    python_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "axolotl"), command, str(path)],
+        cwd=ROOT, env=offline_env(PYTHONPATH=python_path, **env), capture_output=True, text=True,
+        timeout=900,
+    )
+    (tmp / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    return proc
+
+
+def tiny_config(phase: str, base: Path, out: Path, tmp: Path, **extra) -> dict:
+    """axolotl_configs/tiny_phase_<phase>.yml with the model, data, output and prepared-data
+    paths pointed at ``base``, the shipped tiny data and ``tmp``; ``extra`` keys override."""
+    from abscot_plugin.fixtures import data_path
+
+    cfg = yaml.safe_load((ROOT / "axolotl_configs" / f"tiny_phase_{phase}.yml").read_text())
+    cfg.update(base_model=str(base), output_dir=str(out), dataset_prepared_path=str(tmp / f"prep_{phase}"))
+    cfg["datasets"][0]["path"] = str(data_path("dolci_tiny.jsonl"))
+    cfg.update(extra)
+    return cfg
 
 
 def run_vllm(args: list[str], timeout: int = 420) -> subprocess.CompletedProcess:

@@ -1,44 +1,19 @@
 """`axolotl train` end to end on the tiny model: Phase A (bottleneck) then Phase B (self-distill)
-from the merged Phase A model, LoRA with trainable V_abs rows. New rows move, old rows do not."""
+from the merged Phase A model, LoRA with trainable V_abs rows (new rows move, old rows do not);
+skipped rows totalled by `axolotl preprocess` and read back from its cache by `axolotl train`."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
+from support import run_axolotl, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from abscot_plugin.vocab import AbstractVocab, check_tied, symbol_names
-from conftest import REPO
-
-
-def run_axolotl(config: dict, tmp: Path, name: str) -> subprocess.CompletedProcess:
-    path = tmp / f"{name}.yml"
-    path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "axolotl"), "train", str(path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )
-    (tmp / f"{name}.log").write_text(proc.stdout + proc.stderr)
-    return proc
-
-
-def tiny_config(phase: str, base: Path, out: Path, tmp: Path, **extra) -> dict:
-    from abscot_plugin.fixtures import data_path
-
-    cfg = yaml.safe_load((REPO / "axolotl_configs" / f"tiny_phase_{phase}.yml").read_text())
-    cfg.update(base_model=str(base), output_dir=str(out), dataset_prepared_path=str(tmp / f"prep_{phase}"))
-    cfg["datasets"][0]["path"] = str(data_path("dolci_tiny.jsonl"))
-    cfg.update(extra)
-    return cfg
 
 
 def embeddings(model_dir: Path) -> torch.Tensor:
@@ -100,3 +75,40 @@ def test_dataset_format_without_the_plugin_fails_loudly(tiny_dir, tmp_path):
     proc = run_axolotl(cfg, tmp_path, "no_plugin")
     assert proc.returncode != 0
     assert "need the abscot plugin" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_skipped_rows_are_totalled_once_and_read_back_from_the_cache(tiny_dir, dolci_rows, tmp_path):
+    """`axolotl preprocess` with two tokenising processes logs one total of the skipped rows by
+    kind; `axolotl train` then loads the prepared dataset from the cache and logs the same total."""
+    def chat(reply: str) -> list[dict]:
+        return [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}]
+
+    bad = [
+        {"id": "bad-1", "messages": chat("no think block")},
+        {"id": "bad-2", "messages": chat("<think>c</think>  ")},
+        {"id": "bad-3", "messages": chat("<think>c</think>" + " word" * 400)},
+        {"id": "bad-4", "messages": chat("<think>c</think>a"), "abstract_trace": "<TOKEN_A> hello"},
+        {"id": "bad-5", "messages": chat("also no think block")},
+    ]
+    rows = bad[:3] + dolci_rows + bad[3:]  # bad rows in both halves: both processes skip some
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_config(
+        "a", tiny_dir, tmp_path / "out", tmp_path, abscot_skip_bad_rows=True, dataset_num_proc=2, max_steps=1
+    )
+    cfg["datasets"][0]["path"] = str(data)
+    total = "skipped 5 of 53 rows: 2× no_think, 1× bad_trace, 1× empty_answer, 1× too_long"
+
+    proc = run_axolotl(cfg, tmp_path, "preprocess", command="preprocess")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "abscot bottleneck data" in line]
+    assert len(lines) == 1 and lines[0].endswith(f"abscot bottleneck data from {data}: {total}")
+
+    proc = run_axolotl(cfg, tmp_path, "train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "Loading prepared dataset from disk" in log and "Tokenizing Prompts" not in log
+    lines = [line for line in log.splitlines() if "abscot bottleneck data: skipped" in line]
+    assert len(lines) == 1 and lines[0].endswith(f"abscot bottleneck data: {total}")
+    assert "abscot bottleneck data: 48 rows; CoT cut to fit sequence_len in" in log

@@ -300,3 +300,75 @@ def test_row_that_mentions_abstract_tokens_is_trained_normally(plugin_active, ti
     assert [i for i, s in zip(ids, segs) if s == seg.PROMPT] == builder.prompt_ids(parsed)
     assert [i for i, s in zip(ids, segs) if s == seg.COT] == builder.cot_ids(parsed)
     assert [i for i in ids if i in set(vocab.all_ids)] == [vocab.begin_id, *vocab.symbol_ids[2:5], vocab.end_id]
+
+
+def spread_bad_rows(dolci_rows):
+    """6 good rows and 6 bad ones of three kinds, bad rows in both halves (both map workers)."""
+    bad = {r["id"]: r for r, _ in BAD_ROWS}
+    no_think_2 = dict(bad["r1"], id="r1b")
+    order = [bad["r1"], 0, 1, bad["r5"], 2, bad["r2"], 3, bad["r6"], 4, no_think_2, 5, bad["r7"]]
+    return [dolci_rows[i] if isinstance(i, int) else i for i in order]
+
+
+SPREAD_TOTAL = "abscot bottleneck data: skipped 6 of 12 rows: 3× bad_trace, 2× no_think, 1× empty_answer"
+
+
+def test_skips_are_totalled_over_map_workers_and_kept_with_the_data(
+    plugin_active, tiny_tokenizer, dolci_rows, caplog, tmp_path
+):
+    """Two map processes count their batches; the total travels with the data through axolotl's
+    steps (shuffle, filter, split) and its prepared-dataset cache, and is logged once."""
+    from datasets import Dataset, load_from_disk
+
+    from abscot_plugin.data_counts import DataCounts, recorded
+    from abscot_plugin.dataset_strategy import log_data_summary
+
+    caplog.set_level("DEBUG")
+    strat = strategy(tiny_tokenizer, abscot_skip_bad_rows=True)
+    out = strat.wrap_dataset(Dataset.from_dict(batch_of(spread_bad_rows(dolci_rows))), process_count=2)
+    assert len(out) == 6
+    expected = DataCounts("bottleneck", 12, {"bad_trace": 3, "no_think": 2, "empty_answer": 1})
+    assert recorded(out) == {"bottleneck": expected}
+    assert SPREAD_TOTAL.replace("data:", "data from the dataset:") in caplog.text
+
+    prepared = out.shuffle(seed=0).filter(lambda r: len(r["input_ids"]) > 0).train_test_split(test_size=2)
+    prepared.save_to_disk(str(tmp_path / "prepared"))
+    caplog.clear()
+    caplog.set_level("INFO")
+    log_data_summary(make_cfg(abscot_skip_bad_rows=True), load_from_disk(str(tmp_path / "prepared"))["train"])
+    assert caplog.text.count("skipped") == 1 and SPREAD_TOTAL in caplog.text
+    assert "abscot bottleneck data: 4 rows; CoT cut to fit sequence_len in" in caplog.text
+
+
+def test_preprocess_logs_each_dataset_total(plugin_active, tiny_tokenizer, dolci_rows, caplog):
+    """`axolotl preprocess` has no trainer to report: the strategy logs its dataset's total."""
+    from datasets import Dataset
+
+    caplog.set_level("INFO")
+    strat = strategy(tiny_tokenizer, abscot_skip_bad_rows=True, is_preprocess=True)
+    strat.wrap_dataset(Dataset.from_dict(batch_of(spread_bad_rows(dolci_rows))))
+    assert caplog.text.count("skipped") == 1
+    assert SPREAD_TOTAL.replace("data:", "data from the dataset:") in caplog.text
+
+
+def test_a_repeated_tokenisation_runs_its_batches_again(plugin_active, tiny_tokenizer, dolci_rows, tmp_path):
+    """datasets would serve an identical map from its cache without running the batches (and so
+    without counting them); each tokenisation's own counting folder keeps that from happening."""
+    import datasets
+
+    from abscot_plugin.data_counts import recorded
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in spread_bad_rows(dolci_rows)))
+    loaded = datasets.load_dataset("json", data_files=str(data), split="train")
+    for _ in range(2):
+        out = strategy(tiny_tokenizer, abscot_skip_bad_rows=True).wrap_dataset(loaded)
+        assert recorded(out)["bottleneck"].num_skipped == 6
+
+
+def test_a_dataset_with_every_row_skipped_is_an_error(plugin_active, tiny_tokenizer, dolci_rows):
+    from datasets import Dataset
+
+    strat = strategy(tiny_tokenizer, sequence_len=40, abscot_skip_bad_rows=True)
+    with pytest.raises(ValueError, match=r"every row of the dataset was skipped .*4× too_long"):
+        strat.wrap_dataset(Dataset.from_dict(batch_of(dolci_rows[:4])))

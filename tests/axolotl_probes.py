@@ -1,0 +1,74 @@
+"""Test-only axolotl plugins for the end-to-end tests: listed under ``plugins:`` after abscot's
+(``run_axolotl`` puts tests/ on the subprocess's PYTHONPATH). Each writes what it saw to the file
+that ``ABSCOT_PROBE_OUT`` names."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from axolotl.integrations.base import BasePlugin
+
+DROP_SEGMENTS = "ABSCOT_PROBE_DROP_SEGMENTS"
+
+
+class MaskProbe(BasePlugin):
+    """Records the first training forward: the batch's ``input_ids`` and the ``attention_mask``
+    every attention module received (``torch.save`` of a dict). With ``ABSCOT_PROBE_DROP_SEGMENTS=1``
+    it instead removes ``segment_ids`` from every batch, as a broken collator would."""
+
+    def post_trainer_create(self, cfg, trainer):
+        if os.environ.get(DROP_SEGMENTS) == "1":
+            collate = trainer.data_collator
+
+            def without_segments(features, return_tensors=None):
+                batch = collate(features, return_tensors=return_tensors)
+                batch.pop("segment_ids", None)
+                return batch
+
+            trainer.data_collator = without_segments
+            return
+        seen: dict = {"masks": []}
+        attention = [m for m in trainer.model.modules() if type(m).__name__.endswith("Attention")]
+
+        def on_attention(module, args, kwargs):
+            if "input_ids" in seen and len(seen["masks"]) < len(attention):
+                seen["masks"].append(kwargs["attention_mask"].detach().cpu())
+
+        def on_model(module, args, kwargs):
+            if "input_ids" not in seen:
+                seen["input_ids"] = kwargs["input_ids"].detach().cpu()
+
+        def after_model(module, args, kwargs, output):
+            if "input_ids" in seen and not os.path.exists(os.environ["ABSCOT_PROBE_OUT"]):
+                torch.save(seen, os.environ["ABSCOT_PROBE_OUT"])
+
+        for module in attention:
+            module.register_forward_pre_hook(on_attention, with_kwargs=True)
+        trainer.model.register_forward_pre_hook(on_model, with_kwargs=True)
+        trainer.model.register_forward_hook(after_model, with_kwargs=True)
+
+
+class ZeroOnCpu(BasePlugin):
+    """Lets axolotl 0.19 run DeepSpeed ZeRO-3 in one CPU process, and records whether the model was
+    built partitioned.
+
+    axolotl's ``setup_deepspeed_env`` initialises DeepSpeed with the NCCL backend whenever
+    WORLD_SIZE is 1, which a CPU cannot run; DeepSpeed reuses a process group that exists already,
+    so ``register`` (which axolotl calls before that) makes a gloo group of one process.
+    """
+
+    def register(self, cfg):
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+
+    def post_model_build(self, cfg, model):
+        weight = model.get_input_embeddings().weight
+        seen = {
+            "partitioned": hasattr(weight, "ds_id"),
+            "shape": list(weight.shape),
+            "ds_shape": list(getattr(weight, "ds_shape", [])),
+        }
+        with open(os.environ["ABSCOT_PROBE_OUT"], "w", encoding="utf-8") as fh:
+            json.dump(seen, fh)

@@ -1,0 +1,105 @@
+"""Full fine-tuning under DeepSpeed ZeRO-3, on CPU (gloo): the plugin's load hooks on partitioned
+weights, in a real `axolotl train` run and on two ranks.
+
+DeepSpeed JIT-builds its CPU shared-memory comm op on first use (~2 min on a fresh machine, then
+cached under ~/.cache/torch_extensions)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from support import ROOT, offline_env, run_axolotl, tiny_config
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from abscot_plugin.vocab import AbstractVocab, check_tied, init_new_rows
+
+ZERO3 = ROOT / "axolotl_configs" / "deepspeed" / "zero3_bf16.json"
+
+
+def free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def dist_env(**extra: str) -> dict[str, str]:
+    """Variables of a torch.distributed run on this machine's CPU."""
+    return dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port(), DS_ACCELERATOR="cpu", **extra)
+
+
+@pytest.mark.slow
+def test_full_finetune_with_zero3_initialises_rows_and_keeps_the_tie(tiny_dir, tmp_path):
+    """Phase A full fine-tune with the shipped ZeRO-3 config: the model is built partitioned, the
+    66 new rows get exactly init_new_rows' values (learning rate 0, so the saved model is the
+    initialised one), old rows stay, and the saved model keeps lm_head tied."""
+    cfg = tiny_config(
+        "a", tiny_dir, tmp_path / "out", tmp_path, deepspeed=str(ZERO3), max_steps=2, learning_rate=0.0,
+        plugins=["abscot_plugin.AbsCoTPlugin", "axolotl_probes.ZeroOnCpu"],
+    )
+    for key in [k for k in cfg if k.startswith("lora_")] + ["adapter", "abscot_lora_embeddings"]:
+        cfg.pop(key)
+    probe = tmp_path / "probe.json"
+    proc = run_axolotl(cfg, tmp_path, "zero3", **dist_env(ABSCOT_PROBE_OUT=str(probe)))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "abscot: initialised 66 new embedding rows (random)" in proc.stdout + proc.stderr
+
+    built = json.loads(probe.read_text())
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    full = list(base.get_input_embeddings().weight.shape)
+    assert built == {"partitioned": True, "shape": [0], "ds_shape": full}
+
+    vocab = AbstractVocab.from_tokenizer(AutoTokenizer.from_pretrained(tmp_path / "out"))
+    new = list(vocab.all_ids)
+    before = base.get_input_embeddings().weight.detach().clone()
+    init_new_rows(base, new, "random", seed=0)
+    expected = base.get_input_embeddings().weight.detach()
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    rows = saved.get_input_embeddings().weight.detach()
+    old = torch.ones(rows.shape[0], dtype=torch.bool)
+    old[new] = False
+    assert torch.equal(rows[old], before[old])
+    assert not torch.allclose(rows[new], before[new])
+    assert torch.allclose(rows[new], expected[new], atol=1e-6)
+    # the tie, in what was written: no separate lm_head weight, the config still ties
+    assert saved.config.tie_word_embeddings
+    assert not any(k.startswith("lm_head") for k in load_file(tmp_path / "out" / "model.safetensors"))
+    check_tied(saved, new)
+
+
+@pytest.mark.slow
+def test_new_rows_land_in_every_ranks_shard_and_the_tie_is_checked_gathered(tiny_dir, vocab, tmp_path):
+    """Two ranks under zero.Init: embedding_rows sees the full size; after init_new_rows each
+    rank's shard holds its part of the initialised weight; check_tied gathers and catches an
+    lm_head that is not tied although the config says so."""
+    ids = list(vocab.all_ids)
+    (tmp_path / "ids.json").write_text(json.dumps(ids))
+    env = offline_env(**dist_env(WORLD_SIZE="2"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "zero3_worker.py"), str(tiny_dir),
+             str(tmp_path / "ids.json"), str(tmp_path)],
+            cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    init_new_rows(model, ids, "random", seed=0)
+    flat = model.get_input_embeddings().weight.detach().flatten()
+    shards = []
+    for rank in range(2):
+        seen = torch.load(tmp_path / f"rank{rank}.pt")
+        assert seen["zero3"] and seen["shape"] == (0,) and seen["rows"] == model.config.vocab_size
+        assert seen["tied_ok"] and seen["untied_caught"]
+        shards.append(seen["shard"])
+    # rank r holds elements [r·n, (r+1)·n) of the flattened weight (the last shard zero-padded)
+    assert torch.equal(torch.cat(shards)[: flat.numel()], flat)

@@ -1,0 +1,57 @@
+"""One rank of test_zero3's multi-rank check (run with RANK, WORLD_SIZE, MASTER_ADDR/PORT set):
+
+    python tests/zero3_worker.py MODEL_DIR IDS_JSON OUT_DIR
+
+Loads MODEL_DIR partitioned by DeepSpeed ZeRO-3 (``zero.Init``, gloo backend on CPU), runs the
+plugin's vocabulary helpers on it, and saves to OUT_DIR/rank<r>.pt what this rank saw: the
+embedding's local shape and ``embedding_rows``, this rank's shard of the embedding after
+``init_new_rows`` (its context exited), and whether ``check_tied`` passed on the tied model and
+caught a model whose config claims a tie its lm_head does not have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    model_dir, ids_path, out_dir = sys.argv[1:4]
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from abscot_plugin.vocab import check_tied, embedding_rows, init_new_rows
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    # from_pretrained builds under zero.Init while this lives (transformers holds it weakly)
+    ds_config = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    ids = json.loads(Path(ids_path).read_text())
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    weight = model.get_input_embeddings().weight
+    seen = {"zero3": ds_config.is_zero3(), "shape": tuple(weight.shape), "rows": embedding_rows(model)}
+    init_new_rows(model, ids, "random", seed=0)
+    seen["shard"] = weight.ds_tensor.detach().clone()
+    check_tied(model, ids)
+    seen["tied_ok"] = True
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    untied = AutoModelForCausalLM.from_config(config)
+    untied.config.tie_word_embeddings = True  # claims a tie its separate lm_head does not have
+    try:
+        check_tied(untied, ids)
+        seen["untied_caught"] = False
+    except RuntimeError as exc:
+        seen["untied_caught"] = "no longer tied" in str(exc)
+    torch.save(seen, Path(out_dir) / f"rank{os.environ['RANK']}.pt")
+
+
+if __name__ == "__main__":
+    main()
