@@ -26,11 +26,16 @@ DATA_KEYS = (
     "abscot_num_symbols", "abscot_m_max", "abscot_trace_seed", "abscot_cot_keep",
     "abscot_skip_bad_rows", "abscot_id_field",
 )
+# Version of the tokenised row layout this code writes. Bump it whenever the ids a row becomes
+# change for the same settings (2: free text as plain text, Phase A reserves room for m_max), so
+# that a dataset axolotl prepared with older code is not reused.
+LAYOUT_VERSION = 2
 
 
 def data_fingerprint(cfg: dict, source: str) -> str:
-    """Hash of the tokenizer source, the data-shaping abscot keys and the trace file's bytes."""
-    payload = {"source": source, **{k: cfg.get(k) for k in DATA_KEYS}}
+    """Hash of the tokenizer source, the data-shaping abscot keys, the trace file's bytes and the
+    row layout's version."""
+    payload = {"source": source, "layout": LAYOUT_VERSION, **{k: cfg.get(k) for k in DATA_KEYS}}
     if cfg.get("abscot_trace_file"):
         payload["trace_file"] = file_digest(cfg["abscot_trace_file"])
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -96,3 +96,13 @@ def test_data_settings_change_the_prepared_dataset_fingerprint(tiny_dir, tmp_pat
     raw["abscot_cot_keep"] = "start"
     c = validate(localise(raw, tiny_dir, tmp_path), (None, None)).tokenizer_config
     assert a == b != c
+
+
+def test_a_new_row_layout_changes_the_prepared_dataset_fingerprint(monkeypatch):
+    """Code that tokenises rows differently bumps LAYOUT_VERSION: older prepared data is not reused."""
+    from abscot_plugin import tokenizer_prep
+
+    cfg = {"abscot_num_symbols": 64, "abscot_m_max": 128}
+    before = tokenizer_prep.data_fingerprint(cfg, "base")
+    monkeypatch.setattr(tokenizer_prep, "LAYOUT_VERSION", tokenizer_prep.LAYOUT_VERSION + 1)
+    assert tokenizer_prep.data_fingerprint(cfg, "base") != before

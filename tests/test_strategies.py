@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import batch_of, strategy
+from support import batch_of, make_cfg, strategy
 
 from abscot_plugin import segments as seg
 from abscot_plugin.prompts import BadRowError, parse_chat_row
