@@ -18,7 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from abscot_plugin.orchestration.manifest import Manifest, write_atomic
+from abscot_plugin.fileio import write_atomic
+from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.orchestration.plan import PlanError, build_plan
 from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
 from abscot_plugin.orchestration.runner import (

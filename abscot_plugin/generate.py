@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from .args import AbsCoTArgs
 from .decode import Decoder, TraceSettings
-from .orchestration.manifest import write_atomic
+from .fileio import write_atomic
 from .prompts import BadRowError, ReasoningRow, parse_chat_row, row_id_of
 from .sequences import CotKeep, SequenceBuilder
 from .traces import parse_trace

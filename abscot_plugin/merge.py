@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .fileio import atomic_dir
 from .vocab import (
     DEFAULT_NUM_SYMBOLS,
     AbstractVocab,
@@ -93,14 +91,9 @@ def merge_adapter(
             "the abscot plugin sets peft_ensure_weight_tying for abscot_lora_embeddings: full)"
         )
     check_tied(merged, list(vocab.all_ids))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .fileio import atomic_path, write_atomic
 
 FILTER = "boxed"
 COLUMNS = ("accuracy", "abstract_tokens", "answer_tokens", "total_tokens", "hit_m_max", "unparseable", "answer_truncated")
@@ -141,23 +142,6 @@ def truncation_warnings(rows: Iterable[Row]) -> list[str]:
     return lines
 
 
-def _atomic_target(path: Path, suffix: str) -> Path:
-    """A temporary file beside ``path`` (same filesystem, for os.replace), with normal permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = _atomic_target(path, ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def plot(rows: list[Row], path: Path) -> None:
     """Accuracy vs mean total generated tokens (log scale): our runs coloured by run with a
     marker per dataset (hollow: verbal CoT), reference rows as annotated grey squares."""
@@ -193,10 +177,11 @@ def plot(rows: list[Row], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
-    tmp = _atomic_target(path, ".png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def build_report(inputs: list[str], out: Path, plot_path: Path | None) -> list[Row]:
@@ -223,7 +208,7 @@ def build_report(inputs: list[str], out: Path, plot_path: Path | None) -> list[R
     if plot_path is not None:
         plot(all_rows, plot_path)
         text += f"\n![accuracy vs tokens]({os.path.relpath(plot_path, out.parent)})\n"
-    write_text_atomic(out, text)
+    write_atomic(out, text)
     return rows
 
 

@@ -76,12 +76,3 @@ def load_trace_file(path: str | Path, num_symbols: int, m_max: int = DEFAULT_M_M
                 raise ValueError(f"{path}:{lineno}: duplicate id {row_id!r}")
             traces[row_id] = trace
     return traces
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (for cache fingerprints and manifests)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

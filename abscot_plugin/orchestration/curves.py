@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import atomic_path
+from ..fileio import atomic_path
 
 TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "train_runtime": "train/train_runtime"}
 

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ..fileio import file_digest
 from .manifest import fingerprint
 from .run_config import MANAGED_KEYS, RunConfig
 from .schedule import Schedule
@@ -100,14 +101,6 @@ def _digest_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_fingerprint(model: str) -> dict[str, Any]:
     """Identity of an external model: a hub id as is; a folder by its small files' contents and
     its large files' names and sizes (hashing many GB of weights per run would be slow)."""
@@ -117,7 +110,7 @@ def model_fingerprint(model: str) -> dict[str, Any]:
     files = {}
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         size = f.stat().st_size
-        files[str(f.relative_to(path))] = _file_digest(f) if size < SMALL_FILE else f"size:{size}"
+        files[str(f.relative_to(path))] = file_digest(f) if size < SMALL_FILE else f"size:{size}"
     return {"path": model, "files": files}
 
 
@@ -353,7 +346,7 @@ def evaluation_stage(
         ev.gen_kwargs, ev.model_args, ev.batch_size, backend_python(cfg, backend), ev.extra_args,
     )
     inputs: dict[str, Any] = {
-        "data_files": {key: _file_digest(path) for key, path in ev.data_files.items()},
+        "data_files": {key: file_digest(path) for key, path in ev.data_files.items()},
     }
     if not upstream:
         inputs["base_model"] = model_fingerprint(model)
@@ -386,7 +379,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
     # what of the launch changes training results (not the machine rank or addresses)
     launcher_identity = {
         "num_processes": lc.num_processes, "num_machines": lc.num_machines, "extra_args": lc.extra_args,
-        "config_file": _file_digest(lc.config_file) if lc.config_file else None,
+        "config_file": file_digest(lc.config_file) if lc.config_file else None,
     }
     # the baseline first: it checks the evaluation settings before hours of training
     base_eval = evaluation_stage(cfg, "eval_base", cfg.base_model, cfg.evaluation.baseline_tasks, [], env)
@@ -426,7 +419,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                        "-m", "axolotl.cli.train", str(yaml_path)]
             inputs = {**data_inputs, "launcher": launcher_identity}
             if yaml_cfg.get("deepspeed") and Path(str(yaml_cfg["deepspeed"])).is_file():
-                inputs["deepspeed"] = _file_digest(Path(str(yaml_cfg["deepspeed"])))
+                inputs["deepspeed"] = file_digest(Path(str(yaml_cfg["deepspeed"])))
             train = Stage(
                 f"{prefix}_train", "train", command, [train_dir], run / "logs" / f"{prefix}_train.log",
                 inputs, upstream, env, yaml_path, yaml_cfg, schedule=schedule,

@@ -31,7 +31,8 @@ import yaml
 
 from ..report import WARNING_PREFIX, build_report
 from .curves import ScheduleError, check_warmup_cosine, plot_curve, read_curves
-from .manifest import Manifest, diff_inputs, write_atomic
+from ..fileio import write_atomic
+from .manifest import Manifest, diff_inputs
 from .plan import Plan, Stage
 from .schedule import Schedule
 
