@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .vocab import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
+from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
 
 BOTTLENECK_TYPE = "abscot_plugin.bottleneck"
 SELF_DISTILL_TYPE = "abscot_plugin.self_distill"

@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .vocab import (
-    DEFAULT_NUM_SYMBOLS, add_abstract_tokens, check_tied, embedding_rows, has_abstract_tokens, init_new_rows,
-)
+from .symbols import DEFAULT_NUM_SYMBOLS
+from .vocab import add_abstract_tokens, check_tied, embedding_rows, has_abstract_tokens, init_new_rows
 
 
 def extend_model(

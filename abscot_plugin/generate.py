@@ -46,7 +46,8 @@ from .fileio import write_atomic
 from .prompts import BadRowError, ReasoningRow, parse_chat_row, row_id_of
 from .sequences import CotKeep, SequenceBuilder
 from .traces import parse_trace
-from .vocab import DEFAULT_NUM_SYMBOLS, AbstractVocab
+from .symbols import DEFAULT_NUM_SYMBOLS
+from .vocab import AbstractVocab
 
 Mode = Literal["phase_a", "phase_b"]
 Backend = Literal["hf", "vllm"]

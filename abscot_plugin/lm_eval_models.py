@@ -36,7 +36,8 @@ from .decode import Decoder, HFDecoder, TraceSettings, VLLMDecoder, two_stage
 from .prompts import ReasoningRow, math_messages
 from .scoring import MODES, DecodeRecord, Mode
 from .sequences import SequenceBuilder
-from .vocab import DEFAULT_NUM_SYMBOLS, AbstractVocab, has_abstract_tokens
+from .symbols import DEFAULT_NUM_SYMBOLS
+from .vocab import AbstractVocab, has_abstract_tokens
 
 log = logging.getLogger(__name__)
 

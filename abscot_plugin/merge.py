@@ -23,8 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .fileio import atomic_dir
+from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import (
-    DEFAULT_NUM_SYMBOLS,
     AbstractVocab,
     check_tied,
     embedding_rows,

@@ -11,7 +11,7 @@ import random
 import re
 from pathlib import Path
 
-from .vocab import symbol_names
+from .symbols import symbol_names
 
 _SYMBOL = re.compile(r"<TOKEN_[A-Z]{1,2}>")
 DEFAULT_M_MAX = 128

@@ -87,7 +87,7 @@ def dolci_rows(count: int, cot_repeat: int = 1, first: int = 0) -> list[dict]:
     repeated ``cot_repeat`` times (longer rows, nearer Dolci-Think's lengths), and a fixed
     64-symbol ``abstract_trace`` (what a trace file would give Phase B)."""
     from abscot_plugin.fixtures import data_path
-    from abscot_plugin.vocab import symbol_names
+    from abscot_plugin.symbols import symbol_names
 
     names = symbol_names(64)
     trace = "".join(names[(7 * i) % len(names)] for i in range(64))

@@ -12,7 +12,8 @@ from abscot_plugin import segments as seg
 from abscot_plugin.prompts import BadRowError, parse_chat_row
 from abscot_plugin.sequences import IGNORE
 from abscot_plugin.traces import parse_trace, random_trace
-from abscot_plugin.vocab import AbstractVocab, symbol_names
+from abscot_plugin.symbols import symbol_names
+from abscot_plugin.vocab import AbstractVocab
 
 
 def runs(segments):

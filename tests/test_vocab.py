@@ -10,10 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from abscot_plugin.fixtures import QWEN3_4B, QWEN3_ADDED_TOKENS
 from abscot_plugin.prompts import prompt_text
 from abscot_plugin.tokenization import text_ids
-from abscot_plugin.vocab import (
-    BEGIN, END, AbstractVocab, add_abstract_tokens, check_tied, has_abstract_tokens,
-    init_new_rows, symbol_names,
-)
+from abscot_plugin.symbols import BEGIN, END, symbol_names
+from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens, check_tied, has_abstract_tokens, init_new_rows
 
 
 def test_symbol_names_follow_method():
