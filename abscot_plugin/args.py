@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from .choices import DEFAULT_INIT, InitMethod, Phase
 from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
 
-BOTTLENECK_TYPE = "abscot_plugin.bottleneck"
-SELF_DISTILL_TYPE = "abscot_plugin.self_distill"
+BOTTLENECK_TYPE = Phase.A.dataset_type  # the format whose rows need the mask (and its checks)
 # attention backends that cannot take the bottleneck mask (they only do causal/varlen masks)
 _MASKLESS_ATTN = ("flash_attention_2", "flash_attention_3", "flash", "sage", "xformers", "fp8")
 _MASKLESS_FLAGS = ("flash_attention", "sage_attention", "xformers_attention")
@@ -23,8 +23,8 @@ class AbsCoTArgs(BaseModel):
         description="M, the size of the abstract vocabulary V_abs",
     )
     abscot_m_max: int = Field(default=128, ge=1, description="longest abstract trace")
-    abscot_init: Literal["random", "mean"] = Field(
-        default="random", description="initialisation of newly added embedding rows",
+    abscot_init: InitMethod = Field(
+        default=DEFAULT_INIT, description="initialisation of newly added embedding rows",
     )
     abscot_init_seed: int = 0
     abscot_lora_embeddings: Literal["new_rows", "full"] = Field(

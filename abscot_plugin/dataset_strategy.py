@@ -1,4 +1,5 @@
-"""The axolotl dataset strategy behind both Abstract-CoT formats (``bottleneck``, ``self_distill``).
+"""The axolotl dataset strategy behind both Abstract-CoT formats: ``bottleneck`` (Phase A) and
+``self_distill`` (Phase B), one :class:`~abscot_plugin.choices.Phase` each.
 
 Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched by id), a row's
 ``abstract_trace`` field, or (Phase A without either) round-1 random traces.
@@ -20,6 +21,7 @@ from axolotl.utils.logging import get_logger
 from datasets import Dataset
 
 from . import data_counts
+from .choices import Phase
 from .prompts import BadRowError, parse_chat_row, row_id_of
 from .sequences import SequenceBuilder
 from .traces import load_trace_file, parse_trace
@@ -33,10 +35,10 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
     """Batched tokenising strategy: axolotl calls :meth:`wrap_dataset`, which maps
     :meth:`tokenize_prompt` over the rows and records how many were skipped."""
 
-    def __init__(self, tokenizer, cfg, with_cot: bool, ds_cfg=None):
+    def __init__(self, tokenizer, cfg, phase: Phase, ds_cfg=None):
         _require_plugin(cfg)
-        self.with_cot = with_cot
-        self.name = "bottleneck" if with_cot else "self_distill"
+        self.phase = phase
+        self.name = phase.format_name
         self.source = str((ds_cfg or {}).get("path") or "the dataset")
         self.preprocess_only = bool(cfg.is_preprocess)  # `axolotl preprocess`: no trainer will report
         self.count_dir: str | None = None  # set by wrap_dataset while its map runs
@@ -112,7 +114,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             except ValueError as exc:
                 raise BadRowError(parsed.row_id, "bad_trace", str(exc)) from None
             return self.builder.trace_ids(row[TRACE_FIELD])
-        if not self.with_cot:
+        if not self.phase.has_cot:
             raise BadRowError(
                 parsed.row_id, "no_trace", f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field"
             )
@@ -120,7 +122,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
 
     def tokenize_prompt(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-        if self.with_cot:
+        if self.phase.has_cot:
             out.update(segment_ids=[], abscot_cot_cut=[])
         skipped: dict[str, int] = {}
         first_error = None
@@ -128,9 +130,9 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
         for row in rows:
             row_id = row_id_of(row, self.id_field)
             try:
-                parsed = parse_chat_row(row, row_id, need_cot=self.with_cot)
+                parsed = parse_chat_row(row, row_id, need_cot=self.phase.has_cot)
                 ex = self.builder.example(
-                    parsed, self._trace_ids(row, parsed), self.with_cot, self.sequence_len, self.cot_keep,
+                    parsed, self._trace_ids(row, parsed), self.phase, self.sequence_len, self.cot_keep,
                     self.m_max,
                 )
             except BadRowError as exc:
@@ -144,7 +146,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             out["input_ids"].append(ex.input_ids)
             out["attention_mask"].append([1] * len(ex.input_ids))
             out["labels"].append(ex.labels)
-            if self.with_cot:
+            if self.phase.has_cot:
                 out["segment_ids"].append(ex.segment_ids)
                 out["abscot_cot_cut"].append(ex.cot_cut)
         if self.count_dir is not None:

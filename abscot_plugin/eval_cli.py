@@ -21,12 +21,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import yaml
 
+from .choices import DEFAULT_BACKEND, Backend
+
 TASKS_DIR = Path(__file__).resolve().parents[1] / "eval_tasks"
-Backend = Literal["hf", "vllm"]
 
 
 class _TaskLoader(yaml.SafeLoader):
@@ -81,7 +82,7 @@ def lm_eval_command(
     model_dir: str | Path,
     tasks: list[str],
     out_dir: str | Path,
-    backend: Backend = "hf",
+    backend: Backend = DEFAULT_BACKEND,
     limit: int | None = None,
     data_overrides: dict[str, str] | None = None,
     gen_kwargs: dict[str, Any] | None = None,
@@ -100,8 +101,8 @@ def lm_eval_command(
     ``python``: the interpreter (e.g. ``.venv-vllm/bin/python`` for vLLM; default this one).
     ``extra_args``: further lm-eval flags, appended unchanged.
     """
-    if backend not in ("hf", "vllm"):
-        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+    if backend not in get_args(Backend):
+        raise ValueError(f"backend must be one of {get_args(Backend)}, got {backend!r}")
     if not tasks:
         raise ValueError("no tasks to evaluate")
     cmd = [

@@ -36,11 +36,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 from tqdm import tqdm
 
 from .args import AbsCoTArgs
+from .choices import DEFAULT_BACKEND, Backend, Phase
 from .decode import Decoder, TraceSettings
 from .fileio import write_atomic
 from .prompts import BadRowError, ReasoningRow, parse_chat_row, row_id_of
@@ -49,8 +50,6 @@ from .traces import parse_trace
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import AbstractVocab
 
-Mode = Literal["phase_a", "phase_b"]
-Backend = Literal["hf", "vllm"]
 
 
 @dataclass(frozen=True)
@@ -134,11 +133,11 @@ def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") 
 
 
 def _row_prefix(
-    builder: SequenceBuilder, row: ReasoningRow, mode: Mode, m_max: int, max_model_len: int | None,
+    builder: SequenceBuilder, row: ReasoningRow, phase: Phase, m_max: int, max_model_len: int | None,
     layout: TrainLayout | None,
 ) -> Prefix:
     """The decode prompt of one parsed row (module docstring); raises :class:`BadRowError`."""
-    if mode == "phase_b":
+    if phase is Phase.B:
         ids = builder.phase_b_prefix(row)
         if max_model_len is not None and len(ids) + m_max + 1 > max_model_len:
             raise BadRowError(
@@ -164,22 +163,23 @@ def _row_prefix(
 def build_prefixes(
     rows: Iterable[tuple[str, dict]],
     builder: SequenceBuilder,
-    mode: Mode,
+    phase: Phase | str,
     m_max: int,
     max_model_len: int | None,
     layout: TrainLayout | None,
     skip_bad_rows: bool,
     summary: Summary,
 ) -> list[Prefix]:
-    """Decode prompts for ``mode`` (``layout``: needed for Phase A); a bad row raises (naming
-    it) unless skipped and counted by kind in ``summary``."""
-    if mode == "phase_a" and layout is None:
+    """Decode prompts of the teacher of ``phase`` (``layout``: needed for Phase A); a bad row
+    raises (naming it) unless skipped and counted by kind in ``summary``."""
+    phase = Phase(phase)
+    if phase.has_cot and layout is None:
         raise ValueError("Phase A prefixes need the layout of the Phase A training (TrainLayout)")
     prefixes = []
     for row_id, row in rows:
         try:
-            parsed = parse_chat_row(row, row_id, need_cot=mode == "phase_a")
-            prefixes.append(_row_prefix(builder, parsed, mode, m_max, max_model_len, layout))
+            parsed = parse_chat_row(row, row_id, need_cot=phase.has_cot)
+            prefixes.append(_row_prefix(builder, parsed, phase, m_max, max_model_len, layout))
         except BadRowError as exc:
             if not skip_bad_rows:
                 raise ValueError(f"{exc} (pass --skip-bad-rows to skip and count such rows)") from None
@@ -257,7 +257,7 @@ def generate_traces(
     decoder: Decoder,
     builder: SequenceBuilder,
     rows: list[tuple[str, dict]],
-    mode: Mode,
+    phase: Phase | str,
     out: str | Path,
     settings: TraceSettings,
     max_model_len: int | None,
@@ -266,8 +266,9 @@ def generate_traces(
     skip_bad_rows: bool = False,
     settings_record: dict | None = None,
 ) -> Summary:
-    """Generate (or resume) one trace per row into ``out``; returns the run's counts.
-    ``layout``: the Phase A training that will read the traces (Phase A only)."""
+    """Generate (or resume) one trace per row into ``out`` with the teacher of ``phase``; returns
+    the run's counts. ``layout``: the Phase A training that will read the traces (Phase A only)."""
+    phase = Phase(phase)
     if layout is not None and settings.m_max > layout.m_max:
         raise ValueError(
             f"m_max {settings.m_max} exceeds the training's m_max {layout.m_max}: its rows have no room for such traces"
@@ -275,14 +276,14 @@ def generate_traces(
     summary = Summary(rows=len(rows))
     writer = TraceWriter(out, settings_record or {})
     done = writer.finished()
-    prefixes = build_prefixes(rows, builder, mode, settings.m_max, max_model_len, layout, skip_bad_rows, summary)
+    prefixes = build_prefixes(rows, builder, phase, settings.m_max, max_model_len, layout, skip_bad_rows, summary)
     summary.cots_cut = sum(1 for p in prefixes if p.cot_cut)
     summary.cot_tokens_cut = sum(p.cot_cut for p in prefixes)
     summary.short_context = sum(1 for p in prefixes if p.short)
     pending = [p for p in prefixes if p.row_id not in done]
     summary.resumed = len(prefixes) - len(pending)
     start = time.perf_counter()
-    with tqdm(total=len(prefixes), initial=summary.resumed, desc=f"traces ({mode})", unit="prompt") as bar:
+    with tqdm(total=len(prefixes), initial=summary.resumed, desc=f"traces ({phase})", unit="prompt") as bar:
         for begin in range(0, len(pending), chunk_size):
             chunk = pending[begin : begin + chunk_size]
             traces = decoder.traces([p.ids for p in chunk], settings)
@@ -343,9 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", required=True, help="model folder (tokenizer with V_abs)")
     parser.add_argument("--data", required=True, help="Dolci-Think JSONL rows")
-    parser.add_argument("--mode", required=True, choices=["phase_a", "phase_b"])
+    parser.add_argument("--mode", required=True, choices=[p.value for p in Phase], help="the teacher's phase")
     parser.add_argument("--out", required=True, help="output trace JSONL")
-    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--backend", choices=get_args(Backend), default=DEFAULT_BACKEND)
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="prefix + trace budget (default: the model's max_position_embeddings)")
     parser.add_argument("--m-min", type=int, default=16)
@@ -383,7 +384,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_layout(args: argparse.Namespace, max_model_len: int | None) -> TrainLayout | None:
     """The Phase A training layout the command line describes (None in Phase B)."""
-    if args.mode != "phase_a":
+    if not Phase(args.mode).has_cot:
         return None
     sequence_len = args.sequence_len or max_model_len
     if sequence_len is None:

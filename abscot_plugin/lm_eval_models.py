@@ -34,7 +34,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from . import tokenization
 from .decode import Decoder, HFDecoder, TraceSettings, VLLMDecoder, two_stage
 from .prompts import ReasoningRow, math_messages
-from .scoring import MODES, DecodeRecord, Mode
+from .scoring import DECODE_MODES, DecodeMode, DecodeRecord
 from .sequences import SequenceBuilder
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import AbstractVocab, has_abstract_tokens
@@ -64,7 +64,7 @@ class DecodeSpec:
     1.0, 0); verbal mode ignores them.
     """
 
-    mode: Mode
+    mode: DecodeMode
     max_new_tokens: int
     stop: tuple[str, ...]
     trace: TraceSettings | None
@@ -78,9 +78,9 @@ class DecodeSpec:
                 f"{sorted(_ANSWER_KEYS | set(_TRACE_KEYS))}"
             )
         mode = gen_kwargs.get("abscot_mode")
-        if mode not in MODES:
+        if mode not in DECODE_MODES:
             raise ValueError(
-                f"generation_kwargs need abscot_mode in {list(MODES)} (got {mode!r}); abscot models "
+                f"generation_kwargs need abscot_mode in {list(DECODE_MODES)} (got {mode!r}); abscot models "
                 "only serve the tasks in eval_tasks/"
             )
         if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) != 0:
@@ -139,7 +139,7 @@ class AbsCoTLM(LM):
         self.info = info
 
     # -- prompts -----------------------------------------------------------------------------
-    def prompt_ids(self, problem: str, mode: Mode, row_id: str = "<prompt>") -> list[int]:
+    def prompt_ids(self, problem: str, mode: DecodeMode, row_id: str = "<prompt>") -> list[int]:
         """Decode prompt ids: x (verbal) or x <beginabstract> (abstract), as in training."""
         row = ReasoningRow(row_id, math_messages(problem), "", "")
         if mode == "verbal":
@@ -180,7 +180,7 @@ class AbsCoTLM(LM):
             for o in outs
         ]
 
-    def _record(self, mode: Mode, trace: list[int], hit: bool, answer: list[int], budget: int) -> DecodeRecord:
+    def _record(self, mode: DecodeMode, trace: list[int], hit: bool, answer: list[int], budget: int) -> DecodeRecord:
         return DecodeRecord(
             mode=mode,
             trace=self.vocab.ids_to_trace(trace) if trace else "",

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .choices import DEFAULT_INIT, InitMethod
 from .fileio import atomic_dir
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import (
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="where the merged model goes (must not exist)")
     parser.add_argument("--base", help="base model (default: the adapter's base_model_name_or_path)")
     parser.add_argument("--num-symbols", type=int, default=DEFAULT_NUM_SYMBOLS)
-    parser.add_argument("--init", choices=["random", "mean"], default="random",
+    parser.add_argument("--init", choices=get_args(InitMethod), default=DEFAULT_INIT,
                         help="abscot_init used in training (rebuilds rows the adapter lacks)")
     parser.add_argument("--init-seed", type=int, default=0, help="abscot_init_seed used in training")
     parser.add_argument("--dtype", default="auto")

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .choices import DEFAULT_INIT, InitMethod
 from .symbols import DEFAULT_NUM_SYMBOLS, all_token_names
-
-InitMethod = Literal["random", "mean"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,7 @@ def embedding_rows(model: PreTrainedModel) -> int:
 
 @torch.no_grad()
 def init_new_rows(
-    model: PreTrainedModel, ids: list[int], method: InitMethod = "random", seed: int = 0
+    model: PreTrainedModel, ids: list[int], method: InitMethod = DEFAULT_INIT, seed: int = 0
 ) -> None:
     """Initialise embedding (and untied lm_head) rows ``ids`` on purpose.
 

@@ -9,6 +9,7 @@ import pytest
 from support import batch_of, make_cfg, strategy
 
 from abscot_plugin import segments as seg
+from abscot_plugin.choices import Phase
 from abscot_plugin.prompts import BadRowError, parse_chat_row
 from abscot_plugin.sequences import IGNORE
 from abscot_plugin.traces import parse_trace, random_trace
@@ -146,7 +147,7 @@ def test_phase_a_prefix_is_the_training_prefix_when_the_cot_is_cut(tiny_tokenize
     assert prefix[: len(x)] == x and tiny_tokenizer.decode(prefix[:3]).startswith("<|im_start|>")
     assert cut > 0 and len(prefix) == len(x) + len(builder.cot_ids(parsed)) - cut + 1
     for trace_len in (1, m_max // 2, m_max):
-        ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), True, sequence_len, keep, m_max)
+        ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, sequence_len, keep, m_max)
         assert ex.input_ids[: len(prefix)] == prefix and ex.cot_cut == cut
         assert ex.input_ids[len(prefix) - 1] == vocab.begin_id and len(ex.input_ids) <= sequence_len
     with pytest.raises(BadRowError, match="row dolci-tiny-000: .*sequence_len=100") as info:

@@ -37,14 +37,13 @@ from typing import Any, Literal
 
 import yaml
 
+from ..choices import Phase
 from ..fileio import file_digest
 from .manifest import fingerprint
 from .run_config import MANAGED_KEYS, RunConfig
 from .schedule import Schedule
 
 Kind = Literal["traces", "train", "merge", "eval"]
-PHASE_TYPES = {"a": "abscot_plugin.bottleneck", "b": "abscot_plugin.self_distill"}
-MODES = {"a": "phase_a", "b": "phase_b"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_FILE = 10 * 1024 * 1024  # files below this are hashed whole in model fingerprints
 # Context tokens an evaluation needs besides the trace and the answer budget: the chat template,
@@ -114,13 +113,13 @@ def model_fingerprint(model: str) -> dict[str, Any]:
     return {"path": model, "files": files}
 
 
-def data_slices(cfg: RunConfig) -> dict[tuple[int, str], tuple[Path, str]]:
+def data_slices(cfg: RunConfig) -> dict[tuple[int, Phase], tuple[Path, str]]:
     """(round, phase) -> (slice file, content) following ``data.schedule``."""
     lines = [ln for ln in cfg.data.path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     n, rounds, schedule = cfg.data.num_rows, cfg.rounds, cfg.data.schedule
     names = {
-        (t, p): {"same": "all", "per_round": f"round{t}", "per_phase": f"round{t}_phase_{p}"}[schedule]
-        for t in range(1, rounds + 1) for p in "ab"
+        (t, p): {"same": "all", "per_round": f"round{t}", "per_phase": f"round{t}_{p}"}[schedule]
+        for t in range(1, rounds + 1) for p in Phase
     }
     order = list(dict.fromkeys(names.values()))
     if len(order) * n > len(lines):
@@ -150,17 +149,17 @@ def _check_ids(cfg: RunConfig, lines: list[str]) -> None:
 
 
 def phase_yaml(
-    cfg: RunConfig, phase: str, base_model: str, data: Path, traces: Path | None,
+    cfg: RunConfig, phase: Phase, base_model: str, data: Path, traces: Path | None,
     out_dir: Path, prepared: Path,
 ) -> dict[str, Any]:
     """The axolotl config of one training stage: the phase YAML, the run's overrides, and the
     keys the orchestrator manages (model, data, traces, folders, TensorBoard logging)."""
-    source = cfg.phase_a if phase == "a" else cfg.phase_b
+    source = cfg.phase(phase)
     raw = yaml.safe_load(source.config.read_text(encoding="utf-8")) or {}
     types = [d.get("type") for d in raw.get("datasets") or [] if isinstance(d, dict)]
-    if types != [PHASE_TYPES[phase]]:
+    if types != [phase.dataset_type]:
         raise PlanError(
-            f"{source.config}: phase {phase.upper()} needs one dataset of type {PHASE_TYPES[phase]}, got {types}"
+            f"{source.config}: phase {phase.letter.upper()} needs one dataset of type {phase.dataset_type}, got {types}"
         )
     merged = {**raw, **cfg.training.overrides, **source.overrides}
     for key in MANAGED_KEYS:
@@ -168,7 +167,7 @@ def phase_yaml(
     merged = {k: v for k, v in merged.items() if v is not None}  # an override of null removes a key
     merged.update(
         base_model=base_model,
-        datasets=[{"path": str(data), "ds_type": "json", "type": PHASE_TYPES[phase]}],
+        datasets=[{"path": str(data), "ds_type": "json", "type": phase.dataset_type}],
         output_dir=str(out_dir),
         dataset_prepared_path=str(prepared),
         use_tensorboard=True,
@@ -188,7 +187,7 @@ def phase_yaml(
     m_max = int(merged.get("abscot_m_max") or 128)
     if cfg.generation.m_max > m_max:
         raise PlanError(f"generation.m_max {cfg.generation.m_max} exceeds abscot_m_max {m_max} of {source.config}")
-    if phase == "a" and traces is not None and not merged.get("sequence_len"):
+    if phase.has_cot and traces is not None and not merged.get("sequence_len"):
         raise PlanError(
             f"{source.config}: set sequence_len (Phase A trace stages cut the CoT to fit it, as training does)"
         )
@@ -251,14 +250,14 @@ def backend_python(cfg: RunConfig, backend: str) -> str:
     return str(default)
 
 
-def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phase: str, out: Path) -> list[str]:
+def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phase: Phase, out: Path) -> list[str]:
     """The ``abscot_plugin.generate`` command of a trace stage. M and bad-row handling follow the
     training YAML that will read the traces, and so does a Phase A prefix: that YAML's
     ``sequence_len``, ``abscot_cot_keep`` and ``abscot_m_max`` (the prefix is its rows' prefix)."""
     g = cfg.generation
     cmd = [
         backend_python(cfg, g.backend), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
-        "--mode", MODES[phase], "--out", str(out), "--backend", g.backend,
+        "--mode", phase.value, "--out", str(out), "--backend", g.backend,
         "--m-min", str(g.m_min), "--m-max", str(g.m_max), "--temperature", str(g.temperature),
         "--top-p", str(g.top_p), "--seed", str(g.seed),
         "--num-symbols", str(yaml_cfg.get("abscot_num_symbols") or 64), "--id-field", cfg.data.id_field,
@@ -266,7 +265,7 @@ def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phas
     ]
     if g.max_model_len:
         cmd += ["--max-model-len", str(g.max_model_len)]
-    if phase == "a":
+    if phase.has_cot:
         cmd += ["--sequence-len", str(yaml_cfg["sequence_len"]),
                 "--cot-keep", str(yaml_cfg.get("abscot_cot_keep") or "end"),
                 "--train-m-max", str(yaml_cfg.get("abscot_m_max") or 128)]
@@ -388,21 +387,21 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
     model: str = cfg.base_model
     model_stage: str | None = None  # the stage that produced `model` (None: the external base)
     for t in range(1, cfg.rounds + 1):
-        for phase in "ab":
-            folder = run / f"round{t}" / f"phase_{phase}"
+        for phase in Phase:
+            folder = run / f"round{t}" / phase.value
             data, content = slices[(t, phase)]
             data_inputs = {"data": {"file": str(data), "sha256": _digest_text(content)}}
             if model_stage is None:
                 data_inputs["base_model"] = model_fingerprint(model)
-            prefix = f"r{t}_{phase}"
+            prefix = f"r{t}_{phase.letter}"
             upstream = [model_stage] if model_stage else []
             # round 1 Phase A trains on random traces; every other phase on generated ones
-            traces = folder / "traces.jsonl" if (t > 1 or phase == "b") else None
+            traces = folder / "traces.jsonl" if (t > 1 or not phase.has_cot) else None
             train_dir = folder / "train"
             yaml_cfg = phase_yaml(cfg, phase, model, data, traces, train_dir, run / "prepared" / prefix)
             yaml_cfg.update(extra_yaml)
             if traces is not None:
-                note = _short_context_note(cfg, yaml_cfg) if phase == "a" else None
+                note = _short_context_note(cfg, yaml_cfg) if phase.has_cot else None
                 if note and note not in notes:
                     notes.append(note)
                 add(Stage(
@@ -412,8 +411,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                     dict(data_inputs), list(upstream), {**env, **cfg.generation.env},
                 ))
                 upstream = [*upstream, f"{prefix}_traces"]
-            schedule = training_schedule(yaml_cfg, cfg.data.num_rows, lc.num_processes,
-                                         (cfg.phase_a if phase == "a" else cfg.phase_b).config)
+            schedule = training_schedule(yaml_cfg, cfg.data.num_rows, lc.num_processes, cfg.phase(phase).config)
             yaml_path = folder / "axolotl.yml"
             command = [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(cfg, machine_rank),
                        "-m", "axolotl.cli.train", str(yaml_path)]

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..choices import DEFAULT_BACKEND, Backend, Phase
+
 # axolotl keys the orchestrator sets per stage; a run config may not override them
 MANAGED_KEYS = (
     "base_model", "base_model_config", "tokenizer_config", "datasets", "output_dir",
@@ -104,7 +106,7 @@ class TrainingConfig(_Strict):
 class GenerationConfig(_Strict):
     """Teacher trace generation (``python -m abscot_plugin.generate``)."""
 
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Backend = DEFAULT_BACKEND
     python: Path | None = Field(
         default=None,
         description="interpreter for the generation stages (default: this one for hf, "
@@ -145,7 +147,7 @@ class EvaluationConfig(_Strict):
 
     tasks: list[str] = Field(default_factory=list, description="on B_T, e.g. [math500_abscot]")
     baseline_tasks: list[str] = Field(default_factory=list, description="on base_model, e.g. [math500_verbal]")
-    backend: Literal["hf", "vllm"] | None = Field(default=None, description="default: generation.backend")
+    backend: Backend | None = Field(default=None, description="default: generation.backend")
     model_args: dict[str, Any] = Field(default_factory=dict, description="e.g. dtype, tensor_parallel_size")
     gen_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. max_gen_toks, m_max, trace_seed")
     data_files: dict[str, Path] = Field(
@@ -194,6 +196,10 @@ class RunConfig(_Strict):
         if v.startswith(("/", ".", "~")) or Path(v.split("/")[0]).is_dir():
             raise ValueError(f"base model folder not found: {v}")
         return v  # a hub id
+
+    def phase(self, phase: Phase) -> PhaseConfig:
+        """The ``phase_a`` or ``phase_b`` section."""
+        return self.phase_a if phase is Phase.A else self.phase_b
 
     @model_validator(mode="after")
     def _no_managed_overrides(self) -> RunConfig:
