@@ -22,7 +22,7 @@ from datasets import Dataset
 
 from . import data_counts
 from .choices import Phase
-from .prompts import BadRowError, parse_chat_row, row_id_of
+from .rows import BadRowError, parse_chat_row, row_id_of
 from .sequences import SequenceBuilder
 from .traces import load_trace_file, parse_trace
 from .vocab import AbstractVocab

@@ -41,11 +41,11 @@ from typing import get_args
 from tqdm import tqdm
 
 from .args import AbsCoTArgs
-from .choices import DEFAULT_BACKEND, Backend, Phase
+from .choices import DEFAULT_BACKEND, Backend, CotKeep, Phase
 from .decode import Decoder, TraceSettings
 from .fileio import write_atomic
-from .prompts import BadRowError, ReasoningRow, parse_chat_row, row_id_of
-from .sequences import CotKeep, SequenceBuilder
+from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, parse_chat_row, read_rows
+from .sequences import SequenceBuilder
 from .traces import parse_trace
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import AbstractVocab
@@ -106,30 +106,6 @@ class Summary:
                 "hold (max_model_len < --sequence-len)"
             )
         return text
-
-
-def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") -> list[tuple[str, dict]]:
-    """(row id, row) for the first ``limit`` JSONL rows; errors name the file and line."""
-    rows: list[tuple[str, dict]] = []
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: a row must be a JSON object")
-            row_id = row_id_of(row, id_field)
-            if row_id in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate row id {row_id!r} (first on line {seen[row_id]})")
-            seen[row_id] = lineno
-            rows.append((row_id, row))
-    return rows
 
 
 def _row_prefix(
@@ -364,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-symbols", type=int, default=DEFAULT_NUM_SYMBOLS)
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
-    parser.add_argument("--id-field", default="id")
+    parser.add_argument("--id-field", default=DEFAULT_ID_FIELD)
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="rows per saved chunk (default: 4 batches for hf, 1024 rows for vllm)")

@@ -33,7 +33,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import tokenization
 from .decode import Decoder, HFDecoder, TraceSettings, VLLMDecoder, two_stage
-from .prompts import ReasoningRow, math_messages
+from .prompts import math_messages
+from .rows import ReasoningRow
 from .scoring import DECODE_MODES, DecodeMode, DecodeRecord
 from .sequences import SequenceBuilder
 from .symbols import DEFAULT_NUM_SYMBOLS

@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from . import segments as seg
 from . import tokenization
 from .choices import DEFAULT_COT_KEEP, CotKeep, Phase
-from .prompts import BadRowError, ReasoningRow, cot_steps, cot_text
+from .rows import BadRowError, ReasoningRow, cot_steps, cot_text
 from .traces import DEFAULT_M_MAX, random_trace
 from .vocab import AbstractVocab
 

@@ -18,7 +18,8 @@ from weakref import WeakKeyDictionary
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from .prompts import BadRowError, prompt_text
+from .prompts import prompt_text
+from .rows import BadRowError
 
 _PLAIN: WeakKeyDictionary[PreTrainedTokenizerBase, Tokenizer] = WeakKeyDictionary()
 

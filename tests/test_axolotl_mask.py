@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from abscot_plugin import segments as seg
 from abscot_plugin.choices import Phase
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.sequences import SequenceBuilder
 from abscot_plugin.vocab import AbstractVocab
 

@@ -20,7 +20,7 @@ from abscot_plugin.decode import (
     two_stage,
 )
 from abscot_plugin.fixtures import data_path
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.sequences import SequenceBuilder
 from abscot_plugin.vocab import AbstractVocab
 

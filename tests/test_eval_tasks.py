@@ -15,7 +15,8 @@ from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
 from abscot_plugin.decode import HFDecoder, TraceSettings, two_stage
 from abscot_plugin.fixtures import data_path
-from abscot_plugin.prompts import ReasoningRow, math_messages, prompt_text
+from abscot_plugin.prompts import math_messages, prompt_text
+from abscot_plugin.rows import ReasoningRow
 from abscot_plugin.scoring import DecodeRecord
 from abscot_plugin.traces import parse_trace
 

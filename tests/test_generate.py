@@ -10,8 +10,8 @@ from support import VLLM_GENERATE, batch_of, read_jsonl, strategy
 
 from abscot_plugin.decode import HFDecoder, TraceSettings
 from abscot_plugin.fixtures import data_path
-from abscot_plugin.generate import TrainLayout, generate_traces, main, read_rows
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.generate import TrainLayout, generate_traces, main
+from abscot_plugin.rows import parse_chat_row, read_rows
 from abscot_plugin.sequences import SequenceBuilder
 from abscot_plugin.traces import load_trace_file, parse_trace
 from abscot_plugin.vocab import AbstractVocab

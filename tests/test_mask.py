@@ -10,7 +10,7 @@ from abscot_plugin import segments as seg
 from abscot_plugin.choices import Phase
 from abscot_plugin.collator import SegmentCollator
 from abscot_plugin.fixtures import tiny_config
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.segments import bottleneck_attention_mask
 
 

@@ -104,6 +104,22 @@ def test_plan_errors(tmp_path):
         load_run_config(write_config(tmp_path, run_config(tmp_path, "./missing_model")))
 
 
+def test_rows_without_ids_are_named_as_training_and_generation_name_them(tmp_path):
+    """Training and trace generation name a row without an id by a hash of its messages
+    (rows.row_id_of); the plan accepts such rows and finds duplicates among them by that name."""
+    rows = [json.loads(line) for line in DOLCI.read_text().splitlines()]
+    for row in rows[1::2]:
+        del row["id"]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
+    first = plan.stage("r1_a_train").yaml["datasets"][0]["path"]
+    assert plan.slices[Path(first)].splitlines()[1] == json.dumps(rows[1])
+    data.write_text("".join(json.dumps(row) + "\n" for row in [rows[0], rows[1], rows[1], *rows[2:]]))
+    with pytest.raises(PlanError, match=r"rows.jsonl, row 3: duplicate id 'sha1:[0-9a-f]{12}'"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
+
+
 # -- the plan --------------------------------------------------------------------------------
 def test_plan_stages_commands_and_yaml(tmp_path):
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B")

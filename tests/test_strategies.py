@@ -10,7 +10,7 @@ from support import batch_of, make_cfg, strategy
 
 from abscot_plugin import segments as seg
 from abscot_plugin.choices import Phase
-from abscot_plugin.prompts import BadRowError, parse_chat_row
+from abscot_plugin.rows import BadRowError, parse_chat_row
 from abscot_plugin.sequences import IGNORE
 from abscot_plugin.traces import parse_trace, random_trace
 from abscot_plugin.symbols import symbol_names
@@ -81,11 +81,11 @@ def test_phase_b_row_without_trace_is_an_error(plugin_active, tiny_tokenizer, do
 def test_rows_without_id_get_the_same_name_in_generation_and_training(
     plugin_active, tiny_tokenizer, vocab, dolci_rows, tmp_path
 ):
-    """A trace generated for an id-less row (named by generate.read_rows) is found by Phase B
+    """A trace generated for an id-less row (named by rows.read_rows) is found by Phase B
     training, also after ``datasets`` adds a null ``id`` column for rows that lack one."""
     import datasets
 
-    from abscot_plugin.generate import read_rows
+    from abscot_plugin.rows import read_rows
 
     rows = [dict(dolci_rows[0])] + [{k: v for k, v in r.items() if k != "id"} for r in dolci_rows[1:3]]
     data = tmp_path / "rows.jsonl"

@@ -19,7 +19,8 @@ import sys
 
 def main() -> None:
     from abscot_plugin.decode import TraceSettings, two_stage
-    from abscot_plugin.generate import generate_traces, load_decoder, parse_args, read_rows, train_layout
+    from abscot_plugin.generate import generate_traces, load_decoder, parse_args, train_layout
+    from abscot_plugin.rows import read_rows
     from abscot_plugin.sequences import SequenceBuilder
 
     model_dir, request_path, result_path = sys.argv[1:4]

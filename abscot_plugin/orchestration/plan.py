@@ -39,6 +39,7 @@ import yaml
 
 from ..choices import Phase
 from ..fileio import file_digest
+from ..rows import row_id_of
 from .manifest import fingerprint
 from .run_config import MANAGED_KEYS, RunConfig
 from .schedule import Schedule
@@ -134,18 +135,21 @@ def data_slices(cfg: RunConfig) -> dict[tuple[int, Phase], tuple[Path, str]]:
 
 
 def _check_ids(cfg: RunConfig, lines: list[str]) -> None:
-    """Every row the run uses needs a unique id: trace files are matched to rows by it."""
+    """Every row the run uses needs a unique name, which trace files are matched to rows by: its
+    ``data.id_field``, else a hash of its messages (:func:`~abscot_plugin.rows.row_id_of`, the rule
+    training and trace generation name rows by)."""
     seen: set[str] = set()
     for lineno, line in enumerate(lines, 1):
         try:
-            row_id = json.loads(line).get(cfg.data.id_field)
-        except (json.JSONDecodeError, AttributeError):
-            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: not a JSON object") from None
-        if row_id in (None, ""):
-            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: no {cfg.data.id_field!r} field")
-        if str(row_id) in seen:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: not a JSON object")
+        row_id = row_id_of(row, cfg.data.id_field)
+        if row_id in seen:
             raise PlanError(f"data.path {cfg.data.path}, row {lineno}: duplicate id {row_id!r}")
-        seen.add(str(row_id))
+        seen.add(row_id)
 
 
 def phase_yaml(
