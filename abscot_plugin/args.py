@@ -1,13 +1,21 @@
-"""Config keys of the abscot plugin (merged into axolotl's config schema)."""
+"""Config keys of the abscot plugin (merged into axolotl's config schema), and the checks that
+need the rest of the config.
+
+No torch and no axolotl: the orchestrator reads these defaults too (:meth:`AbsCoTArgs.from_cfg`).
+Each default is read from the module that owns the concept (:mod:`.symbols`, :mod:`.traces`,
+:mod:`.choices`, :mod:`.rows`), never restated here.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .choices import DEFAULT_INIT, InitMethod, Phase
+from .choices import DEFAULT_COT_KEEP, DEFAULT_INIT, CotKeep, InitMethod, Phase
+from .rows import DEFAULT_ID_FIELD
 from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
+from .traces import TraceSettings
 
 BOTTLENECK_TYPE = Phase.A.dataset_type  # the format whose rows need the mask (and its checks)
 # attention backends that cannot take the bottleneck mask (they only do causal/varlen masks)
@@ -22,7 +30,7 @@ class AbsCoTArgs(BaseModel):
         default=DEFAULT_NUM_SYMBOLS, ge=1, le=MAX_NUM_SYMBOLS,
         description="M, the size of the abstract vocabulary V_abs",
     )
-    abscot_m_max: int = Field(default=128, ge=1, description="longest abstract trace")
+    abscot_m_max: int = Field(default=TraceSettings.m_max, ge=1, description="longest abstract trace")
     abscot_init: InitMethod = Field(
         default=DEFAULT_INIT, description="initialisation of newly added embedding rows",
     )
@@ -38,15 +46,21 @@ class AbsCoTArgs(BaseModel):
         "random traces and Phase B reads each row's 'abstract_trace' field",
     )
     abscot_trace_seed: int = Field(default=0, description="seed of round-1 random traces")
-    abscot_cot_keep: Literal["end", "start", "both_ends"] = Field(
-        default="end",
+    abscot_cot_keep: CotKeep = Field(
+        default=DEFAULT_COT_KEEP,
         description="which part of an over-long CoT Phase A keeps (the rest is cut to fit "
         "sequence_len; the trace and answer are never cut)",
     )
     abscot_skip_bad_rows: bool = Field(
         default=False, description="skip (and count) malformed rows instead of failing",
     )
-    abscot_id_field: str = "id"
+    abscot_id_field: str = DEFAULT_ID_FIELD
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> AbsCoTArgs:
+        """The abscot settings of a config (a dict or axolotl's ``DictDefault``), unset or null
+        keys at their defaults; raises pydantic's ValidationError for an unknown key or value."""
+        return cls.model_validate({k: v for k, v in cfg.items() if k.startswith("abscot_") and v is not None})
 
     @model_validator(mode="before")
     @classmethod

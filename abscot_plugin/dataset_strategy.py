@@ -21,6 +21,7 @@ from axolotl.utils.logging import get_logger
 from datasets import Dataset
 
 from . import data_counts
+from .args import AbsCoTArgs
 from .choices import Phase
 from .rows import BadRowError, parse_chat_row, row_id_of
 from .sequences import SequenceBuilder
@@ -42,13 +43,14 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
         self.source = str((ds_cfg or {}).get("path") or "the dataset")
         self.preprocess_only = bool(cfg.is_preprocess)  # `axolotl preprocess`: no trainer will report
         self.count_dir: str | None = None  # set by wrap_dataset while its map runs
-        self.num_symbols = int(cfg.abscot_num_symbols or 64)
-        self.m_max = int(cfg.abscot_m_max or 128)
+        args = AbsCoTArgs.from_cfg(cfg)
+        self.num_symbols = args.abscot_num_symbols
+        self.m_max = args.abscot_m_max
         self.sequence_len = int(cfg.sequence_len)
-        self.cot_keep = cfg.abscot_cot_keep or "end"
-        self.trace_seed = int(cfg.abscot_trace_seed or 0)
-        self.skip_bad = bool(cfg.abscot_skip_bad_rows)
-        self.id_field = cfg.abscot_id_field or "id"
+        self.cot_keep = args.abscot_cot_keep
+        self.trace_seed = args.abscot_trace_seed
+        self.skip_bad = args.abscot_skip_bad_rows
+        self.id_field = args.abscot_id_field
         try:
             vocab = AbstractVocab.from_tokenizer(tokenizer, self.num_symbols)
         except ValueError as exc:
@@ -58,8 +60,8 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             ) from None
         self.builder = SequenceBuilder(tokenizer, vocab)
         self.traces = (
-            load_trace_file(cfg.abscot_trace_file, self.num_symbols, self.m_max)
-            if cfg.abscot_trace_file
+            load_trace_file(args.abscot_trace_file, self.num_symbols, self.m_max)
+            if args.abscot_trace_file
             else None
         )
 

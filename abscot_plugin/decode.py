@@ -37,34 +37,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from .traces import TraceSettings
 from .vocab import AbstractVocab
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from .sequences import SequenceBuilder
-
-
-@dataclass(frozen=True)
-class TraceSettings:
-    """Stage-1 sampling settings (METHOD.md: m_min 16, m_max 128, temperature 0.7).
-
-    ``temperature`` 0 means greedy. ``seed`` makes a call reproducible for the same inputs.
-    """
-
-    m_min: int = 16
-    m_max: int = 128
-    temperature: float = 0.7
-    seed: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.m_min <= self.m_max:
-            raise ValueError(f"need 1 <= m_min <= m_max, got m_min={self.m_min}, m_max={self.m_max}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 class TraceError(ValueError):

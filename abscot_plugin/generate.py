@@ -40,13 +40,12 @@ from typing import get_args
 
 from tqdm import tqdm
 
-from .args import AbsCoTArgs
-from .choices import DEFAULT_BACKEND, Backend, CotKeep, Phase
-from .decode import Decoder, TraceSettings
+from .choices import DEFAULT_BACKEND, DEFAULT_COT_KEEP, Backend, CotKeep, Phase
+from .decode import Decoder
 from .fileio import write_atomic
 from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, parse_chat_row, read_rows
 from .sequences import SequenceBuilder
-from .traces import parse_trace
+from .traces import TraceSettings, parse_trace
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import AbstractVocab
 
@@ -325,19 +324,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=get_args(Backend), default=DEFAULT_BACKEND)
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="prefix + trace budget (default: the model's max_position_embeddings)")
-    parser.add_argument("--m-min", type=int, default=16)
-    parser.add_argument("--m-max", type=int, default=128)
-    cot_keep = AbsCoTArgs.model_fields["abscot_cot_keep"].default
+    defaults = TraceSettings()
+    parser.add_argument("--m-min", type=int, default=defaults.m_min)
+    parser.add_argument("--m-max", type=int, default=defaults.m_max)
     parser.add_argument("--sequence-len", type=int, default=None,
                         help="phase_a: sequence_len of the Phase A training (default: the model length)")
-    parser.add_argument("--cot-keep", choices=get_args(CotKeep), default=cot_keep,
+    parser.add_argument("--cot-keep", choices=get_args(CotKeep), default=DEFAULT_COT_KEEP,
                         help="phase_a: abscot_cot_keep of the Phase A training")
     parser.add_argument("--train-m-max", type=int, default=None,
                         help="phase_a: abscot_m_max of the Phase A training, the trace room its rows reserve "
                         "(default: --m-max)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--num-symbols", type=int, default=DEFAULT_NUM_SYMBOLS)
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
     parser.add_argument("--id-field", default=DEFAULT_ID_FIELD)

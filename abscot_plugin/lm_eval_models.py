@@ -32,16 +32,19 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import tokenization
-from .decode import Decoder, HFDecoder, TraceSettings, VLLMDecoder, two_stage
+from .decode import Decoder, HFDecoder, VLLMDecoder, two_stage
 from .prompts import math_messages
 from .rows import ReasoningRow
 from .scoring import DECODE_MODES, DecodeMode, DecodeRecord
 from .sequences import SequenceBuilder
+from .traces import TraceSettings
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import AbstractVocab, has_abstract_tokens
 
 log = logging.getLogger(__name__)
 
+# the abstract tasks' answer budget when a request names none (eval_tasks/_abscot_template_yaml
+# states it too; tests/test_docs.py pins the two)
 DEFAULT_ANSWER_TOKENS = 2048
 _TRACE_KEYS = {
     "m_min": ("m_min", int),
@@ -58,11 +61,11 @@ class DecodeSpec:
     """How to decode one request, read from the task's ``generation_kwargs``.
 
     ``abscot_mode``: ``abstract`` (two-stage) or ``verbal`` (answer only). ``max_gen_toks``: the
-    answer budget (default 2048). ``until``: stop strings, each a single token of the tokenizer
+    answer budget (default :data:`DEFAULT_ANSWER_TOKENS`). ``until``: stop strings, each a single token of the tokenizer
     (decoding works on ids). The answer is always greedy: ``do_sample`` must be false and
     ``temperature`` 0 if given. Abstract mode also reads ``m_min``, ``m_max``,
-    ``trace_temperature``, ``trace_top_p``, ``trace_seed`` (defaults: METHOD.md's 16, 128, 0.7,
-    1.0, 0); verbal mode ignores them.
+    ``trace_temperature``, ``trace_top_p``, ``trace_seed`` (defaults: those of
+    :class:`~abscot_plugin.traces.TraceSettings`); verbal mode ignores them.
     """
 
     mode: DecodeMode

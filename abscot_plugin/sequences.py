@@ -32,7 +32,7 @@ from . import segments as seg
 from . import tokenization
 from .choices import DEFAULT_COT_KEEP, CotKeep, Phase
 from .rows import BadRowError, ReasoningRow, cot_steps, cot_text
-from .traces import DEFAULT_M_MAX, random_trace
+from .traces import TraceSettings, random_trace
 from .vocab import AbstractVocab
 
 IGNORE = -100
@@ -82,7 +82,7 @@ class SequenceBuilder:
 
     # -- generation prefixes -------------------------------------------------------------
     def phase_a_prefix(
-        self, row: ReasoningRow, sequence_len: int, m_max: int = DEFAULT_M_MAX,
+        self, row: ReasoningRow, sequence_len: int, m_max: int = TraceSettings.m_max,
         cot_keep: CotKeep = DEFAULT_COT_KEEP,
     ) -> tuple[list[int], int]:
         """x c <beginabstract>: exactly the ids that :meth:`example` puts before z for the same
@@ -127,7 +127,7 @@ class SequenceBuilder:
         phase: Phase,
         sequence_len: int,
         cot_keep: CotKeep = DEFAULT_COT_KEEP,
-        m_max: int = DEFAULT_M_MAX,
+        m_max: int = TraceSettings.m_max,
     ) -> Example:
         """Build one training example of ``phase``. Phase A: c is cut to the room that a trace of
         ``m_max`` symbols leaves (module docstring); Phase B: x + z + y must fit."""

@@ -120,6 +120,19 @@ def test_rows_without_ids_are_named_as_training_and_generation_name_them(tmp_pat
         plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
 
 
+def test_training_yamls_must_name_rows_like_the_run_config(tmp_path):
+    """The trace stages name rows by data.id_field; a training YAML that names them by another
+    field would find none of its traces, and a misspelt abscot key would only fail in training."""
+    with pytest.raises(PlanError, match="tiny_phase_a.yml: abscot_id_field 'id' is not data.id_field 'uid'"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", data={"id_field": "uid"})
+    uid = {"overrides": {"abscot_id_field": "uid"}}
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"id_field": "uid"}, phase_a=uid, phase_b=uid)
+    gen = plan.stage("r1_b_traces").command
+    assert gen[gen.index("--id-field") + 1] == "uid"
+    with pytest.raises(PlanError, match=r"tiny_phase_b.yml: .*unknown abscot key\(s\) \['abscot_m_maxx'\]"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", phase_b={"overrides": {"abscot_m_maxx": 64}})
+
+
 # -- the plan --------------------------------------------------------------------------------
 def test_plan_stages_commands_and_yaml(tmp_path):
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B")

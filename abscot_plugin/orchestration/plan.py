@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import ValidationError
 
+from ..args import AbsCoTArgs
 from ..choices import Phase
 from ..fileio import file_digest
 from ..rows import row_id_of
 from .manifest import fingerprint
-from .run_config import MANAGED_KEYS, RunConfig
+from .run_config import MANAGED_KEYS, RunConfig, one_line
 from .schedule import Schedule
 
 Kind = Literal["traces", "train", "merge", "eval"]
@@ -188,9 +190,16 @@ def phase_yaml(
         raise PlanError(
             f"{source.config}: adapter {adapter!r} is not supported (use lora, or none for full fine-tuning)"
         )
-    m_max = int(merged.get("abscot_m_max") or 128)
-    if cfg.generation.m_max > m_max:
-        raise PlanError(f"generation.m_max {cfg.generation.m_max} exceeds abscot_m_max {m_max} of {source.config}")
+    args = abscot_args(merged, source.config)
+    if cfg.generation.m_max > args.abscot_m_max:
+        raise PlanError(
+            f"generation.m_max {cfg.generation.m_max} exceeds abscot_m_max {args.abscot_m_max} of {source.config}"
+        )
+    if args.abscot_id_field != cfg.data.id_field:
+        raise PlanError(
+            f"{source.config}: abscot_id_field {args.abscot_id_field!r} is not data.id_field "
+            f"{cfg.data.id_field!r}: training would not find the traces generated for its rows"
+        )
     if phase.has_cot and traces is not None and not merged.get("sequence_len"):
         raise PlanError(
             f"{source.config}: set sequence_len (Phase A trace stages cut the CoT to fit it, as training does)"
@@ -254,30 +263,39 @@ def backend_python(cfg: RunConfig, backend: str) -> str:
     return str(default)
 
 
+def abscot_args(yaml_cfg: dict[str, Any], source: Path) -> AbsCoTArgs:
+    """The abscot settings of a generated training YAML, defaults filled in (``source``: the
+    phase config named in errors)."""
+    try:
+        return AbsCoTArgs.from_cfg(yaml_cfg)
+    except ValidationError as exc:
+        raise PlanError(f"{source}: {one_line(exc)}") from None
+
+
 def traces_command(cfg: RunConfig, yaml_cfg: dict, model: Path, data: Path, phase: Phase, out: Path) -> list[str]:
     """The ``abscot_plugin.generate`` command of a trace stage. M and bad-row handling follow the
     training YAML that will read the traces, and so does a Phase A prefix: that YAML's
     ``sequence_len``, ``abscot_cot_keep`` and ``abscot_m_max`` (the prefix is its rows' prefix)."""
     g = cfg.generation
+    args = AbsCoTArgs.from_cfg(yaml_cfg)  # validated by phase_yaml
     cmd = [
         backend_python(cfg, g.backend), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
         "--mode", phase.value, "--out", str(out), "--backend", g.backend,
         "--m-min", str(g.m_min), "--m-max", str(g.m_max), "--temperature", str(g.temperature),
         "--top-p", str(g.top_p), "--seed", str(g.seed),
-        "--num-symbols", str(yaml_cfg.get("abscot_num_symbols") or 64), "--id-field", cfg.data.id_field,
+        "--num-symbols", str(args.abscot_num_symbols), "--id-field", args.abscot_id_field,
         "--dtype", g.dtype,
     ]
     if g.max_model_len:
         cmd += ["--max-model-len", str(g.max_model_len)]
     if phase.has_cot:
         cmd += ["--sequence-len", str(yaml_cfg["sequence_len"]),
-                "--cot-keep", str(yaml_cfg.get("abscot_cot_keep") or "end"),
-                "--train-m-max", str(yaml_cfg.get("abscot_m_max") or 128)]
+                "--cot-keep", args.abscot_cot_keep, "--train-m-max", str(args.abscot_m_max)]
     if g.backend == "hf":
         cmd += ["--batch-size", str(g.batch_size)]
     else:
         cmd += ["--tensor-parallel-size", str(g.tensor_parallel_size)]
-    if yaml_cfg.get("abscot_skip_bad_rows"):
+    if args.abscot_skip_bad_rows:
         cmd += ["--skip-bad-rows"]
     return cmd + list(g.extra_args)
 
@@ -429,12 +447,12 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
             add(train, hash_command=False)  # the launch line differs per machine; inputs keep what matters
             if yaml_cfg.get("adapter") == "lora":
                 merged = folder / "model"
+                args = AbsCoTArgs.from_cfg(yaml_cfg)
                 add(Stage(
                     f"{prefix}_merge", "merge",
                     [sys.executable, "-m", "abscot_plugin.merge", str(train_dir), str(merged), "--base", model,
-                     "--num-symbols", str(yaml_cfg.get("abscot_num_symbols") or 64),
-                     "--init", str(yaml_cfg.get("abscot_init") or "random"),
-                     "--init-seed", str(yaml_cfg.get("abscot_init_seed") or 0), "--dtype", cfg.merge.dtype],
+                     "--num-symbols", str(args.abscot_num_symbols), "--init", args.abscot_init,
+                     "--init-seed", str(args.abscot_init_seed), "--dtype", cfg.merge.dtype],
                     [merged], run / "logs" / f"{prefix}_merge.log", {}, [train.name], env,
                 ))
                 model, model_stage = str(merged), f"{prefix}_merge"

@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..choices import DEFAULT_BACKEND, Backend, Phase
+from ..rows import DEFAULT_ID_FIELD
+from ..traces import TraceSettings
 
 # axolotl keys the orchestrator sets per stage; a run config may not override them
 MANAGED_KEYS = (
@@ -49,7 +51,7 @@ class DataConfig(_Strict):
         description="same: the first N rows in every phase; per_round: a fresh disjoint slice of N "
         "rows per round (both phases share it); per_phase: a fresh slice per round and phase",
     )
-    id_field: str = "id"
+    id_field: str = DEFAULT_ID_FIELD
 
     @field_validator("path")
     @classmethod
@@ -112,11 +114,12 @@ class GenerationConfig(_Strict):
         description="interpreter for the generation stages (default: this one for hf, "
         ".venv-vllm/bin/python for vllm)",
     )
-    m_min: int = Field(default=16, ge=1)
-    m_max: int = Field(default=128, ge=1)
-    temperature: float = Field(default=0.7, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    # stage-1 sampling (traces.TraceSettings: its defaults, and its checks in _trace_settings)
+    m_min: int = TraceSettings.m_min
+    m_max: int = TraceSettings.m_max
+    temperature: float = TraceSettings.temperature
+    top_p: float = TraceSettings.top_p
+    seed: int = TraceSettings.seed
     max_model_len: int | None = Field(default=None, ge=16)
     batch_size: int = Field(default=8, ge=1, description="hf backend")
     tensor_parallel_size: int = Field(default=1, ge=1, description="vllm backend")
@@ -130,10 +133,13 @@ class GenerationConfig(_Strict):
         return _existing(v, "generation python")
 
     @model_validator(mode="after")
-    def _lengths(self) -> GenerationConfig:
-        if self.m_min > self.m_max:
-            raise ValueError(f"m_min {self.m_min} > m_max {self.m_max}")
+    def _trace_settings(self) -> GenerationConfig:
+        self.trace_settings()
         return self
+
+    def trace_settings(self) -> TraceSettings:
+        """The stage-1 settings of the trace stages (raises ValueError for impossible ones)."""
+        return TraceSettings(self.m_min, self.m_max, self.temperature, self.seed, self.top_p)
 
 
 class MergeConfig(_Strict):
@@ -214,7 +220,8 @@ class RunConfig(_Strict):
         return self
 
 
-def _one_line(exc: ValidationError) -> str:
+def one_line(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: ``key.path: problem; …``."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -239,4 +246,4 @@ def load_run_config(path: str | Path) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_one_line(exc)}") from None
+        raise ConfigError(f"{path}: {one_line(exc)}") from None
