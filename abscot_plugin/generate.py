@@ -2,9 +2,11 @@
 constraint (:mod:`abscot_plugin.decode`), written as the JSONL that ``abscot_trace_file`` reads.
 
     python -m abscot_plugin.generate --model DIR --data ROWS.jsonl --mode phase_a|phase_b \\
-        --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min 16 --m-max 128 \\
-        --temperature 0.7 --seed 0] [--sequence-len S --cot-keep end --train-m-max 128] \\
+        --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min N --m-max N \\
+        --temperature T --seed S] [--sequence-len S --cot-keep end --train-m-max N] \\
         [--tensor-parallel-size N] [--limit N]
+
+(``--help`` shows the defaults: the stage-1 settings are :class:`~abscot_plugin.traces.TraceSettings`'s.)
 
 Phase A teacher (the previous round's model): prefix x c <beginabstract>, exactly the prefix of
 the row that the next Phase A training builds (:meth:`SequenceBuilder.phase_a_prefix` with that
@@ -17,20 +19,18 @@ prefix that leaves no room for ``m_max`` symbols and ``<endabstract>`` within ``
 a bad row (kind ``too_long``). Bad rows fail the run, naming the row, or with ``--skip-bad-rows``
 are skipped and counted by kind.
 
-Output rows: ``{"id", "trace", "length", "prefix_tokens", "cot_cut"}`` in input order (``cot_cut``:
-CoT tokens cut from the prefix; 0 in Phase B). Work is saved chunk by chunk in ``OUT.parts/`` (each
-part written atomically), so an interrupted run resumes without regenerating finished rows; every
+Output: a trace file (format and writer: :mod:`abscot_plugin.traces`), one record per row in
+input order (``cot_cut``: CoT tokens cut from the prefix; 0 in Phase B). Work is saved chunk by
+chunk in ``OUT.parts/``, so an interrupted run resumes without regenerating finished rows; every
 prompt has its own seed, so the traces do not depend on how the run was chunked (up to float
 rounding between batch shapes: :mod:`abscot_plugin.decode`). At the end the parts become ``OUT``
-(atomically) and ``OUT.meta.json`` records the settings and counts. Resuming with different
-settings is refused. Runs under the vLLM environment too: nothing here imports axolotl.
+and ``OUT.meta.json`` records the settings and counts. Resuming with different settings is
+refused. Runs under the vLLM environment too: nothing here imports axolotl.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -42,10 +42,9 @@ from tqdm import tqdm
 
 from .choices import DEFAULT_BACKEND, DEFAULT_COT_KEEP, Backend, CotKeep, Phase
 from .decode import Decoder
-from .fileio import write_atomic
 from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, parse_chat_row, read_rows
 from .sequences import SequenceBuilder
-from .traces import TraceSettings, parse_trace
+from .traces import TraceSettings, TraceWriter, trace_record
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import AbstractVocab
 
@@ -163,71 +162,6 @@ def build_prefixes(
     return prefixes
 
 
-class TraceWriter:
-    """Chunked, resumable output: ``OUT.parts/part-*.jsonl`` while running, ``OUT`` at the end."""
-
-    def __init__(self, out: str | Path, settings_record: dict):
-        self.out = Path(out)
-        self.parts = self.out.with_name(self.out.name + ".parts")
-        self.meta = self.out.with_name(self.out.name + ".meta.json")
-        self.settings_record = settings_record
-
-    def _check_settings(self, where: Path) -> None:
-        if not where.exists():
-            return
-        recorded = json.loads(where.read_text(encoding="utf-8")).get("settings")
-        if recorded != self.settings_record:
-            changed = sorted(
-                k for k in set(recorded or {}) | set(self.settings_record)
-                if (recorded or {}).get(k) != self.settings_record.get(k)
-            )
-            raise ValueError(
-                f"{self.out}: earlier output was made with different settings ({', '.join(changed)}); "
-                f"remove {self.out}, {self.meta} and {self.parts} to regenerate"
-            )
-
-    def finished(self) -> dict[str, dict]:
-        """Records already written (final file and parts), by id; validates the settings match."""
-        self._check_settings(self.meta)
-        self._check_settings(self.parts / "settings.json")
-        done: dict[str, dict] = {}
-        files = ([self.out] if self.out.exists() else []) + sorted(self.parts.glob("part-*.jsonl"))
-        for path in files:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    done[str(rec["id"])] = rec
-        return done
-
-    def write_part(self, records: list[dict]) -> None:
-        """Save one chunk atomically."""
-        if not self.parts.exists():
-            self.parts.mkdir(parents=True)
-            write_atomic(self.parts / "settings.json", json.dumps({"settings": self.settings_record}))
-        index = len(list(self.parts.glob("part-*.jsonl")))
-        write_atomic(self.parts / f"part-{index:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-
-    def finish(self, records: list[dict], summary: Summary) -> None:
-        """Write ``OUT`` (input order) and its meta file, then drop the parts."""
-        write_atomic(self.out, "".join(json.dumps(r) + "\n" for r in records))
-        write_atomic(self.meta, json.dumps({"settings": self.settings_record, "summary": asdict(summary)}, indent=1))
-        shutil.rmtree(self.parts, ignore_errors=True)
-
-
-def trace_record(prefix: Prefix, ids: list[int], vocab: AbstractVocab, settings: TraceSettings) -> dict:
-    """The output row for one trace, validated like a trace file entry (and against m_min)."""
-    trace = vocab.ids_to_trace(ids)
-    symbols = parse_trace(trace, len(vocab.symbols), settings.m_max)
-    if len(symbols) < settings.m_min:
-        raise RuntimeError(
-            f"row {prefix.row_id}: trace of {len(symbols)} symbols is shorter than m_min={settings.m_min}"
-        )
-    return {
-        "id": prefix.row_id, "trace": trace, "length": len(symbols),
-        "prefix_tokens": len(prefix.ids), "cot_cut": prefix.cot_cut,
-    }
-
-
 def generate_traces(
     decoder: Decoder,
     builder: SequenceBuilder,
@@ -249,6 +183,7 @@ def generate_traces(
             f"m_max {settings.m_max} exceeds the training's m_max {layout.m_max}: its rows have no room for such traces"
         )
     summary = Summary(rows=len(rows))
+    vocab = builder.vocab
     writer = TraceWriter(out, settings_record or {})
     done = writer.finished()
     prefixes = build_prefixes(rows, builder, phase, settings.m_max, max_model_len, layout, skip_bad_rows, summary)
@@ -262,7 +197,10 @@ def generate_traces(
         for begin in range(0, len(pending), chunk_size):
             chunk = pending[begin : begin + chunk_size]
             traces = decoder.traces([p.ids for p in chunk], settings)
-            records = [trace_record(p, ids, builder.vocab, settings) for p, ids in zip(chunk, traces, strict=True)]
+            records = [
+                trace_record(p.row_id, vocab.ids_to_trace(ids), len(vocab.symbols), settings, len(p.ids), p.cot_cut)
+                for p, ids in zip(chunk, traces, strict=True)
+            ]
             writer.write_part(records)
             done.update((r["id"], r) for r in records)
             summary.generated += len(chunk)
@@ -270,7 +208,7 @@ def generate_traces(
             summary.prefix_tokens += sum(len(p.ids) for p in chunk)
             bar.update(len(chunk))
     summary.seconds = time.perf_counter() - start
-    writer.finish([done[p.row_id] for p in prefixes], summary)
+    writer.finish([done[p.row_id] for p in prefixes], asdict(summary))
     return summary
 
 

@@ -42,6 +42,7 @@ from ..args import AbsCoTArgs
 from ..choices import Phase
 from ..fileio import file_digest
 from ..rows import row_id_of
+from ..traces import meta_path
 from .manifest import fingerprint
 from .run_config import MANAGED_KEYS, RunConfig, one_line
 from .schedule import Schedule
@@ -429,7 +430,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                 add(Stage(
                     f"{prefix}_traces", "traces",
                     traces_command(cfg, yaml_cfg, Path(model), data, phase, traces),
-                    [traces, traces.with_name(traces.name + ".meta.json")], run / "logs" / f"{prefix}_traces.log",
+                    [traces, meta_path(traces)], run / "logs" / f"{prefix}_traces.log",
                     dict(data_inputs), list(upstream), {**env, **cfg.generation.env},
                 ))
                 upstream = [*upstream, f"{prefix}_traces"]

@@ -32,6 +32,7 @@ import yaml
 from ..report import WARNING_PREFIX, build_report
 from .curves import ScheduleError, check_warmup_cosine, plot_curve, read_curves
 from ..fileio import write_atomic
+from ..traces import read_meta, read_records
 from .manifest import Manifest, diff_inputs
 from .plan import Plan, Stage
 from .schedule import Schedule
@@ -193,8 +194,8 @@ def _check_outputs(plan: Plan, stage: Stage) -> dict[str, Any]:
     if stage.kind == "train":
         return _check_training(plan, stage)
     if stage.kind == "traces":  # the generator validated every trace it wrote
-        lengths = [json.loads(line)["length"] for line in stage.outputs[0].read_text(encoding="utf-8").splitlines()]
-        summary = json.loads(stage.outputs[1].read_text(encoding="utf-8"))["summary"]
+        lengths = [record["length"] for record in read_records(stage.outputs[0])]
+        summary = read_meta(stage.outputs[0])["summary"]
         return {
             "traces": len(lengths), "mean_symbols": round(sum(lengths) / max(1, len(lengths)), 1),
             "cots_cut": summary["cots_cut"], "short_context": summary["short_context"],
