@@ -18,6 +18,9 @@ from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
 from .traces import TraceSettings
 
 BOTTLENECK_TYPE = Phase.A.dataset_type  # the format whose rows need the mask (and its checks)
+# what the plugin's get_input_args names: how axolotl finds this model, and how the dataset
+# strategies recognise the active plugin without importing it
+INPUT_ARGS = f"{__name__}.AbsCoTArgs"
 # attention backends that cannot take the bottleneck mask (they only do causal/varlen masks)
 _MASKLESS_ATTN = ("flash_attention_2", "flash_attention_3", "flash", "sage", "xformers", "fp8")
 _MASKLESS_FLAGS = ("flash_attention", "sage_attention", "xformers_attention")

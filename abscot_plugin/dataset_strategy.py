@@ -21,7 +21,7 @@ from axolotl.utils.logging import get_logger
 from datasets import Dataset
 
 from . import data_counts
-from .args import AbsCoTArgs
+from .args import INPUT_ARGS, AbsCoTArgs
 from .choices import Phase
 from .rows import BadRowError, parse_chat_row, row_id_of
 from .sequences import SequenceBuilder
@@ -166,12 +166,13 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
 
 def _require_plugin(cfg) -> None:
     """Fail when the plugin is not active: axolotl only logs a plugin that failed to import, and
-    training would go on with the abstract keys ignored."""
+    training would go on with the abstract keys ignored. The plugin is recognised by the config
+    model it contributes (:data:`~abscot_plugin.args.INPUT_ARGS`), so that this module does not
+    import the plugin, which imports it (:func:`log_data_summary`)."""
     from axolotl.integrations.base import PluginManager
 
-    from .plugin import AbsCoTPlugin
-
-    active = any(isinstance(p, AbsCoTPlugin) for p in PluginManager.get_instance().plugins.values())
+    plugins = PluginManager.get_instance().plugins.values()
+    active = any(p.get_input_args() == INPUT_ARGS for p in plugins)
     if not active:
         raise RuntimeError(
             "abscot dataset formats need the abscot plugin: add `plugins: [abscot_plugin.AbsCoTPlugin]` "

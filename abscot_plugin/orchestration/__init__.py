@@ -5,5 +5,6 @@ generated axolotl YAMLs, input fingerprints), ``schedule`` derives a training st
 steps and warm-up, ``manifest`` records finished stages,
 ``curves`` reads the trainer's logs (plots, learning-rate check) and ``runner`` executes the
 plan. The command line is ``orchestrate.py`` at the repository root. Nothing here imports torch,
-transformers or axolotl: stages run in their own processes.
+transformers or axolotl, at import time or while planning (tests/test_boundaries.py): stages run
+them in their own processes.
 """

@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from pydantic import ValidationError
 
 from ..args import AbsCoTArgs
 from ..choices import Phase
+from ..eval_cli import lm_eval_command, task_generation_kwargs
 from ..fileio import file_digest
 from ..rows import row_id_of
 from ..traces import meta_path
@@ -208,15 +211,19 @@ def phase_yaml(
     return merged
 
 
-def _cpu_multiprocess_fix(cfg: RunConfig, notes: list[str]) -> dict[str, Any]:
-    """axolotl 0.19 maps every rank to accelerator LOCAL_RANK; without a GPU, a ``max_memory``
-    of the CPU alone gives a CPU device map instead (needed for multi-process CPU training)."""
-    overrides = {**cfg.training.overrides, **cfg.phase_a.overrides, **cfg.phase_b.overrides}
-    if cfg.training.launcher.num_processes == 1 or "max_memory" in overrides:
-        return {}
-    import torch
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, asked without torch (the orchestrator never imports
+    it): ``nvidia-smi`` is on PATH and lists a device, the test scripts/setup_vllm.sh makes too."""
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
 
-    if torch.cuda.is_available():
+
+def _cpu_multiprocess_fix(cfg: RunConfig, notes: list[str]) -> dict[str, Any]:
+    """axolotl 0.19 maps every rank to accelerator LOCAL_RANK; without a GPU (:func:`gpu_present`),
+    a ``max_memory`` of the CPU alone gives a CPU device map instead (needed for multi-process CPU
+    training)."""
+    overrides = {**cfg.training.overrides, **cfg.phase_a.overrides, **cfg.phase_b.overrides}
+    if cfg.training.launcher.num_processes == 1 or "max_memory" in overrides or gpu_present():
         return {}
     notes.append("no GPU: training YAMLs get max_memory {cpu: 64GiB} so that axolotl loads on CPU per rank")
     return {"max_memory": {"cpu": "64GiB"}}
@@ -319,8 +326,6 @@ def _context_parts(settings: dict[str, Any]) -> list[tuple[int, str]]:
 
 
 def _eval_contexts(tasks: list[str], gen_kwargs: dict[str, Any]) -> dict[str, list[tuple[int, str]]]:
-    from ..eval_cli import task_generation_kwargs
-
     return {task: _context_parts({**settings, **gen_kwargs}) for task, settings in task_generation_kwargs(tasks).items()}
 
 
@@ -354,8 +359,6 @@ def evaluation_stage(
 ) -> Stage | None:
     """One ``abscot_plugin.eval_cli`` run of ``tasks`` on ``model``, writing lm-eval results
     under ``OUT/eval/<base|final>``; None without tasks."""
-    from ..eval_cli import lm_eval_command
-
     if not tasks:
         return None
     ev = cfg.evaluation
