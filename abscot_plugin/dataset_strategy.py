@@ -128,7 +128,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             out.update(segment_ids=[], abscot_cot_cut=[])
         skipped: dict[str, int] = {}
         first_error = None
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         for row in rows:
             row_id = row_id_of(row, self.id_field)
             try:

@@ -219,7 +219,7 @@ class HFDecoder:
             pad_token_id=self.pad_id, repetition_penalty=1.0,
         )
         for idx, ids, mask in self._batches(prompts):
-            for i, row in zip(idx, self._generate(ids, mask, config)):
+            for i, row in zip(idx, self._generate(ids, mask, config), strict=True):
                 results[i] = _cut_at_stop(row, stop_ids)
         return results
 
@@ -299,6 +299,6 @@ def two_stage(
     """Stage 1 on ``prefixes`` (x <beginabstract>), then stage 2 greedy on
     prefix + z <endabstract> \\n (:meth:`SequenceBuilder.answer_prefix_suffix`)."""
     traces = decoder.traces(prefixes, settings)
-    prompts = [list(p) + builder.answer_prefix_suffix(z) for p, z in zip(prefixes, traces)]
+    prompts = [list(p) + builder.answer_prefix_suffix(z) for p, z in zip(prefixes, traces, strict=True)]
     answers = decoder.complete(prompts, answer_max_tokens, answer_stop_ids)
-    return [TwoStageOutput(z, y) for z, y in zip(traces, answers)]
+    return [TwoStageOutput(z, y) for z, y in zip(traces, answers, strict=True)]

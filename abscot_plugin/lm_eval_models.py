@@ -171,7 +171,7 @@ class AbsCoTLM(LM):
     # -- decoding ----------------------------------------------------------------------------
     def decode(self, problems: list[str], spec: DecodeSpec, row_ids: list[str]) -> list[DecodeRecord]:
         """Decode one chunk of problems that share ``spec``."""
-        prompts = [self.prompt_ids(p, spec.mode, r) for p, r in zip(problems, row_ids)]
+        prompts = [self.prompt_ids(p, spec.mode, r) for p, r in zip(problems, row_ids, strict=True)]
         stop = self.stop_ids(spec.stop)
         budget = spec.max_new_tokens
         if spec.mode == "verbal":
@@ -213,7 +213,7 @@ class AbsCoTLM(LM):
                     [requests[i].args[0] for i in chunk], spec,
                     [f"{requests[i].task_name}:{requests[i].doc_id}" for i in chunk],
                 )
-                for i, record in zip(chunk, records):
+                for i, record in zip(chunk, records, strict=True):
                     results[i] = record.to_json()
                     self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
                 bar.update(len(chunk))

@@ -37,7 +37,7 @@ class AbstractVocab:
 
     def ids_to_trace(self, ids: list[int]) -> str:
         """Render symbol ids as the trace string stored in trace files."""
-        lookup = dict(zip(self.symbol_ids, self.symbols))
+        lookup = dict(zip(self.symbol_ids, self.symbols, strict=True))
         try:
             return "".join(lookup[i] for i in ids)
         except KeyError as exc:

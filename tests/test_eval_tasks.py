@@ -229,6 +229,19 @@ def test_generate_until_is_the_shared_two_stage_decode(lm):
     assert again == [r.trace for r in records] and other != again
 
 
+def test_a_backend_reply_missing_a_result_fails_loudly(lm, monkeypatch):
+    """A real HF decoder whose stage-2 reply lacks one result: the two-stage decode and the model
+    class (abstract and verbal) raise instead of scoring a missing answer as None."""
+    complete = lm.decoder.complete
+    monkeypatch.setattr(lm.decoder, "complete", lambda prompts, *args: complete(prompts, *args)[:-1])
+    prefixes = [lm.prompt_ids(p, "abstract") for p in PROBLEMS]
+    with pytest.raises(ValueError, match="shorter"):
+        two_stage(lm.decoder, prefixes, TraceSettings(), 4, lm.stop_ids(("<|im_end|>",)), lm.builder)
+    for kwargs in (_abstract_kwargs(max_gen_toks=4), _verbal_kwargs(max_gen_toks=4)):
+        with pytest.raises(ValueError, match="shorter"):
+            lm.generate_until(_requests(PROBLEMS, kwargs))
+
+
 def test_m_max_hits_and_truncation_are_reported(lm):
     kwargs = _abstract_kwargs(m_min=4, m_max=4, max_gen_toks=3)
     records = [DecodeRecord.from_json(r) for r in lm.generate_until(_requests(PROBLEMS[:2], kwargs))]

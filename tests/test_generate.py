@@ -179,6 +179,17 @@ def test_resume_after_crash_regenerates_nothing_finished(hf, tmp_path):
     assert again.prompts == 0 and read_jsonl(out) == final
 
 
+def test_a_backend_reply_missing_a_trace_fails_loudly(hf, tmp_path, monkeypatch):
+    """A real HF decoder that returns one trace fewer than its prompts: generation raises and
+    writes no part for that chunk."""
+    decoder, builder = hf
+    traces = decoder.traces
+    monkeypatch.setattr(decoder, "traces", lambda prefixes, settings: traces(prefixes, settings)[:-1])
+    with pytest.raises(ValueError, match="shorter"):
+        generate_traces(decoder, builder, read_rows(DOLCI, limit=3), "phase_b", tmp_path / "t.jsonl", SETTINGS, 512)
+    assert not list((tmp_path / "t.jsonl.parts").glob("part-*.jsonl"))
+
+
 def test_resume_with_other_settings_is_refused(hf, tmp_path):
     decoder, builder = hf
     rows = read_rows(DOLCI, limit=2)

@@ -37,7 +37,7 @@ def diff_inputs(old: Any, new: Any, prefix: str = "") -> list[str]:
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         out = []
-        for i, (a, b) in enumerate(zip(old, new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
             # command lines: name a changed value by the flag before it
             flag = old[i - 1] if i and isinstance(old[i - 1], str) and old[i - 1].startswith("--") else None
             out.extend(diff_inputs(a, b, f"{prefix} {flag}" if flag else f"{prefix}[{i}]"))
