@@ -282,11 +282,6 @@ class TwoStageOutput:
     trace: list[int]
     answer: list[int]
 
-    @property
-    def num_tokens(self) -> int:
-        """Generated tokens as the paper counts them: abstract tokens + answer tokens."""
-        return len(self.trace) + len(self.answer)
-
 
 def two_stage(
     decoder: Decoder,

@@ -185,7 +185,6 @@ def test_two_stage_answers_after_trace_and_end(tiny):
         check_trace(out.trace, vocab, settings)
         stage2 = prefix + out.trace + [vocab.end_id] + builder.newline_ids
         assert decoder.complete([stage2], 5, [builder.end_of_turn])[0] == out.answer
-        assert out.num_tokens == len(out.trace) + len(out.answer)
 
 
 def test_vllm_traces_match_hf_guarantees(tiny, vllm_run):
