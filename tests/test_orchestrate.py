@@ -17,13 +17,17 @@ import pytest
 import yaml
 from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
+from abscot_plugin.eval_cli import task_generation_kwargs
+from abscot_plugin.orchestration.checks import StageFailed, check_trained_steps
+from abscot_plugin.orchestration.commands import PROMPT_MARGIN, eval_context_needed
 from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine, read_curves
 from abscot_plugin.orchestration.manifest import Manifest
-from abscot_plugin.eval_cli import task_generation_kwargs
-from abscot_plugin.orchestration.plan import PROMPT_MARGIN, PlanError, build_plan, eval_context_needed, training_schedule
-from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
+from abscot_plugin.orchestration.plan import build_plan, statuses
+from abscot_plugin.orchestration.run_config import ConfigError, PlanError, load_run_config
+from abscot_plugin.orchestration.runner import stale_report
 from abscot_plugin.orchestration.schedule import Schedule
-from abscot_plugin.orchestration.runner import StageFailed, check_trained_steps, stale_report, statuses, write_summary
+from abscot_plugin.orchestration.summary import write_summary
+from abscot_plugin.orchestration.training import training_schedule
 
 _spec = importlib.util.spec_from_file_location("orchestrate", ROOT / "orchestrate.py")
 orchestrate = importlib.util.module_from_spec(_spec)

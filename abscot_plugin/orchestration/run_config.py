@@ -28,6 +28,10 @@ class ConfigError(ValueError):
     """A run config that cannot be used; the message is one line."""
 
 
+class PlanError(ValueError):
+    """A run config that validates but cannot be planned (one-line message)."""
+
+
 def _existing(path: Path | None, what: str) -> Path | None:
     if path is None:
         return None
@@ -206,6 +210,11 @@ class RunConfig(_Strict):
     def phase(self, phase: Phase) -> PhaseConfig:
         """The ``phase_a`` or ``phase_b`` section."""
         return self.phase_a if phase is Phase.A else self.phase_b
+
+    @property
+    def eval_backend(self) -> Backend:
+        """The evaluation stages' backend: ``evaluation.backend``, else ``generation.backend``."""
+        return self.evaluation.backend or self.generation.backend
 
     @model_validator(mode="after")
     def _no_managed_overrides(self) -> RunConfig:
