@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from abscot_plugin.fileio import write_atomic
-from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.orchestration.checks import StageFailed
+from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.orchestration.plan import build_plan
 from abscot_plugin.orchestration.run_config import ConfigError, PlanError, load_run_config
 from abscot_plugin.orchestration.runner import (

@@ -118,7 +118,8 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             return self.builder.trace_ids(row[TRACE_FIELD])
         if not self.phase.has_cot:
             raise BadRowError(
-                parsed.row_id, "no_trace", f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field"
+                parsed.row_id, "no_trace",
+                f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field",
             )
         return self.builder.random_trace_ids(parsed, self.num_symbols, self.trace_seed, self.m_max)
 

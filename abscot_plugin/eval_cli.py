@@ -8,9 +8,10 @@ a task is given as a YAML path (it imports ``eval_tasks/utils.py`` before buildi
 by task name, or for the groups, this entry point is needed.
 
 :func:`task_generation_kwargs` reads a task's generation settings from its YAML (the orchestrator
-checks vLLM's context length against them). :func:`lm_eval_command` builds this entry point's command line (the orchestrator's evaluation
-stages run it as a subprocess, so that a GPU is released after evaluation and vLLM can run from
-its own environment); :func:`evaluate` runs it and returns the results file.
+checks vLLM's context length against them). :func:`lm_eval_command` builds this entry point's
+command line (the orchestrator's evaluation stages run it as a subprocess, so that a GPU is
+released after evaluation and vLLM can run from its own environment); :func:`evaluate` runs it and
+returns the results file.
 """
 
 from __future__ import annotations
@@ -55,15 +56,18 @@ def task_generation_kwargs(names: list[str]) -> dict[str, dict[str, Any]]:
     for name in names:
         for task in groups.get(name, [name]):
             if task not in tasks:
-                raise ValueError(f"unknown task {task!r}: eval_tasks/ defines {sorted(tasks)} and groups {sorted(groups)}")
+                raise ValueError(
+                    f"unknown task {task!r}: eval_tasks/ defines {sorted(tasks)} and groups {sorted(groups)}"
+                )
             found[task] = dict(tasks[task].get("generation_kwargs") or {})
     return found
 
 
 def main(argv: list[str] | None = None) -> None:
     """Register ``abscot-hf``/``abscot-vllm``, then run ``lm_eval`` with ``argv`` (default: sys.argv)."""
-    import abscot_plugin.lm_eval_models  # noqa: F401  (registers the model classes)
     from lm_eval.__main__ import cli_evaluate
+
+    import abscot_plugin.lm_eval_models  # noqa: F401  (registers the model classes)
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]

@@ -44,10 +44,9 @@ from .choices import DEFAULT_BACKEND, DEFAULT_COT_KEEP, Backend, CotKeep, Phase
 from .decode import Decoder
 from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, parse_chat_row, read_rows
 from .sequences import SequenceBuilder
-from .traces import TraceSettings, TraceWriter, trace_record
 from .symbols import DEFAULT_NUM_SYMBOLS
+from .traces import TraceSettings, TraceWriter, trace_record
 from .vocab import AbstractVocab
-
 
 
 @dataclass(frozen=True)

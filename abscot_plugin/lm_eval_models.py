@@ -37,8 +37,8 @@ from .prompts import math_messages
 from .rows import ReasoningRow
 from .scoring import DECODE_MODES, DecodeMode, DecodeRecord
 from .sequences import SequenceBuilder
-from .traces import TraceSettings
 from .symbols import DEFAULT_NUM_SYMBOLS
+from .traces import TraceSettings
 from .vocab import AbstractVocab, has_abstract_tokens
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,9 @@ from pathlib import Path
 from .fileio import atomic_path, write_atomic
 
 FILTER = "boxed"
-COLUMNS = ("accuracy", "abstract_tokens", "answer_tokens", "total_tokens", "hit_m_max", "unparseable", "answer_truncated")
+COLUMNS = (
+    "accuracy", "abstract_tokens", "answer_tokens", "total_tokens", "hit_m_max", "unparseable", "answer_truncated",
+)
 # share of answers cut at the answer budget above which a row gets a warning (a cut answer scores 0)
 TRUNCATION_LIMIT = 0.01
 WARNING_PREFIX = "**Warning: "
@@ -46,7 +48,8 @@ REFERENCE_ROWS = (
     Row("paper: Abstract-CoT warm-up", "math500", None, {"accuracy": 0.862, "total_tokens": 168}, reference=True),
     Row("paper: warm-up + RL", "math500", None, {"accuracy": 0.898, "total_tokens": 141}, reference=True),
     Row("reproduction: baseline", "math500", None, {"accuracy": 0.846, "total_tokens": 1045}, reference=True),
-    Row("reproduction: warm-up (T=3, 5k, LoRA)", "math500", None, {"accuracy": 0.720, "total_tokens": 432}, reference=True),
+    Row("reproduction: warm-up (T=3, 5k, LoRA)", "math500", None, {"accuracy": 0.720, "total_tokens": 432},
+        reference=True),
 )
 
 

@@ -81,8 +81,8 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
     """``calls`` disjoint prompt sets per mode, made by the trace-generation CLI's own
     ``build_prefixes`` (Phase A: the prefixes of Phase A training rows of sequence_len
     ``--max-model-len`` and m_max 128, the CLI's defaults)."""
-    from bench.common import dolci_rows
     from abscot_plugin.generate import Summary, TrainLayout, build_prefixes
+    from bench.common import dolci_rows
 
     sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
     layout = TrainLayout(args.max_model_len, 128, "end")
@@ -112,13 +112,12 @@ def load(backend: str, model: Path, args):
 def run(args, notes: list[str]) -> None:
     """Time every backend × prefix kind interleaved; print and write the figures."""
     import torch
-
-    from bench.common import interleaved, machine, paired_ratio, report
     from transformers import AutoTokenizer
 
     from abscot_plugin.decode import TraceSettings
     from abscot_plugin.sequences import SequenceBuilder
     from abscot_plugin.vocab import AbstractVocab
+    from bench.common import interleaved, machine, paired_ratio, report
 
     cuda = torch.cuda.is_available()
     if args.enforce_eager is None:

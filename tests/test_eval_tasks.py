@@ -210,8 +210,9 @@ def test_generate_until_is_the_shared_two_stage_decode(lm):
     # the same decode called directly: traces and answers are the records' ids, kept apart
     prefixes = [lm.prompt_ids(p, "abstract") for p in PROBLEMS]
     stop = lm.stop_ids(("<|im_end|>", "<|endoftext|>"))
-    direct = two_stage(HFDecoder(lm.decoder.model, lm.tok, lm.vocab, 4), prefixes, TraceSettings(), 12, stop, lm.builder)
-    for record, out in zip(records, direct):
+    decoder = HFDecoder(lm.decoder.model, lm.tok, lm.vocab, 4)
+    direct = two_stage(decoder, prefixes, TraceSettings(), 12, stop, lm.builder)
+    for record, out in zip(records, direct, strict=True):
         assert record.mode == "abstract"
         assert record.trace == lm.vocab.ids_to_trace(out.trace)
         assert len(parse_trace(record.trace, 64, 128)) == record.abstract_tokens == len(out.trace)
@@ -353,7 +354,8 @@ def test_evaluate_by_group_names(tiny_extended, tmp_path):
         data_overrides=LOCAL_DATA, gen_kwargs={"max_gen_toks": 16}, batch_size=4, env=offline_env(**THREAD_ENV),
     )
     assert results.name.startswith("results_") and results.is_file()
-    tasks = {"math500_abscot": "abstract", "gsm8k_abscot": "abstract", "math500_verbal": "verbal", "gsm8k_verbal": "verbal"}
+    tasks = {"math500_abscot": "abstract", "gsm8k_abscot": "abstract",
+             "math500_verbal": "verbal", "gsm8k_verbal": "verbal"}
     check_run(results, tasks, limit=2, budget=16)
     assert set(json.loads(results.read_text())["group_subtasks"]) >= {"abscot_math", "verbal_math"}
 

@@ -186,8 +186,9 @@ def test_evaluation_stages(tmp_path):
     first, last = plan.stages[0], plan.stages[-1]
     assert (first.name, last.name) == ("eval_base", "eval") and last.upstream == ["r2_b_merge"]
     run = tmp_path / "run"
-    for stage, model, tasks, out in ((first, "Qwen/Qwen3-4B", "math500_verbal", run / "eval" / "base"),
-                                     (last, str(plan.final_model), "math500_abscot,gsm8k_abscot", run / "eval" / "final")):
+    expected = ((first, "Qwen/Qwen3-4B", "math500_verbal", run / "eval" / "base"),
+                (last, str(plan.final_model), "math500_abscot,gsm8k_abscot", run / "eval" / "final"))
+    for stage, model, tasks, out in expected:
         cmd = stage.command
         assert cmd[:3] == [sys.executable, "-m", "abscot_plugin.eval_cli"] and "--log_samples" in cmd
         for flag, value in [("--model", "abscot-hf"), ("--model_args", f"pretrained={model},dtype=float32"),
@@ -205,8 +206,9 @@ def test_evaluation_stages(tmp_path):
     assert vllm.stages[-1].command[vllm.stages[-1].command.index("--model") + 1] == "abscot-vllm"
     assert vllm.stages[-1].env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert [s.kind for s in plan_for(tmp_path, "Qwen/Qwen3-4B").stages].count("eval") == 0  # no tasks: none
-    with pytest.raises(ConfigError, match="evaluation.data_files: Value error, unknown data_files keys|unknown data_files keys"):
-        plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation={"tasks": ["math500_abscot"], "data_files": {"math_file": str(math500)}})
+    with pytest.raises(ConfigError, match="unknown data_files keys"):
+        plan_for(tmp_path, "Qwen/Qwen3-4B",
+                 evaluation={"tasks": ["math500_abscot"], "data_files": {"math_file": str(math500)}})
 
 
 def test_data_schedules(tmp_path):
@@ -267,7 +269,8 @@ def test_shipped_run_configs_plan(tmp_path, tiny_dir):
 def test_shipped_eval_budgets_and_commands_agree():
     """The verbal answer budget is read from its task YAML (one place); every vLLM command in the
     READMEs leaves room for its tasks' budgets, and eval_tasks/README.md states the YAMLs' values."""
-    budgets = {name: task_generation_kwargs([name])[name]["max_gen_toks"] for name in ("math500_verbal", "math500_abscot")}
+    budgets = {name: task_generation_kwargs([name])[name]["max_gen_toks"]
+               for name in ("math500_verbal", "math500_abscot")}
     template = yaml.safe_load((ROOT / "eval_tasks" / "_verbal_template_yaml").read_text())
     assert budgets["math500_verbal"] == template["generation_kwargs"]["max_gen_toks"]
     checked = 0
@@ -320,7 +323,8 @@ def test_vllm_evaluation_context_must_hold_the_answer_budget(tmp_path):
     ("yaml_cfg", "rows", "world", "steps", "warmup"),
     [
         # Qwen3-4B: 5000 rows, batch 1 x 16 x 2 processes = 32, 1 epoch, 5 % warm-up
-        ({"micro_batch_size": 1, "gradient_accumulation_steps": 16, "num_epochs": 1, "warmup_ratio": 0.05}, 5000, 2, 157, 7),
+        ({"micro_batch_size": 1, "gradient_accumulation_steps": 16, "num_epochs": 1, "warmup_ratio": 0.05},
+         5000, 2, 157, 7),
         # axolotl's ceil(rows x epochs / batch) (it sets the trainer's max_steps), not epochs x ceil(rows / batch)
         ({"micro_batch_size": 1, "gradient_accumulation_steps": 2, "num_epochs": 2, "warmup_ratio": 0.1}, 5, 1, 5, 0),
         # max_steps wins; axolotl turns a warm-up of 1 step into 2

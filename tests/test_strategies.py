@@ -12,8 +12,8 @@ from abscot_plugin import segments as seg
 from abscot_plugin.choices import Phase
 from abscot_plugin.rows import BadRowError, parse_chat_row
 from abscot_plugin.sequences import IGNORE
-from abscot_plugin.traces import parse_trace, random_trace
 from abscot_plugin.symbols import symbol_names
+from abscot_plugin.traces import parse_trace, random_trace
 from abscot_plugin.vocab import AbstractVocab
 
 
@@ -28,7 +28,7 @@ def runs(segments):
 
 def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder, dolci_rows):
     out = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of(dolci_rows[:4]))
-    for row, ids, labels, segs in zip(dolci_rows, out["input_ids"], out["labels"], out["segment_ids"]):
+    for row, ids, labels, segs in zip(dolci_rows[:4], out["input_ids"], out["labels"], out["segment_ids"], strict=True):
         assert len(ids) == len(labels) == len(segs)
         assert runs(segs) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
         parsed = parse_chat_row(row, row["id"])
@@ -45,9 +45,9 @@ def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder
         assert labelled == list(range(begin + 1, len(ids)))
         assert all(labels[i] == ids[i] for i in labelled)
         assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
-        answer_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs) if s == seg.ANSWER])
+        answer_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.ANSWER])
         assert parsed.answer in answer_text and "\\boxed" in answer_text
-        cot_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs) if s == seg.COT])
+        cot_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.COT])
         assert cot_text.strip() == parsed.cot
 
 
@@ -61,7 +61,7 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer,
         batch_of(dolci_rows[:3])
     )
     assert set(out) == {"input_ids", "attention_mask", "labels"}
-    for i, (row, ids, labels) in enumerate(zip(dolci_rows, out["input_ids"], out["labels"])):
+    for i, (row, ids, labels) in enumerate(zip(dolci_rows[:3], out["input_ids"], out["labels"], strict=True)):
         prefix = builder.phase_b_prefix(parse_chat_row(row, row["id"]))
         assert ids[: len(prefix)] == prefix
         begin = ids.index(vocab.begin_id)
@@ -117,7 +117,7 @@ def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, bu
     assert full["abscot_cot_cut"][0] == 0
 
     def part(out, code):
-        return [i for i, s in zip(out["input_ids"][0], out["segment_ids"][0]) if s == code]
+        return [i for i, s in zip(out["input_ids"][0], out["segment_ids"][0], strict=True) if s == code]
 
     for code in (seg.PROMPT, seg.ABSTRACT, seg.ANSWER):
         assert part(short, code) == part(full, code)
@@ -163,7 +163,8 @@ def test_row_that_cannot_fit_is_an_error_not_a_silent_cut(plugin_active, tiny_to
 BAD_ROWS = [
     ({"id": "r1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no think"}]},
      "no <think>"),
-    ({"id": "r2", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>  "}]},
+    ({"id": "r2",
+      "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>  "}]},
      "empty answer"),
     ({"id": "r3", "messages": "not a list"}, "non-empty list"),
     ({"id": "r4", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
@@ -299,8 +300,8 @@ def test_row_that_mentions_abstract_tokens_is_trained_normally(plugin_active, ti
     out = strategy(tiny_tokenizer).tokenize_prompt(batch_of([row]))
     (ids,), (segs,) = out["input_ids"], out["segment_ids"]
     parsed = parse_chat_row(row, "lit")
-    assert [i for i, s in zip(ids, segs) if s == seg.PROMPT] == builder.prompt_ids(parsed)
-    assert [i for i, s in zip(ids, segs) if s == seg.COT] == builder.cot_ids(parsed)
+    assert [i for i, s in zip(ids, segs, strict=True) if s == seg.PROMPT] == builder.prompt_ids(parsed)
+    assert [i for i, s in zip(ids, segs, strict=True) if s == seg.COT] == builder.cot_ids(parsed)
     assert [i for i in ids if i in set(vocab.all_ids)] == [vocab.begin_id, *vocab.symbol_ids[2:5], vocab.end_id]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     from abscot_plugin.sequences import SequenceBuilder
 
     model_dir, request_path, result_path = sys.argv[1:4]
-    request = json.loads(open(request_path, encoding="utf-8").read())
+    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
     gen = request["generate"]
     args = parse_args([
         "--backend", "vllm", "--model", model_dir, "--data", gen["data"], "--mode", "phase_a",

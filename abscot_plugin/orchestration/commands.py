@@ -147,7 +147,8 @@ def _context_parts(settings: dict[str, Any]) -> list[tuple[int, str]]:
 
 
 def _eval_contexts(tasks: list[str], gen_kwargs: dict[str, Any]) -> dict[str, list[tuple[int, str]]]:
-    return {task: _context_parts({**settings, **gen_kwargs}) for task, settings in task_generation_kwargs(tasks).items()}
+    tasks_settings = task_generation_kwargs(tasks)
+    return {task: _context_parts({**settings, **gen_kwargs}) for task, settings in tasks_settings.items()}
 
 
 def eval_context_needed(tasks: list[str], gen_kwargs: dict[str, Any]) -> dict[str, int]:

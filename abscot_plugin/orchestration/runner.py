@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +108,11 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
     """SIGTERM the stage's process group (launchers, ranks, vLLM workers), SIGKILL what is left."""
-    try:
+    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(grace_s)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
