@@ -148,12 +148,7 @@ def truncation_warnings(rows: Iterable[Row]) -> list[str]:
 def plot(rows: list[Row], path: Path) -> None:
     """Accuracy vs mean total generated tokens (log scale): our runs coloured by run with a
     marker per dataset (hollow: verbal CoT), reference rows as annotated grey squares."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = pyplot().subplots(figsize=(9, 5.5))
     colours = {run: f"C{i % 10}" for i, run in enumerate(dict.fromkeys(r.run for r in rows if not r.reference))}
     references = 0
     for row in rows:
@@ -179,12 +174,27 @@ def plot(rows: list[Row], path: Path) -> None:
     ax.set_title("Accuracy vs tokens (grey: paper / reproduction, MATH-500, Qwen3-4B)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
+    save_png(fig, path, dpi=120)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | Path, dpi: int) -> None:
+    """Lay out a :func:`pyplot` figure, write it to ``path`` as PNG (atomically) and close it."""
     try:
+        fig.tight_layout()
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 def build_report(inputs: list[str], out: Path, plot_path: Path | None) -> list[Row]:
