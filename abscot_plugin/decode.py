@@ -3,7 +3,7 @@
 Stage 1 (:meth:`Decoder.traces`): from a prefix ending in ``<beginabstract>``, sample symbols of
 V_abs only; ``<endabstract>`` is forbidden until ``m_min`` symbols and forced after ``m_max``.
 Stage 2 (:meth:`Decoder.complete`): greedy, unconstrained continuation up to a token budget,
-stopping at stop ids. :func:`two_stage` chains them the way evaluation does (METHOD.md).
+stopping at stop ids. :func:`two_stage` chains them the way evaluation does (docs/method.md).
 
 Backends: :class:`HFDecoder` (transformers ``generate`` with :class:`TraceSampler`, a logits
 processor that samples each row itself; CPU and small runs) and :class:`VLLMDecoder`

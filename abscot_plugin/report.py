@@ -42,7 +42,7 @@ class Row:
     reference: bool = False
 
 
-# MATH-500 with Qwen3-4B (METHOD.md, "Reference numbers"): accuracy %, mean generated tokens.
+# MATH-500 with Qwen3-4B (docs/method.md, "Evaluation"): accuracy %, mean generated tokens.
 REFERENCE_ROWS = (
     Row("paper: base model, verbal CoT", "math500", None, {"accuracy": 0.832, "total_tokens": 1087}, reference=True),
     Row("paper: Abstract-CoT warm-up", "math500", None, {"accuracy": 0.862, "total_tokens": 168}, reference=True),
@@ -216,7 +216,8 @@ def build_report(inputs: list[str], out: Path, plot_path: Path | None) -> list[R
     text += (
         "\nTokens are per-problem means of generated tokens: abstract = trace symbols, answer = "
         "stage-2 tokens (stop token excluded), total = abstract + answer (the paper's token "
-        "column). Reference rows (italic) are MATH-500 on Qwen3-4B from METHOD.md.\n"
+        "column). Reference rows (italic) are MATH-500 on Qwen3-4B: the paper and a public reproduction "
+        "(docs/method.md).\n"
     )
     if plot_path is not None:
         plot(all_rows, plot_path)

@@ -176,7 +176,7 @@ def run(args, notes: list[str]) -> None:
         f"hf batch {args.batch_size}" + (f"; vllm enforce_eager={args.enforce_eager}" if "vllm" in decoders else ""),
         "tokens/s over all timed calls; trace tokens include <endabstract>; a random model's traces end "
         "after ~m_min + 65 symbols on average (END holds ~1/65 of the allowed mass per step)",
-        "reference (METHOD.md, Qwen3-4B, vLLM TP=2 on 2×A100): 294 prompts/s Phase B (~150-token prefix), "
+        "reference (docs/method.md, Qwen3-4B, vLLM TP=2 on 2×A100): 294 prompts/s Phase B (~150-token prefix), "
         "5.6/s Phase A (~5,500-token prefix)",
         *notes,
     ]

@@ -4,6 +4,7 @@ the docs restate some of them for readers), and these tests keep the restatement
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
 from conftest import REPO
@@ -46,3 +47,48 @@ def test_docs_state_the_trace_defaults():
     orchestrate = (REPO / "docs" / "orchestrate.md").read_text()
     stated = re.search(r"`m_min` (\d+), `m_max` (\d+), `temperature` ([\d.]+)", orchestrate)
     assert tuple(map(float, stated.groups())) == (defaults.m_min, defaults.m_max, defaults.temperature)
+
+
+def _documents() -> dict[Path, str]:
+    """Every text file of the repository that a reader opens (sources, docs, configs, scripts)."""
+    skip = {".git", ".venv", ".venv-vllm", "build", "outputs", "__pycache__", ".pytest_cache"}
+    suffixes = {".py", ".md", ".yml", ".yaml", ".toml", ".txt", ".sh", ".json", "_yaml"}
+    found = {}
+    for path in sorted(REPO.rglob("*")):
+        if skip & set(path.relative_to(REPO).parts) or not path.is_file():
+            continue
+        if path.suffix in suffixes or path.name.endswith("_yaml") or path.name in {"Makefile", "run"}:
+            found[path] = path.read_text(encoding="utf-8")
+    return found
+
+
+def test_method_pitfalls_name_tests_that_exist():
+    """docs/method.md's pitfall table names, for each pitfall, tests that exist."""
+    text = (REPO / "docs" / "method.md").read_text()
+    table = text[text.index("## Pitfalls"):]
+    named = re.findall(r"(tests/\w+\.py)::(\w+)", table)
+    assert len(named) >= 16
+    for file, test in named:
+        assert re.search(rf"^def {test}\(", (REPO / file).read_text(), re.MULTILINE), f"{file}::{test}"
+
+
+def test_method_states_the_trace_defaults():
+    text = (REPO / "docs" / "method.md").read_text()
+    stated = re.search(r"m_min = (\d+), m_max = (\d+) and temperature ([\d.]+)", text)
+    defaults = TraceSettings()
+    assert tuple(map(float, stated.groups())) == (defaults.m_min, defaults.m_max, defaults.temperature)
+
+
+def test_documents_cite_only_documents_in_the_repository():
+    """No file points at notes outside the repository; every document path it names exists."""
+    outside = re.compile(r"METHOD\.md|\.\./shared|ENVIRONMENT\.md|\bseeds/\d")
+    cited = re.compile(r"(?<![\w/.-])((?:docs|eval_tasks|bench)/[\w.-]+\.md|README\.md)")
+    this_file = Path(__file__).resolve()
+    documents = _documents()
+    assert REPO / "docs" / "method.md" in documents
+    for path, text in documents.items():
+        if path == this_file:
+            continue
+        assert not outside.search(text), f"{path.relative_to(REPO)} cites {outside.search(text).group(0)}"
+        for name in cited.findall(text):
+            assert (REPO / name).is_file() or (path.parent / name).is_file(), f"{path.relative_to(REPO)}: {name}"
