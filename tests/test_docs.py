@@ -81,7 +81,7 @@ def test_method_states_the_trace_defaults():
 
 def test_documents_cite_only_documents_in_the_repository():
     """No file points at notes outside the repository; every document path it names exists."""
-    outside = re.compile(r"METHOD\.md|\.\./shared|ENVIRONMENT\.md|\bseeds/\d")
+    outside = re.compile(r"METHOD\.md|\.\./shared|ENVIRONMENT\.md|\bseeds[/]\d")
     cited = re.compile(r"(?<![\w/.-])((?:docs|eval_tasks|bench)/[\w.-]+\.md|README\.md)")
     this_file = Path(__file__).resolve()
     documents = _documents()
