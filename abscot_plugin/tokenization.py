@@ -62,7 +62,7 @@ def prompt_ids(
 
         <|im_start|> "user\\n" + content <|im_end|> "\\n" <|im_start|> "assistant\\n" <think> "\\n\\n" </think> "\\n\\n"
 
-    (quoted: plain text runs). Raises :class:`~abscot_plugin.prompts.BadRowError` (kind
+    (quoted: plain text runs). Raises :class:`~abscot_plugin.rows.BadRowError` (kind
     ``template``) naming ``row_id`` if the template does not reproduce the contents verbatim.
     """
     contents = [m["content"] for m in messages]

@@ -57,7 +57,7 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer,
     with traces.open("w") as fh:
         for i, row in enumerate(dolci_rows[:3]):
             fh.write(json.dumps({"id": row["id"], "trace": "".join(names[i : i + 20])}) + "\n")
-    out = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces)).tokenize_prompt(
+    out = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
         batch_of(dolci_rows[:3])
     )
     assert set(out) == {"input_ids", "attention_mask", "labels"}
@@ -73,7 +73,7 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer,
 def test_phase_b_row_without_trace_is_an_error(plugin_active, tiny_tokenizer, dolci_rows, tmp_path):
     traces = tmp_path / "t.jsonl"
     traces.write_text(json.dumps({"id": "someone-else", "trace": "<TOKEN_A>"}) + "\n")
-    strat = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces))
+    strat = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces))
     with pytest.raises(ValueError, match="dolci-tiny-000.*no trace for this id"):
         strat.tokenize_prompt(batch_of(dolci_rows[:1]))
 
@@ -100,7 +100,7 @@ def test_rows_without_id_get_the_same_name_in_generation_and_training(
     ))
     loaded = datasets.load_dataset("json", data_files=str(data), split="train")
     assert loaded["id"][1] is None  # what axolotl's loader hands the strategy
-    out = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces)).tokenize_prompt(
+    out = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
         loaded.to_dict()
     )
     for i, ids in enumerate(out["input_ids"]):
@@ -239,16 +239,16 @@ BROKEN_THINK = [
 ]
 
 
-@pytest.mark.parametrize("with_cot", [True, False], ids=["phase_a", "phase_b"])
+@pytest.mark.parametrize("phase", list(Phase), ids=str)
 @pytest.mark.parametrize("reply,reason", BROKEN_THINK, ids=["open", "close", "late"])
-def test_broken_think_block_is_a_bad_row_in_both_phases(plugin_active, tiny_tokenizer, with_cot, reply, reason):
+def test_broken_think_block_is_a_bad_row_in_both_phases(plugin_active, tiny_tokenizer, phase, reply, reason):
     """Phase B used to take such a reply, think tag and all, as the answer y."""
     row = {"id": "t1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
            "abstract_trace": "<TOKEN_A><TOKEN_B>"}
     with pytest.raises(ValueError, match=f"row t1: .*{reason}"):
-        strategy(tiny_tokenizer, with_cot=with_cot).tokenize_prompt(batch_of([row]))
+        strategy(tiny_tokenizer, phase).tokenize_prompt(batch_of([row]))
     with pytest.raises(BadRowError) as info:
-        parse_chat_row(row, "t1", need_cot=with_cot)
+        parse_chat_row(row, "t1", need_cot=phase.has_cot)
     assert info.value.kind == "bad_think"
 
 
@@ -267,15 +267,15 @@ def _literal_row(names: str, cot_names: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("with_cot", [True, False], ids=["phase_a", "phase_b"])
-def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwen3_extended, with_cot):
+@pytest.mark.parametrize("phase", list(Phase), ids=str)
+def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwen3_extended, phase):
     """Real Qwen3 tokenizer, where <think>/</think> are added but not special tokens: a prompt, CoT
     and answer that spell them (and <|im_end|>) never yield their ids in input_ids or labels; the
     only added ids are the template's, <beginabstract> z <endabstract> and the final <|im_end|>."""
     tok = qwen3_extended
     vocab = AbstractVocab.from_tokenizer(tok)
     row = _literal_row("<think>, </think> and <|im_end|>", cot_names="<think> and <|im_end|>")
-    out = strategy(tok, with_cot=with_cot).tokenize_prompt(batch_of([row]))
+    out = strategy(tok, phase).tokenize_prompt(batch_of([row]))
     ids, labels = out["input_ids"][0], out["labels"][0]
     names = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
     im_start, im_end, think, end_think = tok.convert_tokens_to_ids(names)
@@ -289,7 +289,7 @@ def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwe
     answer = tok.decode(ids[ids.index(vocab.end_id) + 1 : -1])
     assert answer == "\nText: <think>, </think> and <|im_end|> \\boxed{1}"
     assert "Is <think>, </think> and <|im_end|> a token?" in tok.decode(ids[:begin])
-    if with_cot:
+    if phase.has_cot:
         assert runs(out["segment_ids"][0]) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
         assert "The CoT spells <think> and <|im_end|> as text." in tok.decode(ids[:begin])
 
