@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .choices import DEFAULT_COT_KEEP, DEFAULT_INIT, CotKeep, InitMethod, Phase
+from .choices import DEFAULT_COT_KEEP, DEFAULT_INIT, DEFAULT_INIT_SEED, CotKeep, InitMethod, Phase
 from .rows import DEFAULT_ID_FIELD
 from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
 from .traces import TraceSettings
@@ -37,7 +37,7 @@ class AbsCoTArgs(BaseModel):
     abscot_init: InitMethod = Field(
         default=DEFAULT_INIT, description="initialisation of newly added embedding rows",
     )
-    abscot_init_seed: int = 0
+    abscot_init_seed: int = DEFAULT_INIT_SEED
     abscot_lora_embeddings: Literal["new_rows", "full"] = Field(
         default="new_rows",
         description="under LoRA: train only the V_abs rows (peft trainable tokens) or the whole "

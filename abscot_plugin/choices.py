@@ -4,8 +4,9 @@ the orchestrator and the vLLM environment read them too).
 * :class:`Phase`: the two training phases of a round, the one name for a phase everywhere
   (dataset format, sequence layout, trace generation mode, the orchestrator's stages);
 * :data:`CotKeep`: which part of an over-long CoT a Phase A row keeps;
-* :data:`InitMethod`: how new embedding rows are initialised;
-* :data:`Backend`: the generation backend of trace generation and evaluation.
+* :data:`InitMethod`: how new embedding rows are initialised (and with which seed);
+* :data:`Backend`: the generation backend of trace generation and evaluation, and the defaults of
+  its engine settings.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ DEFAULT_COT_KEEP: CotKeep = "end"
 
 InitMethod = Literal["random", "mean"]
 DEFAULT_INIT: InitMethod = "random"  # the paper's
+DEFAULT_INIT_SEED = 0
 
 Backend = Literal["hf", "vllm"]
 DEFAULT_BACKEND: Backend = "hf"
+DEFAULT_HF_BATCH_SIZE = 8  # prompts per transformers ``generate`` call
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's share of GPU memory

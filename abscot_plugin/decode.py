@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from .choices import DEFAULT_HF_BATCH_SIZE
 from .traces import TraceSettings
 from .vocab import AbstractVocab
 
@@ -160,7 +161,7 @@ class HFDecoder:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         vocab: AbstractVocab,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_HF_BATCH_SIZE,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -29,6 +29,7 @@ import yaml
 from .choices import DEFAULT_BACKEND, Backend
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "eval_tasks"
+DEFAULT_EVAL_BATCH_SIZE = 16  # lm-eval's --batch_size: requests per model call
 
 
 class _TaskLoader(yaml.SafeLoader):
@@ -91,7 +92,7 @@ def lm_eval_command(
     data_overrides: dict[str, str] | None = None,
     gen_kwargs: dict[str, Any] | None = None,
     model_args: dict[str, Any] | None = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     python: str | Path | None = None,
     extra_args: list[str] | None = None,
 ) -> list[str]:

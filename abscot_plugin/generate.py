@@ -40,7 +40,15 @@ from typing import get_args
 
 from tqdm import tqdm
 
-from .choices import DEFAULT_BACKEND, DEFAULT_COT_KEEP, Backend, CotKeep, Phase
+from .choices import (
+    DEFAULT_BACKEND,
+    DEFAULT_COT_KEEP,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_HF_BATCH_SIZE,
+    Backend,
+    CotKeep,
+    Phase,
+)
 from .decode import Decoder
 from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, parse_chat_row, read_rows
 from .sequences import SequenceBuilder
@@ -281,9 +289,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="rows per saved chunk (default: 4 batches for hf, 1024 rows for vllm)")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8, help="hf backend: prompts per generate call")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_HF_BATCH_SIZE,
+                        help="hf backend: prompts per generate call")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm backend")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=DEFAULT_GPU_MEMORY_UTILIZATION,
+                        help="vllm backend")
     parser.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs")
     args = parser.parse_args(argv)
     if args.chunk_size is None:

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import tokenization
+from .choices import DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_HF_BATCH_SIZE
 from .decode import Decoder, HFDecoder, VLLMDecoder, two_stage
 from .prompts import math_messages
 from .rows import ReasoningRow
@@ -270,7 +271,7 @@ class AbsCoTHFLM(AbsCoTLM):
         pretrained: str,
         dtype: str = "auto",
         device: str | None = None,
-        batch_size: int | str = 8,
+        batch_size: int | str = DEFAULT_HF_BATCH_SIZE,
         num_symbols: int = DEFAULT_NUM_SYMBOLS,
         max_batch_size: int | None = None,  # lm-eval passes it with --max_batch_size; unused
         trust_remote_code: bool = False,
@@ -316,7 +317,7 @@ class AbsCoTVLLM(AbsCoTLM):
         pretrained: str,
         dtype: str = "auto",
         tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
         max_model_len: int | None = None,
         enforce_eager: bool = False,
         seed: int = 0,

@@ -23,7 +23,7 @@ from typing import get_args
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .choices import DEFAULT_INIT, InitMethod
+from .choices import DEFAULT_INIT, DEFAULT_INIT_SEED, InitMethod
 from .fileio import atomic_dir
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import (
@@ -67,7 +67,7 @@ def merge_adapter(
     base: str | None = None,
     num_symbols: int = DEFAULT_NUM_SYMBOLS,
     init: str = "random",
-    init_seed: int = 0,
+    init_seed: int = DEFAULT_INIT_SEED,
     dtype: str = "auto",
 ) -> Path:
     """Merge ``adapter_dir`` into its base and save model + tokenizer to ``out_dir``."""
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-symbols", type=int, default=DEFAULT_NUM_SYMBOLS)
     parser.add_argument("--init", choices=get_args(InitMethod), default=DEFAULT_INIT,
                         help="abscot_init used in training (rebuilds rows the adapter lacks)")
-    parser.add_argument("--init-seed", type=int, default=0, help="abscot_init_seed used in training")
+    parser.add_argument("--init-seed", type=int, default=DEFAULT_INIT_SEED, help="abscot_init_seed used in training")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
     try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .choices import DEFAULT_INIT, InitMethod
+from .choices import DEFAULT_INIT, DEFAULT_INIT_SEED, InitMethod
 from .symbols import DEFAULT_NUM_SYMBOLS, all_token_names
 
 
@@ -98,7 +98,7 @@ def embedding_rows(model: PreTrainedModel) -> int:
 
 @torch.no_grad()
 def init_new_rows(
-    model: PreTrainedModel, ids: list[int], method: InitMethod = DEFAULT_INIT, seed: int = 0
+    model: PreTrainedModel, ids: list[int], method: InitMethod = DEFAULT_INIT, seed: int = DEFAULT_INIT_SEED
 ) -> None:
     """Initialise embedding (and untied lm_head) rows ``ids`` on purpose.
 

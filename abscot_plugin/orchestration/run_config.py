@@ -13,7 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..choices import DEFAULT_BACKEND, Backend, Phase
+from ..choices import DEFAULT_BACKEND, DEFAULT_HF_BATCH_SIZE, Backend, Phase
+from ..eval_cli import DEFAULT_EVAL_BATCH_SIZE
 from ..rows import DEFAULT_ID_FIELD
 from ..traces import TraceSettings
 
@@ -125,7 +126,7 @@ class GenerationConfig(_Strict):
     top_p: float = TraceSettings.top_p
     seed: int = TraceSettings.seed
     max_model_len: int | None = Field(default=None, ge=16)
-    batch_size: int = Field(default=8, ge=1, description="hf backend")
+    batch_size: int = Field(default=DEFAULT_HF_BATCH_SIZE, ge=1, description="hf backend")
     tensor_parallel_size: int = Field(default=1, ge=1, description="vllm backend")
     dtype: str = "auto"
     extra_args: list[str] = Field(default_factory=list)
@@ -164,7 +165,7 @@ class EvaluationConfig(_Strict):
         default_factory=dict, description="local datasets (math500_file, gsm8k_file) instead of the hub's"
     )
     limit: int | None = Field(default=None, ge=1, description="only the first N problems per task")
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=DEFAULT_EVAL_BATCH_SIZE, ge=1)
     extra_args: list[str] = Field(default_factory=list, description="further lm_eval flags")
 
     @field_validator("data_files")
