@@ -45,8 +45,9 @@ class AbsCoTArgs(BaseModel):
     )
     abscot_trace_file: str | None = Field(
         default=None,
-        description="JSONL of {id, trace}; rows are matched by id. Unset: Phase A uses round-1 "
-        "random traces and Phase B reads each row's 'abstract_trace' field",
+        description="a trace file (abscot_plugin.traces), matched to rows by name: the id field, else a "
+        "hash of the messages. Unset: Phase A uses round-1 random traces and Phase B reads each "
+        "row's 'abstract_trace' field",
     )
     abscot_trace_seed: int = Field(default=0, description="seed of round-1 random traces")
     abscot_cot_keep: CotKeep = Field(

@@ -1,8 +1,9 @@
 """The axolotl dataset strategy behind both Abstract-CoT formats: ``bottleneck`` (Phase A) and
 ``self_distill`` (Phase B), one :class:`~abscot_plugin.choices.Phase` each.
 
-Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched by id), a row's
-``abstract_trace`` field, or (Phase A without either) round-1 random traces.
+Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched by row name,
+:func:`~abscot_plugin.rows.row_id_of`), a row's ``abstract_trace`` field, or (Phase A without
+either) round-1 random traces.
 
 With ``abscot_skip_bad_rows`` malformed rows are skipped and counted by kind; the counts of each
 tokenised dataset are summed once its ``datasets.map`` is done and kept with the dataset
