@@ -105,11 +105,8 @@ def trace_record(
     row_id: str, trace: str, num_symbols: int, settings: TraceSettings, prefix_tokens: int, cot_cut: int
 ) -> dict[str, Any]:
     """One line of a trace file (module docstring), the trace validated as training will read it
-    and against ``settings`` (m_min..m_max symbols); raises RuntimeError naming the row."""
-    try:
-        symbols = parse_trace(trace, num_symbols, settings.m_max)
-    except ValueError as exc:
-        raise RuntimeError(f"row {row_id}: {exc}") from None
+    (ValueError) and against ``settings.m_min`` (RuntimeError naming the row)."""
+    symbols = parse_trace(trace, num_symbols, settings.m_max)
     if len(symbols) < settings.m_min:
         raise RuntimeError(f"row {row_id}: trace of {len(symbols)} symbols is shorter than m_min={settings.m_min}")
     return {"id": row_id, "trace": trace, "length": len(symbols), "prefix_tokens": prefix_tokens, "cot_cut": cot_cut}
