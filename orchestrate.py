@@ -18,21 +18,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from abscot_plugin.orchestration.manifest import Manifest, write_atomic
-from abscot_plugin.orchestration.plan import PlanError, build_plan
-from abscot_plugin.orchestration.run_config import ConfigError, load_run_config
+from abscot_plugin.fileio import write_atomic
+from abscot_plugin.orchestration.checks import StageFailed
+from abscot_plugin.orchestration.manifest import Manifest
+from abscot_plugin.orchestration.plan import build_plan
+from abscot_plugin.orchestration.run_config import ConfigError, PlanError, load_run_config
 from abscot_plugin.orchestration.runner import (
     Interrupted,
     RunLocked,
-    StageFailed,
     StaleStages,
-    describe,
-    report_path,
     run_lock,
     run_plan,
     run_worker,
     stale_report,
 )
+from abscot_plugin.orchestration.summary import describe, report_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,26 @@
-"""Config keys of the abscot plugin (merged into axolotl's config schema)."""
+"""Config keys of the abscot plugin (merged into axolotl's config schema), and the checks that
+need the rest of the config.
+
+No torch and no axolotl: the orchestrator reads these defaults too (:meth:`AbsCoTArgs.from_cfg`).
+Each default is read from the module that owns the concept (:mod:`.symbols`, :mod:`.traces`,
+:mod:`.choices`, :mod:`.rows`), never restated here.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .vocab import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
+from .choices import DEFAULT_COT_KEEP, DEFAULT_INIT, DEFAULT_INIT_SEED, CotKeep, InitMethod, Phase
+from .rows import DEFAULT_ID_FIELD
+from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
+from .traces import TraceSettings
 
-BOTTLENECK_TYPE = "abscot_plugin.bottleneck"
-SELF_DISTILL_TYPE = "abscot_plugin.self_distill"
+BOTTLENECK_TYPE = Phase.A.dataset_type  # the format whose rows need the mask (and its checks)
+# what the plugin's get_input_args names: how axolotl finds this model, and how the dataset
+# strategies recognise the active plugin without importing it
+INPUT_ARGS = f"{__name__}.AbsCoTArgs"
 # attention backends that cannot take the bottleneck mask (they only do causal/varlen masks)
 _MASKLESS_ATTN = ("flash_attention_2", "flash_attention_3", "flash", "sage", "xformers", "fp8")
 _MASKLESS_FLAGS = ("flash_attention", "sage_attention", "xformers_attention")
@@ -22,11 +33,11 @@ class AbsCoTArgs(BaseModel):
         default=DEFAULT_NUM_SYMBOLS, ge=1, le=MAX_NUM_SYMBOLS,
         description="M, the size of the abstract vocabulary V_abs",
     )
-    abscot_m_max: int = Field(default=128, ge=1, description="longest abstract trace")
-    abscot_init: Literal["random", "mean"] = Field(
-        default="random", description="initialisation of newly added embedding rows",
+    abscot_m_max: int = Field(default=TraceSettings.m_max, ge=1, description="longest abstract trace")
+    abscot_init: InitMethod = Field(
+        default=DEFAULT_INIT, description="initialisation of newly added embedding rows",
     )
-    abscot_init_seed: int = 0
+    abscot_init_seed: int = DEFAULT_INIT_SEED
     abscot_lora_embeddings: Literal["new_rows", "full"] = Field(
         default="new_rows",
         description="under LoRA: train only the V_abs rows (peft trainable tokens) or the whole "
@@ -34,19 +45,26 @@ class AbsCoTArgs(BaseModel):
     )
     abscot_trace_file: str | None = Field(
         default=None,
-        description="JSONL of {id, trace}; rows are matched by id. Unset: Phase A uses round-1 "
-        "random traces and Phase B reads each row's 'abstract_trace' field",
+        description="a trace file (abscot_plugin.traces), matched to rows by name: the id field, else a "
+        "hash of the messages. Unset: Phase A uses round-1 random traces and Phase B reads each "
+        "row's 'abstract_trace' field",
     )
     abscot_trace_seed: int = Field(default=0, description="seed of round-1 random traces")
-    abscot_cot_keep: Literal["end", "start", "both_ends"] = Field(
-        default="end",
+    abscot_cot_keep: CotKeep = Field(
+        default=DEFAULT_COT_KEEP,
         description="which part of an over-long CoT Phase A keeps (the rest is cut to fit "
         "sequence_len; the trace and answer are never cut)",
     )
     abscot_skip_bad_rows: bool = Field(
         default=False, description="skip (and count) malformed rows instead of failing",
     )
-    abscot_id_field: str = "id"
+    abscot_id_field: str = DEFAULT_ID_FIELD
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> AbsCoTArgs:
+        """The abscot settings of a config (a dict or axolotl's ``DictDefault``), unset or null
+        keys at their defaults; raises pydantic's ValidationError for an unknown key or value."""
+        return cls.model_validate({k: v for k, v in cfg.items() if k.startswith("abscot_") and v is not None})
 
     @model_validator(mode="before")
     @classmethod

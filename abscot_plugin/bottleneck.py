@@ -4,9 +4,10 @@
 from which the trainer builds the mask that hides c from y.
 """
 
+from .choices import Phase
 from .dataset_strategy import AbstractCoTStrategy
 
 
 def load(tokenizer, cfg, ds_cfg=None, processor=None) -> AbstractCoTStrategy:
     """axolotl entry point for the bottleneck format."""
-    return AbstractCoTStrategy(tokenizer, cfg, with_cot=True, ds_cfg=ds_cfg)
+    return AbstractCoTStrategy(tokenizer, cfg, Phase.A, ds_cfg=ds_cfg)

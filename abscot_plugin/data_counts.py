@@ -16,10 +16,11 @@ Pure Python (no axolotl, no torch).
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .fileio import write_atomic
 
 RECORD_PREFIX = "abscot-data: "
 
@@ -51,11 +52,9 @@ class DataCounts:
 
 
 def write_batch(folder: str | Path, rows: int, skipped: dict[str, int]) -> None:
-    """Write one batch's counts to a new file in ``folder`` (written aside, then renamed)."""
-    name = uuid.uuid4().hex
-    tmp = Path(folder) / f".{name}.tmp"
-    tmp.write_text(json.dumps({"rows": rows, "skipped": skipped}), encoding="utf-8")
-    os.replace(tmp, Path(folder) / f"{name}.json")
+    """Write one batch's counts to a new file in ``folder`` (atomically: :func:`sum_batches`
+    never reads half a file; temporary names do not end in ``.json``)."""
+    write_atomic(Path(folder) / f"{uuid.uuid4().hex}.json", json.dumps({"rows": rows, "skipped": skipped}))
 
 
 def sum_batches(folder: str | Path, format_name: str) -> DataCounts:

@@ -1,7 +1,9 @@
-"""The axolotl dataset strategy behind both Abstract-CoT formats (``bottleneck``, ``self_distill``).
+"""The axolotl dataset strategy behind both Abstract-CoT formats: ``bottleneck`` (Phase A) and
+``self_distill`` (Phase B), one :class:`~abscot_plugin.choices.Phase` each.
 
-Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched by id), a row's
-``abstract_trace`` field, or (Phase A without either) round-1 random traces.
+Rows are Dolci-Think chat rows; traces come from ``abscot_trace_file`` (matched by row name,
+:func:`~abscot_plugin.rows.row_id_of`), a row's ``abstract_trace`` field, or (Phase A without
+either) round-1 random traces.
 
 With ``abscot_skip_bad_rows`` malformed rows are skipped and counted by kind; the counts of each
 tokenised dataset are summed once its ``datasets.map`` is done and kept with the dataset
@@ -20,7 +22,9 @@ from axolotl.utils.logging import get_logger
 from datasets import Dataset
 
 from . import data_counts
-from .prompts import BadRowError, parse_chat_row, row_id_of
+from .args import INPUT_ARGS, AbsCoTArgs
+from .choices import Phase
+from .rows import BadRowError, parse_chat_row, row_id_of
 from .sequences import SequenceBuilder
 from .traces import load_trace_file, parse_trace
 from .vocab import AbstractVocab
@@ -33,20 +37,21 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
     """Batched tokenising strategy: axolotl calls :meth:`wrap_dataset`, which maps
     :meth:`tokenize_prompt` over the rows and records how many were skipped."""
 
-    def __init__(self, tokenizer, cfg, with_cot: bool, ds_cfg=None):
+    def __init__(self, tokenizer, cfg, phase: Phase, ds_cfg=None):
         _require_plugin(cfg)
-        self.with_cot = with_cot
-        self.name = "bottleneck" if with_cot else "self_distill"
+        self.phase = phase
+        self.name = phase.format_name
         self.source = str((ds_cfg or {}).get("path") or "the dataset")
         self.preprocess_only = bool(cfg.is_preprocess)  # `axolotl preprocess`: no trainer will report
         self.count_dir: str | None = None  # set by wrap_dataset while its map runs
-        self.num_symbols = int(cfg.abscot_num_symbols or 64)
-        self.m_max = int(cfg.abscot_m_max or 128)
+        args = AbsCoTArgs.from_cfg(cfg)
+        self.num_symbols = args.abscot_num_symbols
+        self.m_max = args.abscot_m_max
         self.sequence_len = int(cfg.sequence_len)
-        self.cot_keep = cfg.abscot_cot_keep or "end"
-        self.trace_seed = int(cfg.abscot_trace_seed or 0)
-        self.skip_bad = bool(cfg.abscot_skip_bad_rows)
-        self.id_field = cfg.abscot_id_field or "id"
+        self.cot_keep = args.abscot_cot_keep
+        self.trace_seed = args.abscot_trace_seed
+        self.skip_bad = args.abscot_skip_bad_rows
+        self.id_field = args.abscot_id_field
         try:
             vocab = AbstractVocab.from_tokenizer(tokenizer, self.num_symbols)
         except ValueError as exc:
@@ -56,8 +61,8 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             ) from None
         self.builder = SequenceBuilder(tokenizer, vocab)
         self.traces = (
-            load_trace_file(cfg.abscot_trace_file, self.num_symbols, self.m_max)
-            if cfg.abscot_trace_file
+            load_trace_file(args.abscot_trace_file, self.num_symbols, self.m_max)
+            if args.abscot_trace_file
             else None
         )
 
@@ -112,25 +117,26 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             except ValueError as exc:
                 raise BadRowError(parsed.row_id, "bad_trace", str(exc)) from None
             return self.builder.trace_ids(row[TRACE_FIELD])
-        if not self.with_cot:
+        if not self.phase.has_cot:
             raise BadRowError(
-                parsed.row_id, "no_trace", f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field"
+                parsed.row_id, "no_trace",
+                f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field",
             )
         return self.builder.random_trace_ids(parsed, self.num_symbols, self.trace_seed, self.m_max)
 
     def tokenize_prompt(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
-        if self.with_cot:
+        if self.phase.has_cot:
             out.update(segment_ids=[], abscot_cot_cut=[])
         skipped: dict[str, int] = {}
         first_error = None
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
         for row in rows:
             row_id = row_id_of(row, self.id_field)
             try:
-                parsed = parse_chat_row(row, row_id, need_cot=self.with_cot)
+                parsed = parse_chat_row(row, row_id, need_cot=self.phase.has_cot)
                 ex = self.builder.example(
-                    parsed, self._trace_ids(row, parsed), self.with_cot, self.sequence_len, self.cot_keep,
+                    parsed, self._trace_ids(row, parsed), self.phase, self.sequence_len, self.cot_keep,
                     self.m_max,
                 )
             except BadRowError as exc:
@@ -144,7 +150,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             out["input_ids"].append(ex.input_ids)
             out["attention_mask"].append([1] * len(ex.input_ids))
             out["labels"].append(ex.labels)
-            if self.with_cot:
+            if self.phase.has_cot:
                 out["segment_ids"].append(ex.segment_ids)
                 out["abscot_cot_cut"].append(ex.cot_cut)
         if self.count_dir is not None:
@@ -162,12 +168,13 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
 
 def _require_plugin(cfg) -> None:
     """Fail when the plugin is not active: axolotl only logs a plugin that failed to import, and
-    training would go on with the abstract keys ignored."""
+    training would go on with the abstract keys ignored. The plugin is recognised by the config
+    model it contributes (:data:`~abscot_plugin.args.INPUT_ARGS`), so that this module does not
+    import the plugin, which imports it (:func:`log_data_summary`)."""
     from axolotl.integrations.base import PluginManager
 
-    from .plugin import AbsCoTPlugin
-
-    active = any(isinstance(p, AbsCoTPlugin) for p in PluginManager.get_instance().plugins.values())
+    plugins = PluginManager.get_instance().plugins.values()
+    active = any(p.get_input_args() == INPUT_ARGS for p in plugins)
     if not active:
         raise RuntimeError(
             "abscot dataset formats need the abscot plugin: add `plugins: [abscot_plugin.AbsCoTPlugin]` "

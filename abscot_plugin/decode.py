@@ -3,7 +3,7 @@
 Stage 1 (:meth:`Decoder.traces`): from a prefix ending in ``<beginabstract>``, sample symbols of
 V_abs only; ``<endabstract>`` is forbidden until ``m_min`` symbols and forced after ``m_max``.
 Stage 2 (:meth:`Decoder.complete`): greedy, unconstrained continuation up to a token budget,
-stopping at stop ids. :func:`two_stage` chains them the way evaluation does (METHOD.md).
+stopping at stop ids. :func:`two_stage` chains them the way evaluation does (docs/method.md).
 
 Backends: :class:`HFDecoder` (transformers ``generate`` with :class:`TraceSampler`, a logits
 processor that samples each row itself; CPU and small runs) and :class:`VLLMDecoder`
@@ -37,34 +37,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from .choices import DEFAULT_HF_BATCH_SIZE
+from .traces import TraceSettings
 from .vocab import AbstractVocab
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from .sequences import SequenceBuilder
-
-
-@dataclass(frozen=True)
-class TraceSettings:
-    """Stage-1 sampling settings (METHOD.md: m_min 16, m_max 128, temperature 0.7).
-
-    ``temperature`` 0 means greedy. ``seed`` makes a call reproducible for the same inputs.
-    """
-
-    m_min: int = 16
-    m_max: int = 128
-    temperature: float = 0.7
-    seed: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.m_min <= self.m_max:
-            raise ValueError(f"need 1 <= m_min <= m_max, got m_min={self.m_min}, m_max={self.m_max}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 class TraceError(ValueError):
@@ -181,7 +161,7 @@ class HFDecoder:
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         vocab: AbstractVocab,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_HF_BATCH_SIZE,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -240,7 +220,7 @@ class HFDecoder:
             pad_token_id=self.pad_id, repetition_penalty=1.0,
         )
         for idx, ids, mask in self._batches(prompts):
-            for i, row in zip(idx, self._generate(ids, mask, config)):
+            for i, row in zip(idx, self._generate(ids, mask, config), strict=True):
                 results[i] = _cut_at_stop(row, stop_ids)
         return results
 
@@ -303,11 +283,6 @@ class TwoStageOutput:
     trace: list[int]
     answer: list[int]
 
-    @property
-    def num_tokens(self) -> int:
-        """Generated tokens as the paper counts them: abstract tokens + answer tokens."""
-        return len(self.trace) + len(self.answer)
-
 
 def two_stage(
     decoder: Decoder,
@@ -320,6 +295,6 @@ def two_stage(
     """Stage 1 on ``prefixes`` (x <beginabstract>), then stage 2 greedy on
     prefix + z <endabstract> \\n (:meth:`SequenceBuilder.answer_prefix_suffix`)."""
     traces = decoder.traces(prefixes, settings)
-    prompts = [list(p) + builder.answer_prefix_suffix(z) for p, z in zip(prefixes, traces)]
+    prompts = [list(p) + builder.answer_prefix_suffix(z) for p, z in zip(prefixes, traces, strict=True)]
     answers = decoder.complete(prompts, answer_max_tokens, answer_stop_ids)
-    return [TwoStageOutput(z, y) for z, y in zip(traces, answers)]
+    return [TwoStageOutput(z, y) for z, y in zip(traces, answers, strict=True)]

@@ -8,9 +8,10 @@ a task is given as a YAML path (it imports ``eval_tasks/utils.py`` before buildi
 by task name, or for the groups, this entry point is needed.
 
 :func:`task_generation_kwargs` reads a task's generation settings from its YAML (the orchestrator
-checks vLLM's context length against them). :func:`lm_eval_command` builds this entry point's command line (the orchestrator's evaluation
-stages run it as a subprocess, so that a GPU is released after evaluation and vLLM can run from
-its own environment); :func:`evaluate` runs it and returns the results file.
+checks vLLM's context length against them). :func:`lm_eval_command` builds this entry point's
+command line (the orchestrator's evaluation stages run it as a subprocess, so that a GPU is
+released after evaluation and vLLM can run from its own environment); :func:`evaluate` runs it and
+returns the results file.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import yaml
 
+from .choices import DEFAULT_BACKEND, Backend
+
 TASKS_DIR = Path(__file__).resolve().parents[1] / "eval_tasks"
-Backend = Literal["hf", "vllm"]
+DEFAULT_EVAL_BATCH_SIZE = 16  # lm-eval's --batch_size: requests per model call
 
 
 class _TaskLoader(yaml.SafeLoader):
@@ -54,15 +57,18 @@ def task_generation_kwargs(names: list[str]) -> dict[str, dict[str, Any]]:
     for name in names:
         for task in groups.get(name, [name]):
             if task not in tasks:
-                raise ValueError(f"unknown task {task!r}: eval_tasks/ defines {sorted(tasks)} and groups {sorted(groups)}")
+                raise ValueError(
+                    f"unknown task {task!r}: eval_tasks/ defines {sorted(tasks)} and groups {sorted(groups)}"
+                )
             found[task] = dict(tasks[task].get("generation_kwargs") or {})
     return found
 
 
 def main(argv: list[str] | None = None) -> None:
     """Register ``abscot-hf``/``abscot-vllm``, then run ``lm_eval`` with ``argv`` (default: sys.argv)."""
-    import abscot_plugin.lm_eval_models  # noqa: F401  (registers the model classes)
     from lm_eval.__main__ import cli_evaluate
+
+    import abscot_plugin.lm_eval_models  # noqa: F401  (registers the model classes)
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
@@ -81,12 +87,12 @@ def lm_eval_command(
     model_dir: str | Path,
     tasks: list[str],
     out_dir: str | Path,
-    backend: Backend = "hf",
+    backend: Backend = DEFAULT_BACKEND,
     limit: int | None = None,
     data_overrides: dict[str, str] | None = None,
     gen_kwargs: dict[str, Any] | None = None,
     model_args: dict[str, Any] | None = None,
-    batch_size: int = 16,
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     python: str | Path | None = None,
     extra_args: list[str] | None = None,
 ) -> list[str]:
@@ -100,8 +106,8 @@ def lm_eval_command(
     ``python``: the interpreter (e.g. ``.venv-vllm/bin/python`` for vLLM; default this one).
     ``extra_args``: further lm-eval flags, appended unchanged.
     """
-    if backend not in ("hf", "vllm"):
-        raise ValueError(f"backend must be 'hf' or 'vllm', got {backend!r}")
+    if backend not in get_args(Backend):
+        raise ValueError(f"backend must be one of {get_args(Backend)}, got {backend!r}")
     if not tasks:
         raise ValueError("no tasks to evaluate")
     cmd = [

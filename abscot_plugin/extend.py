@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .vocab import (
-    DEFAULT_NUM_SYMBOLS, add_abstract_tokens, check_tied, embedding_rows, has_abstract_tokens, init_new_rows,
-)
+from .choices import DEFAULT_INIT, DEFAULT_INIT_SEED, InitMethod
+from .symbols import DEFAULT_NUM_SYMBOLS
+from .vocab import add_abstract_tokens, check_tied, embedding_rows, has_abstract_tokens, init_new_rows
 
 
 def extend_model(
     base: str, out_dir: str | Path, num_symbols: int = DEFAULT_NUM_SYMBOLS,
-    init: str = "random", seed: int = 0, dtype: str = "auto",
+    init: InitMethod = DEFAULT_INIT, seed: int = DEFAULT_INIT_SEED, dtype: str = "auto",
 ) -> Path:
     """Add V_abs to ``base``'s tokenizer, initialise the new rows, save both to ``out_dir``."""
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("base", help="model name or folder")
     parser.add_argument("out_dir")
     parser.add_argument("--num-symbols", type=int, default=DEFAULT_NUM_SYMBOLS)
-    parser.add_argument("--init", choices=["random", "mean"], default="random")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", choices=get_args(InitMethod), default=DEFAULT_INIT)
+    parser.add_argument("--seed", type=int, default=DEFAULT_INIT_SEED)
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float32, …")
     args = parser.parse_args(argv)
     with torch.no_grad():

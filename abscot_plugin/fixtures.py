@@ -20,7 +20,8 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from .vocab import DEFAULT_NUM_SYMBOLS, add_abstract_tokens
+from .symbols import DEFAULT_NUM_SYMBOLS
+from .vocab import add_abstract_tokens
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 

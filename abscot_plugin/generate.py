@@ -2,9 +2,11 @@
 constraint (:mod:`abscot_plugin.decode`), written as the JSONL that ``abscot_trace_file`` reads.
 
     python -m abscot_plugin.generate --model DIR --data ROWS.jsonl --mode phase_a|phase_b \\
-        --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min 16 --m-max 128 \\
-        --temperature 0.7 --seed 0] [--sequence-len S --cot-keep end --train-m-max 128] \\
+        --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min N --m-max N \\
+        --temperature T --seed S] [--sequence-len S --cot-keep end --train-m-max N] \\
         [--tensor-parallel-size N] [--limit N]
+
+(``--help`` shows the defaults: the stage-1 settings are :class:`~abscot_plugin.traces.TraceSettings`'s.)
 
 Phase A teacher (the previous round's model): prefix x c <beginabstract>, exactly the prefix of
 the row that the next Phase A training builds (:meth:`SequenceBuilder.phase_a_prefix` with that
@@ -17,39 +19,42 @@ prefix that leaves no room for ``m_max`` symbols and ``<endabstract>`` within ``
 a bad row (kind ``too_long``). Bad rows fail the run, naming the row, or with ``--skip-bad-rows``
 are skipped and counted by kind.
 
-Output rows: ``{"id", "trace", "length", "prefix_tokens", "cot_cut"}`` in input order (``cot_cut``:
-CoT tokens cut from the prefix; 0 in Phase B). Work is saved chunk by chunk in ``OUT.parts/`` (each
-part written atomically), so an interrupted run resumes without regenerating finished rows; every
+Output: a trace file (format and writer: :mod:`abscot_plugin.traces`), one record per row in
+input order (``cot_cut``: CoT tokens cut from the prefix; 0 in Phase B). Work is saved chunk by
+chunk in ``OUT.parts/``, so an interrupted run resumes without regenerating finished rows; every
 prompt has its own seed, so the traces do not depend on how the run was chunked (up to float
 rounding between batch shapes: :mod:`abscot_plugin.decode`). At the end the parts become ``OUT``
-(atomically) and ``OUT.meta.json`` records the settings and counts. Resuming with different
-settings is refused. Runs under the vLLM environment too: nothing here imports axolotl.
+and ``OUT.meta.json`` records the settings and counts. Resuming with different settings is
+refused. Runs under the vLLM environment too: nothing here imports axolotl.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 from tqdm import tqdm
 
-from .args import AbsCoTArgs
-from .decode import Decoder, TraceSettings
-from .orchestration.manifest import write_atomic
-from .prompts import BadRowError, ReasoningRow, parse_chat_row, row_id_of
-from .sequences import CotKeep, SequenceBuilder
-from .traces import parse_trace
-from .vocab import DEFAULT_NUM_SYMBOLS, AbstractVocab
-
-Mode = Literal["phase_a", "phase_b"]
-Backend = Literal["hf", "vllm"]
+from .choices import (
+    DEFAULT_BACKEND,
+    DEFAULT_COT_KEEP,
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    DEFAULT_HF_BATCH_SIZE,
+    Backend,
+    CotKeep,
+    Phase,
+)
+from .decode import Decoder
+from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, parse_chat_row, read_rows
+from .sequences import SequenceBuilder
+from .symbols import DEFAULT_NUM_SYMBOLS
+from .traces import TraceSettings, TraceWriter, trace_record
+from .vocab import AbstractVocab
 
 
 @dataclass(frozen=True)
@@ -108,36 +113,12 @@ class Summary:
         return text
 
 
-def read_rows(path: str | Path, limit: int | None = None, id_field: str = "id") -> list[tuple[str, dict]]:
-    """(row id, row) for the first ``limit`` JSONL rows; errors name the file and line."""
-    rows: list[tuple[str, dict]] = []
-    seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: a row must be a JSON object")
-            row_id = row_id_of(row, id_field)
-            if row_id in seen:
-                raise ValueError(f"{path}:{lineno}: duplicate row id {row_id!r} (first on line {seen[row_id]})")
-            seen[row_id] = lineno
-            rows.append((row_id, row))
-    return rows
-
-
 def _row_prefix(
-    builder: SequenceBuilder, row: ReasoningRow, mode: Mode, m_max: int, max_model_len: int | None,
+    builder: SequenceBuilder, row: ReasoningRow, phase: Phase, m_max: int, max_model_len: int | None,
     layout: TrainLayout | None,
 ) -> Prefix:
     """The decode prompt of one parsed row (module docstring); raises :class:`BadRowError`."""
-    if mode == "phase_b":
+    if phase is Phase.B:
         ids = builder.phase_b_prefix(row)
         if max_model_len is not None and len(ids) + m_max + 1 > max_model_len:
             raise BadRowError(
@@ -163,22 +144,23 @@ def _row_prefix(
 def build_prefixes(
     rows: Iterable[tuple[str, dict]],
     builder: SequenceBuilder,
-    mode: Mode,
+    phase: Phase | str,
     m_max: int,
     max_model_len: int | None,
     layout: TrainLayout | None,
     skip_bad_rows: bool,
     summary: Summary,
 ) -> list[Prefix]:
-    """Decode prompts for ``mode`` (``layout``: needed for Phase A); a bad row raises (naming
-    it) unless skipped and counted by kind in ``summary``."""
-    if mode == "phase_a" and layout is None:
+    """Decode prompts of the teacher of ``phase`` (``layout``: needed for Phase A); a bad row
+    raises (naming it) unless skipped and counted by kind in ``summary``."""
+    phase = Phase(phase)
+    if phase.has_cot and layout is None:
         raise ValueError("Phase A prefixes need the layout of the Phase A training (TrainLayout)")
     prefixes = []
     for row_id, row in rows:
         try:
-            parsed = parse_chat_row(row, row_id, need_cot=mode == "phase_a")
-            prefixes.append(_row_prefix(builder, parsed, mode, m_max, max_model_len, layout))
+            parsed = parse_chat_row(row, row_id, need_cot=phase.has_cot)
+            prefixes.append(_row_prefix(builder, parsed, phase, m_max, max_model_len, layout))
         except BadRowError as exc:
             if not skip_bad_rows:
                 raise ValueError(f"{exc} (pass --skip-bad-rows to skip and count such rows)") from None
@@ -187,76 +169,11 @@ def build_prefixes(
     return prefixes
 
 
-class TraceWriter:
-    """Chunked, resumable output: ``OUT.parts/part-*.jsonl`` while running, ``OUT`` at the end."""
-
-    def __init__(self, out: str | Path, settings_record: dict):
-        self.out = Path(out)
-        self.parts = self.out.with_name(self.out.name + ".parts")
-        self.meta = self.out.with_name(self.out.name + ".meta.json")
-        self.settings_record = settings_record
-
-    def _check_settings(self, where: Path) -> None:
-        if not where.exists():
-            return
-        recorded = json.loads(where.read_text(encoding="utf-8")).get("settings")
-        if recorded != self.settings_record:
-            changed = sorted(
-                k for k in set(recorded or {}) | set(self.settings_record)
-                if (recorded or {}).get(k) != self.settings_record.get(k)
-            )
-            raise ValueError(
-                f"{self.out}: earlier output was made with different settings ({', '.join(changed)}); "
-                f"remove {self.out}, {self.meta} and {self.parts} to regenerate"
-            )
-
-    def finished(self) -> dict[str, dict]:
-        """Records already written (final file and parts), by id; validates the settings match."""
-        self._check_settings(self.meta)
-        self._check_settings(self.parts / "settings.json")
-        done: dict[str, dict] = {}
-        files = ([self.out] if self.out.exists() else []) + sorted(self.parts.glob("part-*.jsonl"))
-        for path in files:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    rec = json.loads(line)
-                    done[str(rec["id"])] = rec
-        return done
-
-    def write_part(self, records: list[dict]) -> None:
-        """Save one chunk atomically."""
-        if not self.parts.exists():
-            self.parts.mkdir(parents=True)
-            write_atomic(self.parts / "settings.json", json.dumps({"settings": self.settings_record}))
-        index = len(list(self.parts.glob("part-*.jsonl")))
-        write_atomic(self.parts / f"part-{index:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-
-    def finish(self, records: list[dict], summary: Summary) -> None:
-        """Write ``OUT`` (input order) and its meta file, then drop the parts."""
-        write_atomic(self.out, "".join(json.dumps(r) + "\n" for r in records))
-        write_atomic(self.meta, json.dumps({"settings": self.settings_record, "summary": asdict(summary)}, indent=1))
-        shutil.rmtree(self.parts, ignore_errors=True)
-
-
-def trace_record(prefix: Prefix, ids: list[int], vocab: AbstractVocab, settings: TraceSettings) -> dict:
-    """The output row for one trace, validated like a trace file entry (and against m_min)."""
-    trace = vocab.ids_to_trace(ids)
-    symbols = parse_trace(trace, len(vocab.symbols), settings.m_max)
-    if len(symbols) < settings.m_min:
-        raise RuntimeError(
-            f"row {prefix.row_id}: trace of {len(symbols)} symbols is shorter than m_min={settings.m_min}"
-        )
-    return {
-        "id": prefix.row_id, "trace": trace, "length": len(symbols),
-        "prefix_tokens": len(prefix.ids), "cot_cut": prefix.cot_cut,
-    }
-
-
 def generate_traces(
     decoder: Decoder,
     builder: SequenceBuilder,
     rows: list[tuple[str, dict]],
-    mode: Mode,
+    phase: Phase | str,
     out: str | Path,
     settings: TraceSettings,
     max_model_len: int | None,
@@ -265,27 +182,32 @@ def generate_traces(
     skip_bad_rows: bool = False,
     settings_record: dict | None = None,
 ) -> Summary:
-    """Generate (or resume) one trace per row into ``out``; returns the run's counts.
-    ``layout``: the Phase A training that will read the traces (Phase A only)."""
+    """Generate (or resume) one trace per row into ``out`` with the teacher of ``phase``; returns
+    the run's counts. ``layout``: the Phase A training that will read the traces (Phase A only)."""
+    phase = Phase(phase)
     if layout is not None and settings.m_max > layout.m_max:
         raise ValueError(
             f"m_max {settings.m_max} exceeds the training's m_max {layout.m_max}: its rows have no room for such traces"
         )
     summary = Summary(rows=len(rows))
+    vocab = builder.vocab
     writer = TraceWriter(out, settings_record or {})
     done = writer.finished()
-    prefixes = build_prefixes(rows, builder, mode, settings.m_max, max_model_len, layout, skip_bad_rows, summary)
+    prefixes = build_prefixes(rows, builder, phase, settings.m_max, max_model_len, layout, skip_bad_rows, summary)
     summary.cots_cut = sum(1 for p in prefixes if p.cot_cut)
     summary.cot_tokens_cut = sum(p.cot_cut for p in prefixes)
     summary.short_context = sum(1 for p in prefixes if p.short)
     pending = [p for p in prefixes if p.row_id not in done]
     summary.resumed = len(prefixes) - len(pending)
     start = time.perf_counter()
-    with tqdm(total=len(prefixes), initial=summary.resumed, desc=f"traces ({mode})", unit="prompt") as bar:
+    with tqdm(total=len(prefixes), initial=summary.resumed, desc=f"traces ({phase})", unit="prompt") as bar:
         for begin in range(0, len(pending), chunk_size):
             chunk = pending[begin : begin + chunk_size]
             traces = decoder.traces([p.ids for p in chunk], settings)
-            records = [trace_record(p, ids, builder.vocab, settings) for p, ids in zip(chunk, traces, strict=True)]
+            records = [
+                trace_record(p.row_id, vocab.ids_to_trace(ids), len(vocab.symbols), settings, len(p.ids), p.cot_cut)
+                for p, ids in zip(chunk, traces, strict=True)
+            ]
             writer.write_part(records)
             done.update((r["id"], r) for r in records)
             summary.generated += len(chunk)
@@ -293,7 +215,7 @@ def generate_traces(
             summary.prefix_tokens += sum(len(p.ids) for p in chunk)
             bar.update(len(chunk))
     summary.seconds = time.perf_counter() - start
-    writer.finish([done[p.row_id] for p in prefixes], summary)
+    writer.finish([done[p.row_id] for p in prefixes], asdict(summary))
     return summary
 
 
@@ -342,34 +264,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", required=True, help="model folder (tokenizer with V_abs)")
     parser.add_argument("--data", required=True, help="Dolci-Think JSONL rows")
-    parser.add_argument("--mode", required=True, choices=["phase_a", "phase_b"])
+    parser.add_argument("--mode", required=True, choices=[p.value for p in Phase], help="the teacher's phase")
     parser.add_argument("--out", required=True, help="output trace JSONL")
-    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    parser.add_argument("--backend", choices=get_args(Backend), default=DEFAULT_BACKEND)
     parser.add_argument("--max-model-len", type=int, default=None,
                         help="prefix + trace budget (default: the model's max_position_embeddings)")
-    parser.add_argument("--m-min", type=int, default=16)
-    parser.add_argument("--m-max", type=int, default=128)
-    cot_keep = AbsCoTArgs.model_fields["abscot_cot_keep"].default
+    defaults = TraceSettings()
+    parser.add_argument("--m-min", type=int, default=defaults.m_min)
+    parser.add_argument("--m-max", type=int, default=defaults.m_max)
     parser.add_argument("--sequence-len", type=int, default=None,
                         help="phase_a: sequence_len of the Phase A training (default: the model length)")
-    parser.add_argument("--cot-keep", choices=get_args(CotKeep), default=cot_keep,
+    parser.add_argument("--cot-keep", choices=get_args(CotKeep), default=DEFAULT_COT_KEEP,
                         help="phase_a: abscot_cot_keep of the Phase A training")
     parser.add_argument("--train-m-max", type=int, default=None,
                         help="phase_a: abscot_m_max of the Phase A training, the trace room its rows reserve "
                         "(default: --m-max)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--num-symbols", type=int, default=DEFAULT_NUM_SYMBOLS)
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
-    parser.add_argument("--id-field", default="id")
+    parser.add_argument("--id-field", default=DEFAULT_ID_FIELD)
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="rows per saved chunk (default: 4 batches for hf, 1024 rows for vllm)")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8, help="hf backend: prompts per generate call")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_HF_BATCH_SIZE,
+                        help="hf backend: prompts per generate call")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vllm backend")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=DEFAULT_GPU_MEMORY_UTILIZATION,
+                        help="vllm backend")
     parser.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs")
     args = parser.parse_args(argv)
     if args.chunk_size is None:
@@ -382,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train_layout(args: argparse.Namespace, max_model_len: int | None) -> TrainLayout | None:
     """The Phase A training layout the command line describes (None in Phase B)."""
-    if args.mode != "phase_a":
+    if not Phase(args.mode).has_cot:
         return None
     sequence_len = args.sequence_len or max_model_len
     if sequence_len is None:

@@ -32,14 +32,20 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from . import tokenization
-from .decode import Decoder, HFDecoder, TraceSettings, VLLMDecoder, two_stage
-from .prompts import ReasoningRow, math_messages
-from .scoring import MODES, DecodeRecord, Mode
+from .choices import DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_HF_BATCH_SIZE
+from .decode import Decoder, HFDecoder, VLLMDecoder, two_stage
+from .prompts import math_messages
+from .rows import ReasoningRow
+from .scoring import DECODE_MODES, DecodeMode, DecodeRecord
 from .sequences import SequenceBuilder
-from .vocab import DEFAULT_NUM_SYMBOLS, AbstractVocab, has_abstract_tokens
+from .symbols import DEFAULT_NUM_SYMBOLS
+from .traces import TraceSettings
+from .vocab import AbstractVocab, has_abstract_tokens
 
 log = logging.getLogger(__name__)
 
+# the abstract tasks' answer budget when a request names none (eval_tasks/_abscot_template_yaml
+# states it too; tests/test_docs.py pins the two)
 DEFAULT_ANSWER_TOKENS = 2048
 _TRACE_KEYS = {
     "m_min": ("m_min", int),
@@ -56,14 +62,14 @@ class DecodeSpec:
     """How to decode one request, read from the task's ``generation_kwargs``.
 
     ``abscot_mode``: ``abstract`` (two-stage) or ``verbal`` (answer only). ``max_gen_toks``: the
-    answer budget (default 2048). ``until``: stop strings, each a single token of the tokenizer
+    answer budget (default :data:`DEFAULT_ANSWER_TOKENS`). ``until``: stop strings, each a single token of the tokenizer
     (decoding works on ids). The answer is always greedy: ``do_sample`` must be false and
     ``temperature`` 0 if given. Abstract mode also reads ``m_min``, ``m_max``,
-    ``trace_temperature``, ``trace_top_p``, ``trace_seed`` (defaults: METHOD.md's 16, 128, 0.7,
-    1.0, 0); verbal mode ignores them.
+    ``trace_temperature``, ``trace_top_p``, ``trace_seed`` (defaults: those of
+    :class:`~abscot_plugin.traces.TraceSettings`); verbal mode ignores them.
     """
 
-    mode: Mode
+    mode: DecodeMode
     max_new_tokens: int
     stop: tuple[str, ...]
     trace: TraceSettings | None
@@ -77,9 +83,9 @@ class DecodeSpec:
                 f"{sorted(_ANSWER_KEYS | set(_TRACE_KEYS))}"
             )
         mode = gen_kwargs.get("abscot_mode")
-        if mode not in MODES:
+        if mode not in DECODE_MODES:
             raise ValueError(
-                f"generation_kwargs need abscot_mode in {list(MODES)} (got {mode!r}); abscot models "
+                f"generation_kwargs need abscot_mode in {list(DECODE_MODES)} (got {mode!r}); abscot models "
                 "only serve the tasks in eval_tasks/"
             )
         if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) != 0:
@@ -138,7 +144,7 @@ class AbsCoTLM(LM):
         self.info = info
 
     # -- prompts -----------------------------------------------------------------------------
-    def prompt_ids(self, problem: str, mode: Mode, row_id: str = "<prompt>") -> list[int]:
+    def prompt_ids(self, problem: str, mode: DecodeMode, row_id: str = "<prompt>") -> list[int]:
         """Decode prompt ids: x (verbal) or x <beginabstract> (abstract), as in training."""
         row = ReasoningRow(row_id, math_messages(problem), "", "")
         if mode == "verbal":
@@ -166,7 +172,7 @@ class AbsCoTLM(LM):
     # -- decoding ----------------------------------------------------------------------------
     def decode(self, problems: list[str], spec: DecodeSpec, row_ids: list[str]) -> list[DecodeRecord]:
         """Decode one chunk of problems that share ``spec``."""
-        prompts = [self.prompt_ids(p, spec.mode, r) for p, r in zip(problems, row_ids)]
+        prompts = [self.prompt_ids(p, spec.mode, r) for p, r in zip(problems, row_ids, strict=True)]
         stop = self.stop_ids(spec.stop)
         budget = spec.max_new_tokens
         if spec.mode == "verbal":
@@ -179,7 +185,7 @@ class AbsCoTLM(LM):
             for o in outs
         ]
 
-    def _record(self, mode: Mode, trace: list[int], hit: bool, answer: list[int], budget: int) -> DecodeRecord:
+    def _record(self, mode: DecodeMode, trace: list[int], hit: bool, answer: list[int], budget: int) -> DecodeRecord:
         return DecodeRecord(
             mode=mode,
             trace=self.vocab.ids_to_trace(trace) if trace else "",
@@ -208,7 +214,7 @@ class AbsCoTLM(LM):
                     [requests[i].args[0] for i in chunk], spec,
                     [f"{requests[i].task_name}:{requests[i].doc_id}" for i in chunk],
                 )
-                for i, record in zip(chunk, records):
+                for i, record in zip(chunk, records, strict=True):
                     results[i] = record.to_json()
                     self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
                 bar.update(len(chunk))
@@ -265,7 +271,7 @@ class AbsCoTHFLM(AbsCoTLM):
         pretrained: str,
         dtype: str = "auto",
         device: str | None = None,
-        batch_size: int | str = 8,
+        batch_size: int | str = DEFAULT_HF_BATCH_SIZE,
         num_symbols: int = DEFAULT_NUM_SYMBOLS,
         max_batch_size: int | None = None,  # lm-eval passes it with --max_batch_size; unused
         trust_remote_code: bool = False,
@@ -311,7 +317,7 @@ class AbsCoTVLLM(AbsCoTLM):
         pretrained: str,
         dtype: str = "auto",
         tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
         max_model_len: int | None = None,
         enforce_eager: bool = False,
         seed: int = 0,

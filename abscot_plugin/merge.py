@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import get_args
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .choices import DEFAULT_INIT, DEFAULT_INIT_SEED, InitMethod
+from .fileio import atomic_dir
+from .symbols import DEFAULT_NUM_SYMBOLS
 from .vocab import (
-    DEFAULT_NUM_SYMBOLS,
     AbstractVocab,
     check_tied,
     embedding_rows,
@@ -67,7 +67,7 @@ def merge_adapter(
     base: str | None = None,
     num_symbols: int = DEFAULT_NUM_SYMBOLS,
     init: str = "random",
-    init_seed: int = 0,
+    init_seed: int = DEFAULT_INIT_SEED,
     dtype: str = "auto",
 ) -> Path:
     """Merge ``adapter_dir`` into its base and save model + tokenizer to ``out_dir``."""
@@ -93,14 +93,9 @@ def merge_adapter(
             "the abscot plugin sets peft_ensure_weight_tying for abscot_lora_embeddings: full)"
         )
     check_tied(merged, list(vocab.all_ids))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -113,9 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir", help="where the merged model goes (must not exist)")
     parser.add_argument("--base", help="base model (default: the adapter's base_model_name_or_path)")
     parser.add_argument("--num-symbols", type=int, default=DEFAULT_NUM_SYMBOLS)
-    parser.add_argument("--init", choices=["random", "mean"], default="random",
+    parser.add_argument("--init", choices=get_args(InitMethod), default=DEFAULT_INIT,
                         help="abscot_init used in training (rebuilds rows the adapter lacks)")
-    parser.add_argument("--init-seed", type=int, default=0, help="abscot_init_seed used in training")
+    parser.add_argument("--init-seed", type=int, default=DEFAULT_INIT_SEED, help="abscot_init_seed used in training")
     parser.add_argument("--dtype", default="auto")
     args = parser.parse_args(argv)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
-from .args import AbsCoTArgs, uses_bottleneck
+from .args import INPUT_ARGS, AbsCoTArgs, uses_bottleneck
 
 LOG = get_logger("axolotl.integrations.abscot")
 
@@ -28,7 +28,7 @@ class AbsCoTPlugin(BasePlugin):
         self.vocab = None
 
     def get_input_args(self) -> str:
-        return "abscot_plugin.args.AbsCoTArgs"
+        return INPUT_ARGS
 
     def register(self, cfg: dict):
         from .tokenizer_prep import prepare_tokenizer

@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fileio import atomic_path, write_atomic
+
 FILTER = "boxed"
-COLUMNS = ("accuracy", "abstract_tokens", "answer_tokens", "total_tokens", "hit_m_max", "unparseable", "answer_truncated")
+COLUMNS = (
+    "accuracy", "abstract_tokens", "answer_tokens", "total_tokens", "hit_m_max", "unparseable", "answer_truncated",
+)
 # share of answers cut at the answer budget above which a row gets a warning (a cut answer scores 0)
 TRUNCATION_LIMIT = 0.01
 WARNING_PREFIX = "**Warning: "
@@ -39,13 +42,14 @@ class Row:
     reference: bool = False
 
 
-# MATH-500 with Qwen3-4B (METHOD.md, "Reference numbers"): accuracy %, mean generated tokens.
+# MATH-500 with Qwen3-4B (docs/method.md, "Evaluation"): accuracy %, mean generated tokens.
 REFERENCE_ROWS = (
     Row("paper: base model, verbal CoT", "math500", None, {"accuracy": 0.832, "total_tokens": 1087}, reference=True),
     Row("paper: Abstract-CoT warm-up", "math500", None, {"accuracy": 0.862, "total_tokens": 168}, reference=True),
     Row("paper: warm-up + RL", "math500", None, {"accuracy": 0.898, "total_tokens": 141}, reference=True),
     Row("reproduction: baseline", "math500", None, {"accuracy": 0.846, "total_tokens": 1045}, reference=True),
-    Row("reproduction: warm-up (T=3, 5k, LoRA)", "math500", None, {"accuracy": 0.720, "total_tokens": 432}, reference=True),
+    Row("reproduction: warm-up (T=3, 5k, LoRA)", "math500", None, {"accuracy": 0.720, "total_tokens": 432},
+        reference=True),
 )
 
 
@@ -141,32 +145,10 @@ def truncation_warnings(rows: Iterable[Row]) -> list[str]:
     return lines
 
 
-def _atomic_target(path: Path, suffix: str) -> Path:
-    """A temporary file beside ``path`` (same filesystem, for os.replace), with normal permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return Path(tmp)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = _atomic_target(path, ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def plot(rows: list[Row], path: Path) -> None:
     """Accuracy vs mean total generated tokens (log scale): our runs coloured by run with a
     marker per dataset (hollow: verbal CoT), reference rows as annotated grey squares."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = pyplot().subplots(figsize=(9, 5.5))
     colours = {run: f"C{i % 10}" for i, run in enumerate(dict.fromkeys(r.run for r in rows if not r.reference))}
     references = 0
     for row in rows:
@@ -192,11 +174,27 @@ def plot(rows: list[Row], path: Path) -> None:
     ax.set_title("Accuracy vs tokens (grey: paper / reproduction, MATH-500, Qwen3-4B)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    fig.tight_layout()
-    tmp = _atomic_target(path, ".png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=120)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | Path, dpi: int) -> None:
+    """Lay out a :func:`pyplot` figure, write it to ``path`` as PNG (atomically) and close it."""
+    try:
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        pyplot().close(fig)
 
 
 def build_report(inputs: list[str], out: Path, plot_path: Path | None) -> list[Row]:
@@ -218,12 +216,13 @@ def build_report(inputs: list[str], out: Path, plot_path: Path | None) -> list[R
     text += (
         "\nTokens are per-problem means of generated tokens: abstract = trace symbols, answer = "
         "stage-2 tokens (stop token excluded), total = abstract + answer (the paper's token "
-        "column). Reference rows (italic) are MATH-500 on Qwen3-4B from METHOD.md.\n"
+        "column). Reference rows (italic) are MATH-500 on Qwen3-4B: the paper and a public reproduction "
+        "(docs/method.md).\n"
     )
     if plot_path is not None:
         plot(all_rows, plot_path)
         text += f"\n![accuracy vs tokens]({os.path.relpath(plot_path, out.parent)})\n"
-    write_text_atomic(out, text)
+    write_atomic(out, text)
     return rows
 
 

@@ -29,12 +29,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from math_verify import parse, verify
 
-Mode = Literal["abstract", "verbal"]
-MODES: tuple[str, ...] = ("abstract", "verbal")
+# how a problem is decoded: two-stage (trace, then answer) or the verbal answer alone
+DecodeMode = Literal["abstract", "verbal"]
+DECODE_MODES: tuple[DecodeMode, ...] = get_args(DecodeMode)
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*")
 # Text allowed between boxes of one multi-valued answer: math delimiters, punctuation, "and"/"or",
@@ -173,7 +174,7 @@ class DecodeRecord:
     ``answer_truncated``: the answer used the whole token budget without stopping.
     """
 
-    mode: Mode
+    mode: DecodeMode
     trace: str
     abstract_tokens: int
     hit_m_max: bool
@@ -200,7 +201,7 @@ class DecodeRecord:
                 "response is not an abscot decode record (evaluate these tasks with "
                 f"--model abscot-hf or abscot-vllm): {exc}; got {text[:80]!r}"
             ) from None
-        if record.mode not in MODES:
+        if record.mode not in DECODE_MODES:
             raise ValueError(f"decode record has unknown mode {record.mode!r}")
         return record
 

@@ -19,7 +19,6 @@ import torch
 
 PROMPT, COT, ABSTRACT, ANSWER = 0, 1, 2, 3
 PAD = -1
-NAMES = {PROMPT: "prompt", COT: "cot", ABSTRACT: "abstract", ANSWER: "answer", PAD: "pad"}
 
 
 def allowed(seg_q: torch.Tensor, seg_k: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -25,18 +25,17 @@ x keeps only the chat template's own structure tokens, so text that spells ``<th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
 from . import segments as seg
 from . import tokenization
-from .prompts import BadRowError, ReasoningRow, cot_steps, cot_text
-from .traces import DEFAULT_M_MAX, random_trace
+from .choices import DEFAULT_COT_KEEP, CotKeep, Phase
+from .rows import BadRowError, ReasoningRow, cot_steps, cot_text
+from .traces import TraceSettings, random_trace
 from .vocab import AbstractVocab
 
 IGNORE = -100
-CotKeep = Literal["end", "start", "both_ends"]
 
 
 @dataclass
@@ -83,7 +82,8 @@ class SequenceBuilder:
 
     # -- generation prefixes -------------------------------------------------------------
     def phase_a_prefix(
-        self, row: ReasoningRow, sequence_len: int, m_max: int = DEFAULT_M_MAX, cot_keep: CotKeep = "end"
+        self, row: ReasoningRow, sequence_len: int, m_max: int = TraceSettings.m_max,
+        cot_keep: CotKeep = DEFAULT_COT_KEEP,
     ) -> tuple[list[int], int]:
         """x c <beginabstract>: exactly the ids that :meth:`example` puts before z for the same
         ``sequence_len``, ``m_max`` and ``cot_keep``; returns them and how many CoT tokens were cut.
@@ -124,15 +124,15 @@ class SequenceBuilder:
         self,
         row: ReasoningRow,
         trace_ids: list[int],
-        with_cot: bool,
+        phase: Phase,
         sequence_len: int,
-        cot_keep: CotKeep = "end",
-        m_max: int = DEFAULT_M_MAX,
+        cot_keep: CotKeep = DEFAULT_COT_KEEP,
+        m_max: int = TraceSettings.m_max,
     ) -> Example:
-        """Build one training example. Phase A (``with_cot``): c is cut to the room that a
-        trace of ``m_max`` symbols leaves (module docstring); Phase B: x + z + y must fit."""
+        """Build one training example of ``phase``. Phase A: c is cut to the room that a trace of
+        ``m_max`` symbols leaves (module docstring); Phase B: x + z + y must fit."""
         z = [self.vocab.begin_id] + list(trace_ids) + [self.vocab.end_id]
-        if with_cot:
+        if phase.has_cot:
             if len(trace_ids) > m_max:
                 raise BadRowError(row.row_id, "bad_trace", f"trace of {len(trace_ids)} symbols exceeds m_max={m_max}")
             x, c, y, cut = self._phase_a_head(row, sequence_len, m_max, cot_keep)

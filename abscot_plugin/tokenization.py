@@ -18,7 +18,8 @@ from weakref import WeakKeyDictionary
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from .prompts import BadRowError, prompt_text
+from .prompts import prompt_text
+from .rows import BadRowError
 
 _PLAIN: WeakKeyDictionary[PreTrainedTokenizerBase, Tokenizer] = WeakKeyDictionary()
 
@@ -61,7 +62,7 @@ def prompt_ids(
 
         <|im_start|> "user\\n" + content <|im_end|> "\\n" <|im_start|> "assistant\\n" <think> "\\n\\n" </think> "\\n\\n"
 
-    (quoted: plain text runs). Raises :class:`~abscot_plugin.prompts.BadRowError` (kind
+    (quoted: plain text runs). Raises :class:`~abscot_plugin.rows.BadRowError` (kind
     ``template``) naming ``row_id`` if the template does not reproduce the contents verbatim.
     """
     contents = [m["content"] for m in messages]

@@ -9,16 +9,11 @@ tokenizer path) is invalidated when one of them changes.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from .traces import file_digest
+from .fileio import atomic_dir, file_digest, json_digest
 from .vocab import add_abstract_tokens, has_abstract_tokens
 
 # keys whose value changes the tokenised dataset
@@ -38,7 +33,7 @@ def data_fingerprint(cfg: dict, source: str) -> str:
     payload = {"source": source, "layout": LAYOUT_VERSION, **{k: cfg.get(k) for k in DATA_KEYS}}
     if cfg.get("abscot_trace_file"):
         payload["trace_file"] = file_digest(cfg["abscot_trace_file"])
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(payload, 16)
 
 
 def prepare_tokenizer(cfg: dict, num_symbols: int) -> tuple[str, bool]:
@@ -53,11 +48,7 @@ def prepare_tokenizer(cfg: dict, num_symbols: int) -> tuple[str, bool]:
     root = Path(cfg.get("dataset_prepared_path") or cfg.get("output_dir") or "./outputs")
     target = root / f"abscot_tokenizer_{data_fingerprint(cfg, str(source))}"
     if not (target / "tokenizer_config.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".abscot_tok_", dir=root))
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)  # atomic; several ranks may race here with the same content
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # several ranks may race here with the same content: the first to publish wins
+        with atomic_dir(target, exist_ok=True) as tmp:
+            tokenizer.save_pretrained(tmp)
     return str(target), added

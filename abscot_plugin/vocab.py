@@ -1,48 +1,20 @@
-"""The abstract vocabulary V_abs: symbol names, tokenizer extension and new-row initialisation.
+"""The abstract vocabulary V_abs in a tokenizer and a model: its ids, tokenizer extension, new-row
+initialisation and the tie check.
 
-M symbols ``<TOKEN_A>`` … ``<TOKEN_Z>``, ``<TOKEN_AA>`` … plus ``<beginabstract>`` and
-``<endabstract>``; each is one special token id that ordinary text never produces.
+Each name of :mod:`abscot_plugin.symbols` becomes one special token id that ordinary text never
+produces.
 """
 
 from __future__ import annotations
 
 import hashlib
-import string
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-BEGIN = "<beginabstract>"
-END = "<endabstract>"
-DEFAULT_NUM_SYMBOLS = 64
-MAX_NUM_SYMBOLS = 26 + 26 * 26
-
-InitMethod = Literal["random", "mean"]
-
-
-def symbol_name(index: int) -> str:
-    """Name of symbol ``index``: one letter below 26, then two letters (``AA``, ``AB``, …)."""
-    if not 0 <= index < MAX_NUM_SYMBOLS:
-        raise ValueError(f"symbol index {index} outside [0, {MAX_NUM_SYMBOLS})")
-    letters = string.ascii_uppercase
-    if index < 26:
-        return f"<TOKEN_{letters[index]}>"
-    j = index - 26
-    return f"<TOKEN_{letters[j // 26]}{letters[j % 26]}>"
-
-
-def symbol_names(num_symbols: int = DEFAULT_NUM_SYMBOLS) -> list[str]:
-    """The ``num_symbols`` abstract symbol names, in id order."""
-    if not 1 <= num_symbols <= MAX_NUM_SYMBOLS:
-        raise ValueError(f"num_symbols must be in [1, {MAX_NUM_SYMBOLS}], got {num_symbols}")
-    return [symbol_name(i) for i in range(num_symbols)]
-
-
-def all_token_names(num_symbols: int = DEFAULT_NUM_SYMBOLS) -> list[str]:
-    """Symbols then the two delimiters: every token the vocabulary adds."""
-    return symbol_names(num_symbols) + [BEGIN, END]
+from .choices import DEFAULT_INIT, DEFAULT_INIT_SEED, InitMethod
+from .symbols import DEFAULT_NUM_SYMBOLS, all_token_names
 
 
 @dataclass(frozen=True)
@@ -65,7 +37,7 @@ class AbstractVocab:
 
     def ids_to_trace(self, ids: list[int]) -> str:
         """Render symbol ids as the trace string stored in trace files."""
-        lookup = dict(zip(self.symbol_ids, self.symbols))
+        lookup = dict(zip(self.symbol_ids, self.symbols, strict=True))
         try:
             return "".join(lookup[i] for i in ids)
         except KeyError as exc:
@@ -126,7 +98,7 @@ def embedding_rows(model: PreTrainedModel) -> int:
 
 @torch.no_grad()
 def init_new_rows(
-    model: PreTrainedModel, ids: list[int], method: InitMethod = "random", seed: int = 0
+    model: PreTrainedModel, ids: list[int], method: InitMethod = DEFAULT_INIT, seed: int = DEFAULT_INIT_SEED
 ) -> None:
     """Initialise embedding (and untied lm_head) rows ``ids`` on purpose.
 

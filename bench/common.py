@@ -10,6 +10,7 @@ read; absolute numbers move with the load.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as _dt
 import gc
@@ -87,7 +88,7 @@ def dolci_rows(count: int, cot_repeat: int = 1, first: int = 0) -> list[dict]:
     repeated ``cot_repeat`` times (longer rows, nearer Dolci-Think's lengths), and a fixed
     64-symbol ``abstract_trace`` (what a trace file would give Phase B)."""
     from abscot_plugin.fixtures import data_path
-    from abscot_plugin.vocab import symbol_names
+    from abscot_plugin.symbols import symbol_names
 
     names = symbol_names(64)
     trace = "".join(names[(7 * i) % len(names)] for i in range(64))
@@ -116,10 +117,8 @@ def _proc_status_kib(key: str) -> int:
 
 def _malloc_trim() -> None:
     """Hand freed heap memory back to the OS (glibc), so that resident size means live memory."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class PeakMemory:
@@ -248,7 +247,7 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def paired_ratio(numerator: Samples, denominator: Samples) -> dict[str, Any]:
     """Ratio of two variants' times, repeat by repeat (each pair ran back to back, so load drifts
     cancel): the median of the per-repeat ratios, their range, and the text for a table cell."""
-    ratios = sorted(a / b for a, b in zip(numerator.seconds, denominator.seconds))
+    ratios = sorted(a / b for a, b in zip(numerator.seconds, denominator.seconds, strict=True))
     med = statistics.median(ratios)
     return {"median": med, "min": ratios[0], "max": ratios[-1],
             "text": f"{med:.2f} [{ratios[0]:.2f}–{ratios[-1]:.2f}]"}

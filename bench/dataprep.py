@@ -26,9 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import dolci_rows, interleaved, machine, paired_ratio, report  # noqa: E402
 from abscot_plugin.fixtures import build_tokenizer  # noqa: E402
 from abscot_plugin.vocab import add_abstract_tokens  # noqa: E402
+from bench.common import dolci_rows, interleaved, machine, paired_ratio, report  # noqa: E402
 
 SEQUENCE_LEN = 8192
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, extra = [], {}
     for label, data in (("short", dolci_rows(args.rows)), ("long", dolci_rows(args.long_rows, args.cot_repeat))):
         outputs = {name: tokenize(s, data) for name, s in strats.items()}  # also the warm-up
-        samples = interleaved({name: (lambda s=s: tokenize(s, data)) for name, s in strats.items()},
+        samples = interleaved({name: (lambda s=s, data=data: tokenize(s, data)) for name, s in strats.items()},
                               args.repeats, 0, cpu, f"tokenise {label}")
         for name, res in samples.items():
             lengths = [len(x) for x in outputs[name]["input_ids"]]

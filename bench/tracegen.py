@@ -81,8 +81,8 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
     """``calls`` disjoint prompt sets per mode, made by the trace-generation CLI's own
     ``build_prefixes`` (Phase A: the prefixes of Phase A training rows of sequence_len
     ``--max-model-len`` and m_max 128, the CLI's defaults)."""
-    from bench.common import dolci_rows
     from abscot_plugin.generate import Summary, TrainLayout, build_prefixes
+    from bench.common import dolci_rows
 
     sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
     layout = TrainLayout(args.max_model_len, 128, "end")
@@ -112,13 +112,12 @@ def load(backend: str, model: Path, args):
 def run(args, notes: list[str]) -> None:
     """Time every backend × prefix kind interleaved; print and write the figures."""
     import torch
-
-    from bench.common import interleaved, machine, paired_ratio, report
     from transformers import AutoTokenizer
 
     from abscot_plugin.decode import TraceSettings
     from abscot_plugin.sequences import SequenceBuilder
     from abscot_plugin.vocab import AbstractVocab
+    from bench.common import interleaved, machine, paired_ratio, report
 
     cuda = torch.cuda.is_available()
     if args.enforce_eager is None:
@@ -177,7 +176,7 @@ def run(args, notes: list[str]) -> None:
         f"hf batch {args.batch_size}" + (f"; vllm enforce_eager={args.enforce_eager}" if "vllm" in decoders else ""),
         "tokens/s over all timed calls; trace tokens include <endabstract>; a random model's traces end "
         "after ~m_min + 65 symbols on average (END holds ~1/65 of the allowed mass per step)",
-        "reference (METHOD.md, Qwen3-4B, vLLM TP=2 on 2×A100): 294 prompts/s Phase B (~150-token prefix), "
+        "reference (docs/method.md, Qwen3-4B, vLLM TP=2 on 2×A100): 294 prompts/s Phase B (~150-token prefix), "
         "5.6/s Phase A (~5,500-token prefix)",
         *notes,
     ]

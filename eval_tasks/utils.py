@@ -72,7 +72,7 @@ def score_responses(resps: list[list[str]], docs: list[dict]) -> list[list[str]]
     lm-eval stringifies whatever a filter returns, so it stays JSON)."""
     return [
         [json.dumps(scored_entry(DecodeRecord.from_json(r), doc["gold"]), ensure_ascii=False) for r in doc_resps]
-        for doc_resps, doc in zip(resps, docs)
+        for doc_resps, doc in zip(resps, docs, strict=True)
     ]
 
 

@@ -22,7 +22,7 @@ cat <<MSG
 demo finished in $(( $(date +%s) - start )) s (a tiny random model: the numbers check the pipeline,
 they mean nothing). Results in $RUN_DIR/:
   SUMMARY.md           stages, timings, losses, trace statistics, the evaluation table
-  eval/report.md, .png the evaluation table and the accuracy-vs-tokens plot (reference rows: METHOD.md)
+  eval/report.md, .png the evaluation table and the accuracy-vs-tokens plot (reference rows: docs/method.md)
   eval/{base,final}/   lm-eval results and per-sample logs (trace, answer, extracted answer)
   plots/               loss and learning-rate curve of every training stage
   round2/phase_b/model the warm-up model; round*/phase_*/traces.jsonl the on-policy traces

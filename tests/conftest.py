@@ -120,7 +120,7 @@ def vllm_run(tiny_extended, tmp_path_factory) -> dict:
     from transformers import AutoTokenizer
 
     from abscot_plugin.fixtures import data_path
-    from abscot_plugin.prompts import parse_chat_row
+    from abscot_plugin.rows import parse_chat_row
     from abscot_plugin.sequences import SequenceBuilder
     from abscot_plugin.vocab import AbstractVocab
 

@@ -85,11 +85,14 @@ def make_cfg(**overrides):
     return DictDefault(base)
 
 
-def strategy(tok, with_cot=True, **cfg):
-    """The Phase A (``with_cot``) or Phase B strategy as axolotl loads it (needs ``plugin_active``)."""
-    from abscot_plugin import bottleneck, self_distill
+def strategy(tok, phase=None, **cfg):
+    """The dataset strategy of ``phase`` (default Phase A) as axolotl loads it, from its dataset
+    type (needs ``plugin_active``)."""
+    import importlib
 
-    module = bottleneck if with_cot else self_distill
+    from abscot_plugin.choices import Phase
+
+    module = importlib.import_module((phase or Phase.A).dataset_type)
     return module.load(tok, make_cfg(**cfg), {})
 
 

@@ -9,7 +9,8 @@ from support import run_axolotl, tiny_config
 from transformers import AutoTokenizer
 
 from abscot_plugin import segments as seg
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.choices import Phase
+from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.sequences import SequenceBuilder
 from abscot_plugin.vocab import AbstractVocab
 
@@ -24,7 +25,7 @@ def expected_segments(tok_dir, rows, sequence_len: int) -> dict[tuple[int, ...],
     out = {}
     for row in rows:
         parsed = parse_chat_row(row, row["id"])
-        ex = builder.example(parsed, builder.random_trace_ids(parsed, 64, 0, 128), True, sequence_len, "end")
+        ex = builder.example(parsed, builder.random_trace_ids(parsed, 64, 0, 128), Phase.A, sequence_len, "end")
         out[tuple(ex.input_ids)] = ex.segment_ids
     return out
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from support import run_axolotl, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from abscot_plugin.vocab import AbstractVocab, check_tied, symbol_names
+from abscot_plugin.symbols import symbol_names
+from abscot_plugin.vocab import AbstractVocab, check_tied
 
 
 def embeddings(model_dir: Path) -> torch.Tensor:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 CONFIGS = sorted((REPO / "axolotl_configs").glob("*.yml"))
@@ -68,7 +67,8 @@ def test_qwen3_4b_phases_share_one_batch_in_examples(variant):
     effective batch in examples (× the processes) in both phases."""
     a, b = (yaml.safe_load((REPO / "axolotl_configs" / f"qwen3_4b_phase_{p}_{variant}.yml").read_text()) for p in "ab")
     assert not a.get("sample_packing") and not b.get("sample_packing")
-    assert a["micro_batch_size"] * a["gradient_accumulation_steps"] == b["micro_batch_size"] * b["gradient_accumulation_steps"]
+    batch = {name: cfg["micro_batch_size"] * cfg["gradient_accumulation_steps"] for name, cfg in (("a", a), ("b", b))}
+    assert batch["a"] == batch["b"]
 
 
 @pytest.mark.parametrize(

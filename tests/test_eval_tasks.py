@@ -15,7 +15,8 @@ from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
 from abscot_plugin.decode import HFDecoder, TraceSettings, two_stage
 from abscot_plugin.fixtures import data_path
-from abscot_plugin.prompts import ReasoningRow, math_messages, prompt_text
+from abscot_plugin.prompts import math_messages, prompt_text
+from abscot_plugin.rows import ReasoningRow
 from abscot_plugin.scoring import DecodeRecord
 from abscot_plugin.traces import parse_trace
 
@@ -209,8 +210,9 @@ def test_generate_until_is_the_shared_two_stage_decode(lm):
     # the same decode called directly: traces and answers are the records' ids, kept apart
     prefixes = [lm.prompt_ids(p, "abstract") for p in PROBLEMS]
     stop = lm.stop_ids(("<|im_end|>", "<|endoftext|>"))
-    direct = two_stage(HFDecoder(lm.decoder.model, lm.tok, lm.vocab, 4), prefixes, TraceSettings(), 12, stop, lm.builder)
-    for record, out in zip(records, direct):
+    decoder = HFDecoder(lm.decoder.model, lm.tok, lm.vocab, 4)
+    direct = two_stage(decoder, prefixes, TraceSettings(), 12, stop, lm.builder)
+    for record, out in zip(records, direct, strict=True):
         assert record.mode == "abstract"
         assert record.trace == lm.vocab.ids_to_trace(out.trace)
         assert len(parse_trace(record.trace, 64, 128)) == record.abstract_tokens == len(out.trace)
@@ -226,6 +228,19 @@ def test_generate_until_is_the_shared_two_stage_decode(lm):
         for r in lm.generate_until(_requests(PROBLEMS, _abstract_kwargs(trace_seed=1)))
     ]
     assert again == [r.trace for r in records] and other != again
+
+
+def test_a_backend_reply_missing_a_result_fails_loudly(lm, monkeypatch):
+    """A real HF decoder whose stage-2 reply lacks one result: the two-stage decode and the model
+    class (abstract and verbal) raise instead of scoring a missing answer as None."""
+    complete = lm.decoder.complete
+    monkeypatch.setattr(lm.decoder, "complete", lambda prompts, *args: complete(prompts, *args)[:-1])
+    prefixes = [lm.prompt_ids(p, "abstract") for p in PROBLEMS]
+    with pytest.raises(ValueError, match="shorter"):
+        two_stage(lm.decoder, prefixes, TraceSettings(), 4, lm.stop_ids(("<|im_end|>",)), lm.builder)
+    for kwargs in (_abstract_kwargs(max_gen_toks=4), _verbal_kwargs(max_gen_toks=4)):
+        with pytest.raises(ValueError, match="shorter"):
+            lm.generate_until(_requests(PROBLEMS, kwargs))
 
 
 def test_m_max_hits_and_truncation_are_reported(lm):
@@ -339,7 +354,8 @@ def test_evaluate_by_group_names(tiny_extended, tmp_path):
         data_overrides=LOCAL_DATA, gen_kwargs={"max_gen_toks": 16}, batch_size=4, env=offline_env(**THREAD_ENV),
     )
     assert results.name.startswith("results_") and results.is_file()
-    tasks = {"math500_abscot": "abstract", "gsm8k_abscot": "abstract", "math500_verbal": "verbal", "gsm8k_verbal": "verbal"}
+    tasks = {"math500_abscot": "abstract", "gsm8k_abscot": "abstract",
+             "math500_verbal": "verbal", "gsm8k_verbal": "verbal"}
     check_run(results, tasks, limit=2, budget=16)
     assert set(json.loads(results.read_text())["group_subtasks"]) >= {"abscot_math", "verbal_math"}
 

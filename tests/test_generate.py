@@ -10,8 +10,8 @@ from support import VLLM_GENERATE, batch_of, read_jsonl, strategy
 
 from abscot_plugin.decode import HFDecoder, TraceSettings
 from abscot_plugin.fixtures import data_path
-from abscot_plugin.generate import TrainLayout, generate_traces, main, read_rows
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.generate import TrainLayout, generate_traces, main
+from abscot_plugin.rows import parse_chat_row, read_rows
 from abscot_plugin.sequences import SequenceBuilder
 from abscot_plugin.traces import load_trace_file, parse_trace
 from abscot_plugin.vocab import AbstractVocab
@@ -177,6 +177,17 @@ def test_resume_after_crash_regenerates_nothing_finished(hf, tmp_path):
     again = CountingDecoder(decoder)
     generate_traces(again, builder, rows, "phase_b", out, SETTINGS, 512, chunk_size=4)
     assert again.prompts == 0 and read_jsonl(out) == final
+
+
+def test_a_backend_reply_missing_a_trace_fails_loudly(hf, tmp_path, monkeypatch):
+    """A real HF decoder that returns one trace fewer than its prompts: generation raises and
+    writes no part for that chunk."""
+    decoder, builder = hf
+    traces = decoder.traces
+    monkeypatch.setattr(decoder, "traces", lambda prefixes, settings: traces(prefixes, settings)[:-1])
+    with pytest.raises(ValueError, match="shorter"):
+        generate_traces(decoder, builder, read_rows(DOLCI, limit=3), "phase_b", tmp_path / "t.jsonl", SETTINGS, 512)
+    assert not list((tmp_path / "t.jsonl.parts").glob("part-*.jsonl"))
 
 
 def test_resume_with_other_settings_is_refused(hf, tmp_path):

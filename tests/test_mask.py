@@ -7,9 +7,10 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from abscot_plugin import segments as seg
+from abscot_plugin.choices import Phase
 from abscot_plugin.collator import SegmentCollator
 from abscot_plugin.fixtures import tiny_config
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.segments import bottleneck_attention_mask
 
 
@@ -22,7 +23,7 @@ def tiny_model(layers: int, attn: str = "eager") -> Qwen3ForCausalLM:
 
 def example(builder, vocab, row, trace_len=12):
     parsed = parse_chat_row(row, row["id"])
-    ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), True, 4096)
+    ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, 4096)
     return torch.tensor([ex.input_ids]), torch.tensor([ex.segment_ids])
 
 

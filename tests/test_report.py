@@ -57,7 +57,9 @@ def test_rows_of_reads_metrics_and_skips_groups(runs):
 def test_markdown_table_formats_rows_and_references(runs):
     rows = rows_of(runs["round1"]) + rows_of(runs["base"]) + list(REFERENCE_ROWS)
     table = markdown_table(rows).splitlines()
-    assert table[0].startswith("| run | task | n | accuracy % | abstract tokens | answer tokens | total tokens | m_max hit %")
+    assert table[0].startswith(
+        "| run | task | n | accuracy % | abstract tokens | answer tokens | total tokens | m_max hit %"
+    )
     assert "| round1/merged | math500_abscot | 200 | 75.0 ± 1.0 | 40 | 260 | 300 | 12.5 | 2.0 | 1.0 |" in table
     assert "| ckpt/Qwen3-4B | math500_verbal | 500 | 80.0 ± 1.0 | – | 1000 | 1000 | – | 1.0 | 5.0 |" in table
     assert "| *paper: Abstract-CoT warm-up* | *math500* | – | *86.2* | – | – | *168* | – | – | – |" in table

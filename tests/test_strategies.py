@@ -9,10 +9,12 @@ import pytest
 from support import batch_of, make_cfg, strategy
 
 from abscot_plugin import segments as seg
-from abscot_plugin.prompts import BadRowError, parse_chat_row
+from abscot_plugin.choices import Phase
+from abscot_plugin.rows import BadRowError, parse_chat_row
 from abscot_plugin.sequences import IGNORE
+from abscot_plugin.symbols import symbol_names
 from abscot_plugin.traces import parse_trace, random_trace
-from abscot_plugin.vocab import AbstractVocab, symbol_names
+from abscot_plugin.vocab import AbstractVocab
 
 
 def runs(segments):
@@ -26,7 +28,7 @@ def runs(segments):
 
 def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder, dolci_rows):
     out = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of(dolci_rows[:4]))
-    for row, ids, labels, segs in zip(dolci_rows, out["input_ids"], out["labels"], out["segment_ids"]):
+    for row, ids, labels, segs in zip(dolci_rows[:4], out["input_ids"], out["labels"], out["segment_ids"], strict=True):
         assert len(ids) == len(labels) == len(segs)
         assert runs(segs) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
         parsed = parse_chat_row(row, row["id"])
@@ -43,9 +45,9 @@ def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder
         assert labelled == list(range(begin + 1, len(ids)))
         assert all(labels[i] == ids[i] for i in labelled)
         assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
-        answer_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs) if s == seg.ANSWER])
+        answer_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.ANSWER])
         assert parsed.answer in answer_text and "\\boxed" in answer_text
-        cot_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs) if s == seg.COT])
+        cot_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.COT])
         assert cot_text.strip() == parsed.cot
 
 
@@ -55,11 +57,11 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer,
     with traces.open("w") as fh:
         for i, row in enumerate(dolci_rows[:3]):
             fh.write(json.dumps({"id": row["id"], "trace": "".join(names[i : i + 20])}) + "\n")
-    out = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces)).tokenize_prompt(
+    out = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
         batch_of(dolci_rows[:3])
     )
     assert set(out) == {"input_ids", "attention_mask", "labels"}
-    for i, (row, ids, labels) in enumerate(zip(dolci_rows, out["input_ids"], out["labels"])):
+    for i, (row, ids, labels) in enumerate(zip(dolci_rows[:3], out["input_ids"], out["labels"], strict=True)):
         prefix = builder.phase_b_prefix(parse_chat_row(row, row["id"]))
         assert ids[: len(prefix)] == prefix
         begin = ids.index(vocab.begin_id)
@@ -71,7 +73,7 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer,
 def test_phase_b_row_without_trace_is_an_error(plugin_active, tiny_tokenizer, dolci_rows, tmp_path):
     traces = tmp_path / "t.jsonl"
     traces.write_text(json.dumps({"id": "someone-else", "trace": "<TOKEN_A>"}) + "\n")
-    strat = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces))
+    strat = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces))
     with pytest.raises(ValueError, match="dolci-tiny-000.*no trace for this id"):
         strat.tokenize_prompt(batch_of(dolci_rows[:1]))
 
@@ -79,11 +81,11 @@ def test_phase_b_row_without_trace_is_an_error(plugin_active, tiny_tokenizer, do
 def test_rows_without_id_get_the_same_name_in_generation_and_training(
     plugin_active, tiny_tokenizer, vocab, dolci_rows, tmp_path
 ):
-    """A trace generated for an id-less row (named by generate.read_rows) is found by Phase B
+    """A trace generated for an id-less row (named by rows.read_rows) is found by Phase B
     training, also after ``datasets`` adds a null ``id`` column for rows that lack one."""
     import datasets
 
-    from abscot_plugin.generate import read_rows
+    from abscot_plugin.rows import read_rows
 
     rows = [dict(dolci_rows[0])] + [{k: v for k, v in r.items() if k != "id"} for r in dolci_rows[1:3]]
     data = tmp_path / "rows.jsonl"
@@ -98,7 +100,7 @@ def test_rows_without_id_get_the_same_name_in_generation_and_training(
     ))
     loaded = datasets.load_dataset("json", data_files=str(data), split="train")
     assert loaded["id"][1] is None  # what axolotl's loader hands the strategy
-    out = strategy(tiny_tokenizer, with_cot=False, abscot_trace_file=str(traces)).tokenize_prompt(
+    out = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
         loaded.to_dict()
     )
     for i, ids in enumerate(out["input_ids"]):
@@ -115,7 +117,7 @@ def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, bu
     assert full["abscot_cot_cut"][0] == 0
 
     def part(out, code):
-        return [i for i, s in zip(out["input_ids"][0], out["segment_ids"][0]) if s == code]
+        return [i for i, s in zip(out["input_ids"][0], out["segment_ids"][0], strict=True) if s == code]
 
     for code in (seg.PROMPT, seg.ABSTRACT, seg.ANSWER):
         assert part(short, code) == part(full, code)
@@ -145,7 +147,7 @@ def test_phase_a_prefix_is_the_training_prefix_when_the_cot_is_cut(tiny_tokenize
     assert prefix[: len(x)] == x and tiny_tokenizer.decode(prefix[:3]).startswith("<|im_start|>")
     assert cut > 0 and len(prefix) == len(x) + len(builder.cot_ids(parsed)) - cut + 1
     for trace_len in (1, m_max // 2, m_max):
-        ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), True, sequence_len, keep, m_max)
+        ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, sequence_len, keep, m_max)
         assert ex.input_ids[: len(prefix)] == prefix and ex.cot_cut == cut
         assert ex.input_ids[len(prefix) - 1] == vocab.begin_id and len(ex.input_ids) <= sequence_len
     with pytest.raises(BadRowError, match="row dolci-tiny-000: .*sequence_len=100") as info:
@@ -161,7 +163,8 @@ def test_row_that_cannot_fit_is_an_error_not_a_silent_cut(plugin_active, tiny_to
 BAD_ROWS = [
     ({"id": "r1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no think"}]},
      "no <think>"),
-    ({"id": "r2", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>  "}]},
+    ({"id": "r2",
+      "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>  "}]},
      "empty answer"),
     ({"id": "r3", "messages": "not a list"}, "non-empty list"),
     ({"id": "r4", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
@@ -236,16 +239,16 @@ BROKEN_THINK = [
 ]
 
 
-@pytest.mark.parametrize("with_cot", [True, False], ids=["phase_a", "phase_b"])
+@pytest.mark.parametrize("phase", list(Phase), ids=str)
 @pytest.mark.parametrize("reply,reason", BROKEN_THINK, ids=["open", "close", "late"])
-def test_broken_think_block_is_a_bad_row_in_both_phases(plugin_active, tiny_tokenizer, with_cot, reply, reason):
+def test_broken_think_block_is_a_bad_row_in_both_phases(plugin_active, tiny_tokenizer, phase, reply, reason):
     """Phase B used to take such a reply, think tag and all, as the answer y."""
     row = {"id": "t1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
            "abstract_trace": "<TOKEN_A><TOKEN_B>"}
     with pytest.raises(ValueError, match=f"row t1: .*{reason}"):
-        strategy(tiny_tokenizer, with_cot=with_cot).tokenize_prompt(batch_of([row]))
+        strategy(tiny_tokenizer, phase).tokenize_prompt(batch_of([row]))
     with pytest.raises(BadRowError) as info:
-        parse_chat_row(row, "t1", need_cot=with_cot)
+        parse_chat_row(row, "t1", need_cot=phase.has_cot)
     assert info.value.kind == "bad_think"
 
 
@@ -264,15 +267,15 @@ def _literal_row(names: str, cot_names: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("with_cot", [True, False], ids=["phase_a", "phase_b"])
-def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwen3_extended, with_cot):
+@pytest.mark.parametrize("phase", list(Phase), ids=str)
+def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwen3_extended, phase):
     """Real Qwen3 tokenizer, where <think>/</think> are added but not special tokens: a prompt, CoT
     and answer that spell them (and <|im_end|>) never yield their ids in input_ids or labels; the
     only added ids are the template's, <beginabstract> z <endabstract> and the final <|im_end|>."""
     tok = qwen3_extended
     vocab = AbstractVocab.from_tokenizer(tok)
     row = _literal_row("<think>, </think> and <|im_end|>", cot_names="<think> and <|im_end|>")
-    out = strategy(tok, with_cot=with_cot).tokenize_prompt(batch_of([row]))
+    out = strategy(tok, phase).tokenize_prompt(batch_of([row]))
     ids, labels = out["input_ids"][0], out["labels"][0]
     names = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]
     im_start, im_end, think, end_think = tok.convert_tokens_to_ids(names)
@@ -286,7 +289,7 @@ def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwe
     answer = tok.decode(ids[ids.index(vocab.end_id) + 1 : -1])
     assert answer == "\nText: <think>, </think> and <|im_end|> \\boxed{1}"
     assert "Is <think>, </think> and <|im_end|> a token?" in tok.decode(ids[:begin])
-    if with_cot:
+    if phase.has_cot:
         assert runs(out["segment_ids"][0]) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
         assert "The CoT spells <think> and <|im_end|> as text." in tok.decode(ids[:begin])
 
@@ -297,8 +300,8 @@ def test_row_that_mentions_abstract_tokens_is_trained_normally(plugin_active, ti
     out = strategy(tiny_tokenizer).tokenize_prompt(batch_of([row]))
     (ids,), (segs,) = out["input_ids"], out["segment_ids"]
     parsed = parse_chat_row(row, "lit")
-    assert [i for i, s in zip(ids, segs) if s == seg.PROMPT] == builder.prompt_ids(parsed)
-    assert [i for i, s in zip(ids, segs) if s == seg.COT] == builder.cot_ids(parsed)
+    assert [i for i, s in zip(ids, segs, strict=True) if s == seg.PROMPT] == builder.prompt_ids(parsed)
+    assert [i for i, s in zip(ids, segs, strict=True) if s == seg.COT] == builder.cot_ids(parsed)
     assert [i for i in ids if i in set(vocab.all_ids)] == [vocab.begin_id, *vocab.symbol_ids[2:5], vocab.end_id]
 
 

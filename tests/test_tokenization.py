@@ -7,7 +7,8 @@ import pytest
 from support import read_jsonl
 
 from abscot_plugin.fixtures import data_path
-from abscot_plugin.prompts import BadRowError, cot_text, math_messages, parse_chat_row, prompt_text
+from abscot_plugin.prompts import math_messages, prompt_text
+from abscot_plugin.rows import BadRowError, cot_text, parse_chat_row
 from abscot_plugin.sequences import SequenceBuilder
 from abscot_plugin.tokenization import prompt_ids, text_ids
 from abscot_plugin.vocab import AbstractVocab

@@ -9,11 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from abscot_plugin.fixtures import QWEN3_4B, QWEN3_ADDED_TOKENS
 from abscot_plugin.prompts import prompt_text
+from abscot_plugin.symbols import BEGIN, END, symbol_names
 from abscot_plugin.tokenization import text_ids
-from abscot_plugin.vocab import (
-    BEGIN, END, AbstractVocab, add_abstract_tokens, check_tied, has_abstract_tokens,
-    init_new_rows, symbol_names,
-)
+from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens, check_tied, has_abstract_tokens, init_new_rows
 
 
 def test_symbol_names_follow_method():
@@ -39,7 +37,7 @@ def test_added_tokens_are_single_special_ids_and_keep_existing_specials(tiny_dir
     assert before <= set(tok.all_special_tokens)
     assert "<think>" in tok.all_special_tokens and "<|im_end|>" in tok.all_special_tokens
     assert sorted(vocab.all_ids) == list(range(n, n + 66))
-    for name, idx in zip(symbol_names(64) + [BEGIN, END], vocab.all_ids):
+    for name, idx in zip(symbol_names(64) + [BEGIN, END], vocab.all_ids, strict=True):
         assert tok.encode(name, add_special_tokens=False) == [idx]
     # adding twice is idempotent
     assert add_abstract_tokens(tok, 64) == vocab and len(tok) == n + 66

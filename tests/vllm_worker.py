@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def main() -> None:
     from abscot_plugin.decode import TraceSettings, two_stage
-    from abscot_plugin.generate import generate_traces, load_decoder, parse_args, read_rows, train_layout
+    from abscot_plugin.generate import generate_traces, load_decoder, parse_args, train_layout
+    from abscot_plugin.rows import read_rows
     from abscot_plugin.sequences import SequenceBuilder
 
     model_dir, request_path, result_path = sys.argv[1:4]
-    request = json.loads(open(request_path, encoding="utf-8").read())
+    request = json.loads(Path(request_path).read_text(encoding="utf-8"))
     gen = request["generate"]
     args = parse_args([
         "--backend", "vllm", "--model", model_dir, "--data", gen["data"], "--mode", "phase_a",

@@ -1,9 +1,19 @@
 """The T-round Abstract-CoT warm-up as a resumable pipeline of subprocess stages.
 
-``run_config`` validates the one YAML run config, ``plan`` turns it into stages (commands,
-generated axolotl YAMLs, input fingerprints), ``schedule`` derives a training stage's optimizer
-steps and warm-up, ``manifest`` records finished stages,
-``curves`` reads the trainer's logs (plots, learning-rate check) and ``runner`` executes the
-plan. The command line is ``orchestrate.py`` at the repository root. Nothing here imports torch,
-transformers or axolotl: stages run in their own processes.
+Data flow (each module imports only those above it)::
+
+    run_config   the one YAML run config, validated (ConfigError, PlanError)
+    schedule     a training stage's optimizer steps and warm-up, as axolotl derives them
+    training     a training stage's generated axolotl YAML, checked
+    commands     the command line of each stage kind (train, merge, traces, eval)
+    manifest     finished stages and the fingerprints of their inputs
+    plan         the stage graph: stages, data slices, fingerprints, statuses
+    curves       the trainer's TensorBoard logs: loss and learning rate, plots, the schedule check
+    summary      the dry-run listing, SUMMARY.md, the evaluation report
+    checks       what each finished stage must have written, by kind
+    runner       execution: resume, subprocesses and signals, the run-folder lock
+
+The command line is ``orchestrate.py`` at the repository root. Nothing here imports torch,
+transformers or axolotl, at import time or while planning (tests/test_boundaries.py): stages run
+them in their own processes. How to add a stage kind: :mod:`.commands`.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import atomic_path
+from ..report import pyplot, save_png
 
 TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "train_runtime": "train/train_runtime"}
 
@@ -89,22 +89,12 @@ def check_warmup_cosine(curve: Curve, peak_lr: float | None = None, rel_tol: flo
 
 def plot_curve(curve: Curve, title: str, ylabel: str, path: str | Path) -> Path:
     """Write a line plot of ``curve`` to ``path`` (PNG, atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.plot(curve.steps, curve.values, marker="." if len(curve.steps) <= 50 else None)
     ax.set_title(title)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, path, dpi=100)
     return path

@@ -7,45 +7,19 @@ finished only once it is recorded here (after its outputs were written and check
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ..fileio import json_digest, write_atomic
 
 VERSION = 1
 
 
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; once the block succeeds it replaces ``path``
-    (``os.replace``), otherwise it is removed. Readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (flushed to disk before the rename)."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def fingerprint(inputs: dict[str, Any]) -> str:
     """A stable hash of a stage's inputs (JSON with sorted keys)."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return json_digest(inputs, 20)
 
 
 def diff_inputs(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -63,7 +37,7 @@ def diff_inputs(old: Any, new: Any, prefix: str = "") -> list[str]:
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         out = []
-        for i, (a, b) in enumerate(zip(old, new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
             # command lines: name a changed value by the flag before it
             flag = old[i - 1] if i and isinstance(old[i - 1], str) and old[i - 1].startswith("--") else None
             out.extend(diff_inputs(a, b, f"{prefix} {flag}" if flag else f"{prefix}[{i}]"))

@@ -13,6 +13,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..choices import DEFAULT_BACKEND, DEFAULT_HF_BATCH_SIZE, Backend, Phase
+from ..eval_cli import DEFAULT_EVAL_BATCH_SIZE
+from ..rows import DEFAULT_ID_FIELD
+from ..traces import TraceSettings
+
 # axolotl keys the orchestrator sets per stage; a run config may not override them
 MANAGED_KEYS = (
     "base_model", "base_model_config", "tokenizer_config", "datasets", "output_dir",
@@ -22,6 +27,10 @@ MANAGED_KEYS = (
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message is one line."""
+
+
+class PlanError(ValueError):
+    """A run config that validates but cannot be planned (one-line message)."""
 
 
 def _existing(path: Path | None, what: str) -> Path | None:
@@ -47,7 +56,7 @@ class DataConfig(_Strict):
         description="same: the first N rows in every phase; per_round: a fresh disjoint slice of N "
         "rows per round (both phases share it); per_phase: a fresh slice per round and phase",
     )
-    id_field: str = "id"
+    id_field: str = DEFAULT_ID_FIELD
 
     @field_validator("path")
     @classmethod
@@ -104,19 +113,20 @@ class TrainingConfig(_Strict):
 class GenerationConfig(_Strict):
     """Teacher trace generation (``python -m abscot_plugin.generate``)."""
 
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Backend = DEFAULT_BACKEND
     python: Path | None = Field(
         default=None,
         description="interpreter for the generation stages (default: this one for hf, "
         ".venv-vllm/bin/python for vllm)",
     )
-    m_min: int = Field(default=16, ge=1)
-    m_max: int = Field(default=128, ge=1)
-    temperature: float = Field(default=0.7, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int = 0
+    # stage-1 sampling (traces.TraceSettings: its defaults, and its checks in _trace_settings)
+    m_min: int = TraceSettings.m_min
+    m_max: int = TraceSettings.m_max
+    temperature: float = TraceSettings.temperature
+    top_p: float = TraceSettings.top_p
+    seed: int = TraceSettings.seed
     max_model_len: int | None = Field(default=None, ge=16)
-    batch_size: int = Field(default=8, ge=1, description="hf backend")
+    batch_size: int = Field(default=DEFAULT_HF_BATCH_SIZE, ge=1, description="hf backend")
     tensor_parallel_size: int = Field(default=1, ge=1, description="vllm backend")
     dtype: str = "auto"
     extra_args: list[str] = Field(default_factory=list)
@@ -128,10 +138,13 @@ class GenerationConfig(_Strict):
         return _existing(v, "generation python")
 
     @model_validator(mode="after")
-    def _lengths(self) -> GenerationConfig:
-        if self.m_min > self.m_max:
-            raise ValueError(f"m_min {self.m_min} > m_max {self.m_max}")
+    def _trace_settings(self) -> GenerationConfig:
+        self.trace_settings()
         return self
+
+    def trace_settings(self) -> TraceSettings:
+        """The stage-1 settings of the trace stages (raises ValueError for impossible ones)."""
+        return TraceSettings(self.m_min, self.m_max, self.temperature, self.seed, self.top_p)
 
 
 class MergeConfig(_Strict):
@@ -145,14 +158,14 @@ class EvaluationConfig(_Strict):
 
     tasks: list[str] = Field(default_factory=list, description="on B_T, e.g. [math500_abscot]")
     baseline_tasks: list[str] = Field(default_factory=list, description="on base_model, e.g. [math500_verbal]")
-    backend: Literal["hf", "vllm"] | None = Field(default=None, description="default: generation.backend")
+    backend: Backend | None = Field(default=None, description="default: generation.backend")
     model_args: dict[str, Any] = Field(default_factory=dict, description="e.g. dtype, tensor_parallel_size")
     gen_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. max_gen_toks, m_max, trace_seed")
     data_files: dict[str, Path] = Field(
         default_factory=dict, description="local datasets (math500_file, gsm8k_file) instead of the hub's"
     )
     limit: int | None = Field(default=None, ge=1, description="only the first N problems per task")
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=DEFAULT_EVAL_BATCH_SIZE, ge=1)
     extra_args: list[str] = Field(default_factory=list, description="further lm_eval flags")
 
     @field_validator("data_files")
@@ -195,6 +208,15 @@ class RunConfig(_Strict):
             raise ValueError(f"base model folder not found: {v}")
         return v  # a hub id
 
+    def phase(self, phase: Phase) -> PhaseConfig:
+        """The ``phase_a`` or ``phase_b`` section."""
+        return self.phase_a if phase is Phase.A else self.phase_b
+
+    @property
+    def eval_backend(self) -> Backend:
+        """The evaluation stages' backend: ``evaluation.backend``, else ``generation.backend``."""
+        return self.evaluation.backend or self.generation.backend
+
     @model_validator(mode="after")
     def _no_managed_overrides(self) -> RunConfig:
         for where, overrides in (
@@ -208,7 +230,8 @@ class RunConfig(_Strict):
         return self
 
 
-def _one_line(exc: ValidationError) -> str:
+def one_line(exc: ValidationError) -> str:
+    """A pydantic validation error as one line: ``key.path: problem; …``."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -233,4 +256,4 @@ def load_run_config(path: str | Path) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_one_line(exc)}") from None
+        raise ConfigError(f"{path}: {one_line(exc)}") from None

@@ -1,0 +1,121 @@
+"""A training stage's inputs: its generated axolotl YAML (:func:`phase_yaml`) and the optimizer
+schedule axolotl will derive from it (:func:`training_schedule`).
+
+The YAML is the phase config named in the run config, with the run's overrides on top and the keys
+the orchestrator manages set per stage (model, data, traces, folders, TensorBoard logging). It is
+checked here, before anything runs: one dataset of the phase's type, a cosine schedule, LoRA or
+full fine-tuning, valid ``abscot_*`` keys, rows named as the trace stages name them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..args import AbsCoTArgs
+from ..choices import Phase
+from .run_config import MANAGED_KEYS, PlanError, RunConfig, one_line
+from .schedule import Schedule
+
+
+def abscot_args(yaml_cfg: dict[str, Any], source: Path) -> AbsCoTArgs:
+    """The abscot settings of a generated training YAML, defaults filled in (``source``: the
+    phase config named in errors)."""
+    try:
+        return AbsCoTArgs.from_cfg(yaml_cfg)
+    except ValidationError as exc:
+        raise PlanError(f"{source}: {one_line(exc)}") from None
+
+
+def phase_yaml(
+    cfg: RunConfig, phase: Phase, base_model: str, data: Path, traces: Path | None,
+    out_dir: Path, prepared: Path,
+) -> dict[str, Any]:
+    """The axolotl config of one training stage of ``phase`` (module docstring); ``traces``: the
+    trace file it reads (None: round 1's random traces)."""
+    source = cfg.phase(phase)
+    raw = yaml.safe_load(source.config.read_text(encoding="utf-8")) or {}
+    types = [d.get("type") for d in raw.get("datasets") or [] if isinstance(d, dict)]
+    if types != [phase.dataset_type]:
+        raise PlanError(
+            f"{source.config}: phase {phase.letter.upper()} needs one dataset of type {phase.dataset_type}, got {types}"
+        )
+    merged = {**raw, **cfg.training.overrides, **source.overrides}
+    for key in MANAGED_KEYS:
+        merged.pop(key, None)
+    merged = {k: v for k, v in merged.items() if v is not None}  # an override of null removes a key
+    merged.update(
+        base_model=base_model,
+        datasets=[{"path": str(data), "ds_type": "json", "type": phase.dataset_type}],
+        output_dir=str(out_dir),
+        dataset_prepared_path=str(prepared),
+        use_tensorboard=True,
+    )
+    if traces is not None:
+        merged["abscot_trace_file"] = str(traces)
+    if merged.get("lr_scheduler") != "cosine":
+        raise PlanError(
+            f"{source.config}: lr_scheduler is {merged.get('lr_scheduler')!r}; the warm-up is "
+            "checked as one warm-up + cosine, set lr_scheduler: cosine"
+        )
+    adapter = merged.get("adapter")
+    if adapter not in (None, "lora"):
+        raise PlanError(
+            f"{source.config}: adapter {adapter!r} is not supported (use lora, or none for full fine-tuning)"
+        )
+    args = abscot_args(merged, source.config)
+    if cfg.generation.m_max > args.abscot_m_max:
+        raise PlanError(
+            f"generation.m_max {cfg.generation.m_max} exceeds abscot_m_max {args.abscot_m_max} of {source.config}"
+        )
+    if args.abscot_id_field != cfg.data.id_field:
+        raise PlanError(
+            f"{source.config}: abscot_id_field {args.abscot_id_field!r} is not data.id_field "
+            f"{cfg.data.id_field!r}: training would not find the traces generated for its rows"
+        )
+    if phase.has_cot and traces is not None and not merged.get("sequence_len"):
+        raise PlanError(
+            f"{source.config}: set sequence_len (Phase A trace stages cut the CoT to fit it, as training does)"
+        )
+    return merged
+
+
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, asked without torch (the orchestrator never imports
+    it): ``nvidia-smi`` is on PATH and lists a device, the test scripts/setup_vllm.sh makes too."""
+    smi = shutil.which("nvidia-smi")
+    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+
+
+def cpu_multiprocess_fix(cfg: RunConfig, notes: list[str]) -> dict[str, Any]:
+    """YAML keys every training stage needs on this machine: axolotl 0.19 maps every rank to
+    accelerator LOCAL_RANK; without a GPU (:func:`gpu_present`), a ``max_memory`` of the CPU alone
+    gives a CPU device map instead (needed for multi-process CPU training). Appends a plan note."""
+    overrides = {**cfg.training.overrides, **cfg.phase_a.overrides, **cfg.phase_b.overrides}
+    if cfg.training.launcher.num_processes == 1 or "max_memory" in overrides or gpu_present():
+        return {}
+    notes.append("no GPU: training YAMLs get max_memory {cpu: 64GiB} so that axolotl loads on CPU per rank")
+    return {"max_memory": {"cpu": "64GiB"}}
+
+
+def training_schedule(yaml_cfg: dict[str, Any], rows: int, num_processes: int, source: Path) -> Schedule:
+    """The :class:`~.schedule.Schedule` of a generated training YAML (``source``: the phase config
+    named in errors); a batch that is not a number of examples is a one-line PlanError."""
+    try:
+        return Schedule.of(yaml_cfg, rows, num_processes)
+    except ValueError as exc:
+        raise PlanError(f"{source}: {exc}") from None
+
+
+def short_context_note(cfg: RunConfig, yaml_a: dict[str, Any]) -> str | None:
+    """A plan note when the generation engine is shorter than the Phase A training rows."""
+    limit, seq = cfg.generation.max_model_len, yaml_a["sequence_len"]
+    if limit is None or limit >= seq:
+        return None
+    return (f"generation.max_model_len {limit} < Phase A sequence_len {seq}: on long rows, Phase A teachers see "
+            "less CoT than training (counted in the trace stages' summaries)")
