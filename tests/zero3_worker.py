@@ -6,7 +6,7 @@ Loads MODEL_DIR partitioned by DeepSpeed ZeRO-3 (``zero.Init``, gloo backend on 
 plugin's vocabulary helpers on it, and saves to OUT_DIR/rank<r>.pt what this rank saw: the
 embedding's local shape and ``embedding_rows``, this rank's shard of the embedding after
 ``init_new_rows`` (its context exited), and whether ``check_tied`` passed on the tied model and
-caught a model whose config claims a tie its lm_head does not have.
+caught a model whose config claims a tie its lm_head (filled with other values) does not have.
 """
 
 from __future__ import annotations
@@ -42,9 +42,15 @@ def main() -> None:
 
     config = AutoConfig.from_pretrained(model_dir)
     config.tie_word_embeddings = False
-    torch.manual_seed(0)
     untied = AutoModelForCausalLM.from_config(config)
     untied.config.tie_word_embeddings = True  # claims a tie its separate lm_head does not have
+    # zero.Init may leave a from_config model's weights as they were allocated (zeros, or whatever the
+    # memory held): both matrices could then score alike and pass. Fill both, distinct, on rank 0.
+    pair = [untied.get_input_embeddings().weight, untied.get_output_embeddings().weight]
+    with deepspeed.zero.GatheredParameters(pair, modifier_rank=0), torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for param in pair:
+            param.copy_(torch.randn(param.shape, generator=generator))
     try:
         check_tied(untied, ids)
         seen["untied_error"] = None
