@@ -62,7 +62,7 @@ def test_the_vllm_side_imports_without_axolotl():
     assert proc.returncode == 0, f"imports axolotl:\n{proc.stdout}{proc.stderr[-2000:]}"
 
 
-def test_the_orchestrator_imports_and_plans_without_torch(tmp_path):
+def test_the_orchestrator_imports_and_plans_without_torch(tiny_dir, tmp_path):
     modules = [f"abscot_plugin.{name}" for name in sorted(TORCH_FREE)] + _modules(abscot_plugin.orchestration)
     blocked = {"torch", "transformers", "axolotl"}
     proc = _python(BLOCK.format(blocked=blocked) + IMPORT_ALL.format(modules=modules))
@@ -70,6 +70,7 @@ def test_the_orchestrator_imports_and_plans_without_torch(tmp_path):
     # planning a multi-process run asks whether there is a GPU: without torch too
     cfg = yaml.safe_load((ROOT / "configs" / "runs" / "tiny.yml").read_text())
     cfg["output_dir"] = str(tmp_path / "run")
+    cfg["base_model"] = str(tiny_dir)  # a fresh clone has no build/tiny
     cfg["training"]["launcher"]["num_processes"] = 2
     (tmp_path / "run.yml").write_text(yaml.safe_dump(cfg))
     dry_run = "import runpy\nsys.argv = sys.argv[1:]\nrunpy.run_path('orchestrate.py', run_name='__main__')"
