@@ -36,8 +36,9 @@ NEW_ROWS = list(range(151669, 151669 + 66))  # where V_abs lands in Qwen3's voca
 VARIANTS = ("full logits", "loss-only")
 
 
-def build_model(layers: int, attn: str, train: str, device: torch.device, dtype: torch.dtype):
-    """Random Qwen3 of Qwen3-4B's shape with ``layers`` layers; LoRA + trainable V_abs rows for ``lora``."""
+def build_model(layers: int, attn: str, train: str, device: torch.device, dtype: torch.dtype, checkpointing: bool):
+    """Random Qwen3 of Qwen3-4B's shape with ``layers`` layers; LoRA + trainable V_abs rows for
+    ``lora``; gradient checkpointing (non-reentrant, as the Qwen3-4B configs) with ``checkpointing``."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(**{**QWEN3_4B, "num_hidden_layers": layers})
@@ -45,6 +46,8 @@ def build_model(layers: int, attn: str, train: str, device: torch.device, dtype:
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3ForCausalLM(config).to(dtype)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if train == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -63,7 +66,7 @@ def phase_a_batch(batch: int, seq: int, vocab: int, device: torch.device) -> dic
 def bench_one(train: str, args, device: torch.device, dtype: torch.dtype) -> dict:
     """Full logits vs loss-only for one train mode: times, peak memory, the loss of each."""
     attn = "flex_attention" if device.type == "cuda" else "sdpa"
-    model = build_model(args.layers, attn, train, device, dtype)
+    model = build_model(args.layers, attn, train, device, dtype, args.gradient_checkpointing)
     base = model.get_base_model() if train == "lora" else model
     data = phase_a_batch(args.batch, args.seq, QWEN3_4B["vocab_size"], device)
     losses: dict[str, float] = {}
@@ -92,7 +95,6 @@ def bench_one(train: str, args, device: torch.device, dtype: torch.dtype) -> dic
         loss_diff=abs(losses["loss-only"] - losses["full logits"]),
         samples={k: v.summary() for k, v in steps.items()},
     )
-    del model, base
     return row
 
 
@@ -108,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5 if cuda else 3)
     parser.add_argument("--warmup", type=int, default=2 if cuda else 1)
     parser.add_argument("--dtype", default="bfloat16" if cuda else "float32")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=cuda,
+                        help="as the Qwen3-4B configs (default on CUDA)")
     parser.add_argument("--out", default="loss_logits", help="JSON name under build/bench/")
     args = parser.parse_args(argv)
     args.train = args.train.split(",")
@@ -135,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     notes = [
         f"Qwen3-4B width (hidden 2560, MLP 9728, 32/8 heads, d_head 128), vocabulary {QWEN3_4B['vocab_size']} "
-        f"tied, {args.layers} layer(s), batch {args.batch}, {args.dtype}; Phase A batch with the bottleneck mask",
+        f"tied, {args.layers} layer(s), batch {args.batch}, {args.dtype}, gradient checkpointing "
+        f"{'on' if args.gradient_checkpointing else 'off'}; Phase A batch with the bottleneck mask",
         f"medians of {args.repeats} interleaved repeats after {args.warmup} warm-up; time ratio: median and range "
         "of the per-repeat ratios; peak MiB from one more untimed step of each (gradients included)",
     ]

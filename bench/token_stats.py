@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, tok in tokenizers().items():
         builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok, NUM_SYMBOLS))
         per = {("dolci", k): v for k, v in dolci_lengths(builder).items()}
-        per.update({("math500", k): v for k, v in math_lengths(tok, "math500_tiny.jsonl", "problem", "solution").items()})
+        math500 = math_lengths(tok, "math500_tiny.jsonl", "problem", "solution")
+        per.update({("math500", k): v for k, v in math500.items()})
         per.update({("gsm8k", k): v for k, v in math_lengths(tok, "gsm8k_tiny.jsonl", "question", "answer").items()})
         lengths[name] = per
     rows = []
