@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import interleaved, machine, paired_ratio, ratio, report  # noqa: E402
-from bench.mask_step import LORA, phase_a_segments  # noqa: E402
 from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.fixtures import QWEN3_4B  # noqa: E402
 from abscot_plugin.loss_logits import loss_only_inputs  # noqa: E402
 from abscot_plugin.segments import bottleneck_attention_mask  # noqa: E402
 from abscot_plugin.sequences import IGNORE  # noqa: E402
+from bench.common import interleaved, machine, paired_ratio, ratio, report  # noqa: E402
+from bench.mask_step import LORA, phase_a_segments  # noqa: E402
 
 NEW_ROWS = list(range(151669, 151669 + 66))  # where V_abs lands in Qwen3's vocabulary
 VARIANTS = ("full logits", "loss-only")

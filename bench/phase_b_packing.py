@@ -35,34 +35,35 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import interleaved, machine, paired_ratio, report  # noqa: E402
-from bench.mask_step import VOCAB_ROWS, build_model, model_config  # noqa: E402
+from abscot_plugin.args import AbsCoTArgs  # noqa: E402
+from abscot_plugin.choices import Phase  # noqa: E402
 from abscot_plugin.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
 from abscot_plugin.loss_logits import loss_only_inputs  # noqa: E402
-from abscot_plugin.prompts import parse_chat_row  # noqa: E402
+from abscot_plugin.rows import parse_chat_row, read_rows  # noqa: E402
 from abscot_plugin.sequences import IGNORE, SequenceBuilder  # noqa: E402
 from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402
+from bench.common import interleaved, machine, paired_ratio, report  # noqa: E402
+from bench.mask_step import VOCAB_ROWS, build_model, model_config  # noqa: E402
 
-M_MAX, NUM_SYMBOLS = 128, 64
+DEFAULTS = AbsCoTArgs()  # training's defaults: V_abs size, m_max
+M_MAX, NUM_SYMBOLS = DEFAULTS.abscot_m_max, DEFAULTS.abscot_num_symbols
 
 
 def phase_b_rows(copies: int, sequence_len: int) -> list[dict[str, list[int]]]:
     """``copies`` × the Dolci rows as Phase B examples in Qwen3 tokens, ids folded into the model."""
-    import json
-
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = AutoTokenizer.from_pretrained(build_qwen3_tokenizer(tmp))
     add_abstract_tokens(tok, NUM_SYMBOLS)
     builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok, NUM_SYMBOLS))
-    lines = data_path("dolci_tiny.jsonl").read_text(encoding="utf-8").splitlines()
+    dolci = read_rows(data_path("dolci_tiny.jsonl"))
     rows = []
     for seed in range(copies):
-        for line in lines:
-            parsed = parse_chat_row(json.loads(line), json.loads(line)["id"])
+        for row_id, row in dolci:
+            parsed = parse_chat_row(row, row_id)
             trace = builder.random_trace_ids(parsed, NUM_SYMBOLS, seed, M_MAX)
-            ex = builder.example(parsed, trace, False, sequence_len)
+            ex = builder.example(parsed, trace, Phase.B, sequence_len)
             ids = [i % VOCAB_ROWS for i in ex.input_ids]
             labels = [IGNORE if label == IGNORE else i for i, label in zip(ids, ex.labels, strict=True)]
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})

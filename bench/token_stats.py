@@ -23,15 +23,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, report  # noqa: E402
 from abscot_plugin import segments as seg  # noqa: E402
+from abscot_plugin.args import AbsCoTArgs  # noqa: E402
+from abscot_plugin.choices import Phase  # noqa: E402
 from abscot_plugin.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
-from abscot_plugin.prompts import math_messages, parse_chat_row  # noqa: E402
+from abscot_plugin.prompts import math_messages  # noqa: E402
+from abscot_plugin.rows import parse_chat_row, read_rows  # noqa: E402
 from abscot_plugin.sequences import SequenceBuilder  # noqa: E402
+from abscot_plugin.symbols import DEFAULT_NUM_SYMBOLS as NUM_SYMBOLS  # noqa: E402
 from abscot_plugin.tokenization import prompt_ids, text_ids  # noqa: E402
 from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402
+from bench.common import machine, report  # noqa: E402
 
-SEQUENCE_LEN, M_MAX, NUM_SYMBOLS, TRACE_SEED = 8192, 128, 64, 0
+DEFAULTS = AbsCoTArgs()  # training's defaults: m_max and the round-1 trace seed
+SEQUENCE_LEN, M_MAX, TRACE_SEED = 8192, DEFAULTS.abscot_m_max, DEFAULTS.abscot_trace_seed
 
 
 def tokenizers() -> dict:
@@ -46,19 +51,14 @@ def tokenizers() -> dict:
     return out
 
 
-def read_rows(name: str) -> list[dict]:
-    """The rows of a shipped JSONL file."""
-    return [json.loads(line) for line in data_path(name).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def dolci_lengths(builder: SequenceBuilder) -> dict[str, list[int]]:
     """Per Dolci row: prompt, CoT, answer, trace, Phase A and Phase B row lengths."""
     out: dict[str, list[int]] = {k: [] for k in ("prompt", "cot", "answer", "trace", "phase_a", "phase_b")}
-    for row in read_rows("dolci_tiny.jsonl"):
-        parsed = parse_chat_row(row, row["id"])
+    for row_id, row in read_rows(data_path("dolci_tiny.jsonl")):
+        parsed = parse_chat_row(row, row_id)
         trace = builder.random_trace_ids(parsed, NUM_SYMBOLS, TRACE_SEED, M_MAX)
-        a = builder.example(parsed, trace, True, SEQUENCE_LEN, "end", M_MAX)
-        b = builder.example(parsed, trace, False, SEQUENCE_LEN, "end", M_MAX)
+        a = builder.example(parsed, trace, Phase.A, SEQUENCE_LEN, m_max=M_MAX)
+        b = builder.example(parsed, trace, Phase.B, SEQUENCE_LEN, m_max=M_MAX)
         counts = {code: a.segment_ids.count(code) for code in (seg.PROMPT, seg.COT, seg.ANSWER)}
         for key, value in (("prompt", counts[seg.PROMPT]), ("cot", counts[seg.COT]),
                            ("answer", counts[seg.ANSWER]), ("trace", len(trace)),
@@ -69,7 +69,7 @@ def dolci_lengths(builder: SequenceBuilder) -> dict[str, list[int]]:
 
 def math_lengths(tok, name: str, problem_key: str, solution_key: str) -> dict[str, list[int]]:
     """Evaluation prompt and reference solution lengths of a MATH-style file."""
-    rows = read_rows(name)
+    rows = [json.loads(line) for line in data_path(name).read_text(encoding="utf-8").splitlines() if line.strip()]
     return {
         "prompt": [len(prompt_ids(tok, math_messages(r[problem_key]))) for r in rows],
         "solution": [len(text_ids(tok, r[solution_key])) for r in rows],

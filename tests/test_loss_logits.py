@@ -10,12 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from abscot_plugin.choices import Phase
 from abscot_plugin.loss_logits import loss_only_inputs
-from abscot_plugin.prompts import parse_chat_row
+from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.segments import bottleneck_attention_mask
 from abscot_plugin.sequences import IGNORE
-
-PHASE_TYPES = {"a": "abscot_plugin.bottleneck", "b": "abscot_plugin.self_distill"}
 
 
 def test_loss_only_inputs_keep_the_union_of_labelled_positions():
@@ -37,15 +36,15 @@ def training_args(tmp_path_factory):
     return AxolotlTrainingArguments(output_dir=str(tmp_path_factory.mktemp("trainer")), report_to=[], use_cpu=True)
 
 
-def padded_batch(builder, vocab, tokenizer, rows, phase: str) -> dict[str, torch.Tensor]:
+def padded_batch(builder, vocab, tokenizer, rows, phase: Phase) -> dict[str, torch.Tensor]:
     """Two rows of different lengths, right-padded by the collator the phase trains with."""
     from abscot_plugin.collator import SegmentCollator
 
     features = []
     for row, trace_len in zip(rows, (7, 30), strict=True):
-        ex = builder.example(parse_chat_row(row, row["id"]), list(vocab.symbol_ids[:trace_len]), phase == "a", 4096)
+        ex = builder.example(parse_chat_row(row, row["id"]), list(vocab.symbol_ids[:trace_len]), phase, 4096)
         feature = {"input_ids": ex.input_ids, "attention_mask": [1] * len(ex.input_ids), "labels": ex.labels}
-        if phase == "a":
+        if phase.has_cot:
             feature["segment_ids"] = ex.segment_ids
         features.append(feature)
     batch = SegmentCollator(tokenizer, padding=True, return_tensors="pt")(features)
@@ -86,7 +85,7 @@ def loss_and_grads(model, run) -> tuple[torch.Tensor, dict[str, torch.Tensor], l
 
 
 @pytest.mark.parametrize("train", ["full", "lora_new_rows"])
-@pytest.mark.parametrize("phase", ["a", "b"])
+@pytest.mark.parametrize("phase", list(Phase))
 def test_loss_and_gradients_equal_the_full_logits_ones(
     phase, train, tiny_dir, builder, vocab, tiny_tokenizer, dolci_rows, training_args
 ):
@@ -97,13 +96,13 @@ def test_loss_and_gradients_equal_the_full_logits_ones(
     batch = padded_batch(builder, vocab, tiny_tokenizer, dolci_rows[1:3], phase)
     model = build_model(tiny_dir, vocab, train)
     trainer = AbsCoTTrainer(model=model, args=training_args)
-    trainer.axolotl_cfg = DictDefault({"datasets": [{"type": PHASE_TYPES[phase]}]})
-    assert trainer.bottleneck == (phase == "a")
+    trainer.axolotl_cfg = DictDefault({"datasets": [{"type": phase.dataset_type}]})
+    assert trainer.bottleneck == (phase is Phase.A)
     seq = batch["input_ids"].shape[1]
     labelled = int((batch["labels"][:, 1:] != IGNORE).any(0).sum())
     assert labelled < seq / 2
     base = model.get_base_model() if train != "full" else model
-    if phase == "a":
+    if phase is Phase.A:
         mask = bottleneck_attention_mask(base.config, batch["segment_ids"], torch.float32)
     else:
         mask = batch["attention_mask"]
@@ -112,10 +111,10 @@ def test_loss_and_gradients_equal_the_full_logits_ones(
         extra = {} if num_items is None else {"num_items_in_batch": num_items}
         trainer.model_accepts_loss_kwargs = num_items is not None
 
-        def full_logits():
+        def full_logits(extra=extra):
             return model(input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"], **extra).loss
 
-        def ours():
+        def ours(num_items=num_items):
             return trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
 
         want, want_grads, want_seen = loss_and_grads(model, full_logits)
@@ -138,7 +137,7 @@ def test_evaluation_keeps_every_positions_logits(tiny_dir, builder, vocab, tiny_
     """return_outputs=True (evaluation): the caller may read the logits, so all are computed."""
     from abscot_plugin.trainer import AbsCoTTrainer
 
-    batch = padded_batch(builder, vocab, tiny_tokenizer, dolci_rows[1:3], "a")
+    batch = padded_batch(builder, vocab, tiny_tokenizer, dolci_rows[1:3], Phase.A)
     model = build_model(tiny_dir, vocab, "full")
     trainer = AbsCoTTrainer(model=model, args=training_args)
     with torch.no_grad():
