@@ -10,8 +10,8 @@ Add to an axolotl config::
         type: abscot_plugin.bottleneck     # Phase A; abscot_plugin.self_distill for Phase B
 
 The plugin extends the tokenizer with V_abs (``tokenizer_prep``), initialises and trains the new
-rows (``vocab``), and swaps in the trainer/collator that build the bottleneck mask (``trainer``,
-``collator``, ``segments``).
+rows (``vocab``), and swaps in the trainer (loss-only logits, ``loss_logits``; the bottleneck mask,
+``segments``) and Phase A's collator (``collator``).
 """
 
 __all__ = ["AbsCoTPlugin", "AbsCoTArgs"]

@@ -3,8 +3,10 @@
 * ``register``: extended tokenizer (``tokenizer_prep``), LoRA settings for ``full`` embeddings;
 * ``post_model_build``: new V_abs rows initialised (``vocab``; DeepSpeed ZeRO-3 partitions too);
 * ``post_model_load``: tied lm_head still tied (``vocab.check_tied``, gathered under ZeRO-3);
-* ``get_trainer_cls`` / ``get_collator_cls_and_kwargs``: Phase A's mask trainer and segment
-  collator (``trainer``, ``collator``); other formats train with axolotl's own;
+* ``get_trainer_cls``: abscot's trainer for both formats (loss-only logits; the bottleneck mask
+  for Phase A: ``trainer``); other formats train with axolotl's own;
+* ``get_collator_cls_and_kwargs``: Phase A's segment collator (``collator``); Phase B uses
+  axolotl's;
 * ``post_trainer_create``: the data summary: skipped rows by kind, CoT cuts (``dataset_strategy``).
 """
 
@@ -13,7 +15,8 @@ from __future__ import annotations
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
-from .args import INPUT_ARGS, AbsCoTArgs, uses_bottleneck
+from .args import INPUT_ARGS, AbsCoTArgs, dataset_types, uses_bottleneck
+from .choices import Phase
 
 LOG = get_logger("axolotl.integrations.abscot")
 
@@ -75,8 +78,9 @@ class AbsCoTPlugin(BasePlugin):
         check_tied(model, list(self.vocab.all_ids))
 
     def get_trainer_cls(self, cfg):
-        """Phase A: the trainer that builds the bottleneck mask; otherwise axolotl's own."""
-        if not uses_bottleneck(cfg):
+        """abscot's trainer for abscot data (it reads Phase A from the config that axolotl hands
+        it); axolotl's own trainer for other formats."""
+        if not {phase.dataset_type for phase in Phase} & set(dataset_types(cfg)):
             return None
         from .trainer import AbsCoTTrainer
 

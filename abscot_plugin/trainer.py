@@ -1,20 +1,36 @@
-"""Trainer of Phase A (``type: abscot_plugin.bottleneck``): turns the ``segment_ids`` column into
-the bottleneck attention mask on the device. Phase B trains with axolotl's own trainer."""
+"""Trainer of both phases: loss-only logits always, the bottleneck mask for Phase A.
+
+* Every training step projects hidden states onto the vocabulary only where the loss reads them
+  (:mod:`abscot_plugin.loss_logits`), instead of fp32 logits at all 8,192 positions.
+* Phase A (``type: abscot_plugin.bottleneck``): the ``segment_ids`` column becomes the bottleneck
+  attention mask on the device, once per step (:mod:`abscot_plugin.segments`).
+"""
 
 from __future__ import annotations
 
 from axolotl.core.trainers.base import AxolotlTrainer
 
-from .args import BOTTLENECK_TYPE
+from .args import BOTTLENECK_TYPE, uses_bottleneck
+from .loss_logits import loss_only_inputs
 from .segments import bottleneck_attention_mask
 
 
 class AbsCoTTrainer(AxolotlTrainer):
-    """AxolotlTrainer that keeps ``segment_ids`` and builds the bottleneck mask once per step.
+    """AxolotlTrainer with loss-only logits and, for Phase A data, the bottleneck mask.
 
-    Every batch must carry ``segment_ids``: without them the answer would see the CoT (plain
-    causal attention) and Phase A would silently train without its bottleneck.
+    Phase A is read from the run's config, which axolotl's trainer builder sets as
+    ``axolotl_cfg`` right after building the trainer. Until then (or without a config) the trainer
+    takes the data for Phase A. In Phase A every batch must carry ``segment_ids``: without them
+    the answer would see the CoT (plain causal attention) and Phase A would silently train
+    without its bottleneck.
     """
+
+    axolotl_cfg = None  # axolotl's builder sets the run's config on trainers with this attribute
+
+    @property
+    def bottleneck(self) -> bool:
+        """Whether batches are Phase A (bottleneck) data: True unless the config says otherwise."""
+        return self.axolotl_cfg is None or uses_bottleneck(self.axolotl_cfg)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -22,6 +38,17 @@ class AbsCoTTrainer(AxolotlTrainer):
             self._signature_columns = list(self._signature_columns) + ["segment_ids"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.bottleneck:
+            inputs["attention_mask"] = self._bottleneck_mask(model, inputs)
+        # evaluation asks for the outputs (return_outputs) and gets every position's logits
+        if not return_outputs and self._loss_reads_labels_only(inputs):
+            inputs.update(loss_only_inputs(inputs["labels"], inputs.get("shift_labels")))
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+    def _bottleneck_mask(self, model, inputs):
+        """The mask of the batch's ``segment_ids`` (popped), for the model's attention backend."""
         segment_ids = inputs.pop("segment_ids", None)
         if segment_ids is None:
             raise ValueError(
@@ -31,7 +58,14 @@ class AbsCoTTrainer(AxolotlTrainer):
             )
         unwrapped = self.accelerator.unwrap_model(model)
         dtype = next(unwrapped.parameters()).dtype
-        inputs["attention_mask"] = bottleneck_attention_mask(unwrapped.config, segment_ids, dtype)
-        return super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        return bottleneck_attention_mask(unwrapped.config, segment_ids, dtype)
+
+    def _loss_reads_labels_only(self, inputs) -> bool:
+        """True when the model's own loss from ``labels`` is the step's loss: no label smoother,
+        custom loss function (``compute_loss_func``) or ORPO reads the logits."""
+        return (
+            "labels" in inputs
+            and self.label_smoother is None
+            and self.compute_loss_func is None
+            and not self.args.orpo_alpha
         )

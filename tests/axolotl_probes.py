@@ -14,8 +14,9 @@ DROP_SEGMENTS = "ABSCOT_PROBE_DROP_SEGMENTS"
 
 
 class MaskProbe(BasePlugin):
-    """Records the first training forward: the batch's ``input_ids`` and the ``attention_mask``
-    every attention module received (``torch.save`` of a dict). With ``ABSCOT_PROBE_DROP_SEGMENTS=1``
+    """Records the first training forward: the batch's ``input_ids`` and ``labels``, the
+    ``attention_mask`` every attention module received and how many positions the lm_head
+    projected (``torch.save`` of a dict). With ``ABSCOT_PROBE_DROP_SEGMENTS=1``
     it instead removes ``segment_ids`` from every batch, as a broken collator would."""
 
     def post_trainer_create(self, cfg, trainer):
@@ -39,6 +40,11 @@ class MaskProbe(BasePlugin):
         def on_model(module, args, kwargs):
             if "input_ids" not in seen:
                 seen["input_ids"] = kwargs["input_ids"].detach().cpu()
+                seen["labels"] = kwargs["labels"].detach().cpu()
+
+        def on_lm_head(module, args):
+            if "input_ids" in seen and "lm_head_positions" not in seen:
+                seen["lm_head_positions"] = args[0].shape[1]
 
         def after_model(module, args, kwargs, output):
             if "input_ids" in seen and not os.path.exists(os.environ["ABSCOT_PROBE_OUT"]):
@@ -47,6 +53,7 @@ class MaskProbe(BasePlugin):
         for module in attention:
             module.register_forward_pre_hook(on_attention, with_kwargs=True)
         trainer.model.register_forward_pre_hook(on_model, with_kwargs=True)
+        trainer.model.get_output_embeddings().register_forward_pre_hook(on_lm_head)
         trainer.model.register_forward_hook(after_model, with_kwargs=True)
 
 

@@ -1,5 +1,6 @@
-"""Shared fixtures: the tiny random Qwen3 (plain and with V_abs) and Qwen3's real tokenizer, built
-once per session."""
+"""Shared fixtures, built once per session: the tiny random Qwen3 (plain and with V_abs), Qwen3's
+real tokenizer, a tiny random Qwen3 on that tokenizer and its full 151,936-row vocabulary, and a
+SequenceBuilder on each tokenizer for tests about token ids or counts."""
 
 from __future__ import annotations
 
@@ -77,6 +78,36 @@ def qwen3_extended(qwen3_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
     add_abstract_tokens(tok)
     return tok
+
+
+@pytest.fixture(scope="session", params=["tiny", "qwen3"])
+def any_builder(request):
+    """A SequenceBuilder on each extended tokenizer, the tiny one and Qwen3's real one: for tests
+    about token ids or counts (``any_builder.tok``, ``any_builder.vocab``)."""
+    from abscot_plugin.sequences import SequenceBuilder
+    from abscot_plugin.vocab import AbstractVocab
+
+    tok = request.getfixturevalue("tiny_tokenizer" if request.param == "tiny" else "qwen3_extended")
+    return SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tiny_extended(tmp_path_factory, qwen3_extended) -> Path:
+    """A tiny random Qwen3 (hidden 128, 2 layers) with Qwen3-4B's 151,936 embedding rows and Qwen3's
+    real tokenizer with V_abs: decoding on the real vocabulary and ids."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from abscot_plugin.fixtures import QWEN3_4B, tiny_config
+
+    config = tiny_config(QWEN3_4B["vocab_size"], layers=2)
+    config.eos_token_id = qwen3_extended.convert_tokens_to_ids("<|im_end|>")
+    config.pad_token_id = qwen3_extended.pad_token_id
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("qwen3_tiny")
+    Qwen3ForCausalLM(config).save_pretrained(out)
+    qwen3_extended.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""The bottleneck mask reaches every attention layer in a real `axolotl train` Phase A step, and a
-Phase A batch without ``segment_ids`` is an error, never a silent causal step."""
+"""The bottleneck mask reaches every attention layer in a real `axolotl train` Phase A step (whose
+lm_head projects only the labelled positions), and a Phase A batch without ``segment_ids`` is an
+error, never a silent causal step."""
 
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def test_every_attention_layer_gets_the_bottleneck_mask(tiny_dir, dolci_rows, tm
         assert mask.dtype == torch.bool and mask.shape == (ids.shape[0], 1, ids.shape[1], ids.shape[1])
         assert torch.equal(mask, expected)
         assert not mask[:, 0][answer_cot].any()
+    # loss-only logits: the lm_head saw the positions whose next token has a label in some row
+    labelled = int((seen["labels"][:, 1:] != -100).any(0).sum())
+    assert 0 < seen["lm_head_positions"] == labelled < ids.shape[1]
 
 
 @pytest.mark.slow
@@ -77,16 +81,22 @@ def test_phase_a_batch_without_segment_ids_fails_loudly(tiny_dir, tmp_path):
 def test_trainer_refuses_a_batch_without_segment_ids():
     from abscot_plugin.trainer import AbsCoTTrainer
 
+    trainer = AbsCoTTrainer.__new__(AbsCoTTrainer)  # no config handed over yet: Phase A is assumed
     batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": torch.zeros(1, 4, dtype=torch.long)}
     # the check comes first, before the trainer or model is used: no trainer needs building
     with pytest.raises(ValueError, match=r"no 'segment_ids' \(keys: \['input_ids', 'labels'\]\)"):
-        AbsCoTTrainer.compute_loss(None, None, batch)
+        trainer.compute_loss(None, batch)
 
 
-def test_only_phase_a_gets_the_mask_trainer():
+def test_both_formats_get_abscot_trainer_and_only_phase_a_masks():
     from abscot_plugin.plugin import AbsCoTPlugin
     from abscot_plugin.trainer import AbsCoTTrainer
 
     plugin = AbsCoTPlugin()
-    assert plugin.get_trainer_cls({"datasets": [{"type": "abscot_plugin.bottleneck"}]}) is AbsCoTTrainer
-    assert plugin.get_trainer_cls({"datasets": [{"type": "abscot_plugin.self_distill"}]}) is None
+    trainer = AbsCoTTrainer.__new__(AbsCoTTrainer)
+    for kind, masks in (("bottleneck", True), ("self_distill", False)):
+        cfg = {"datasets": [{"type": f"abscot_plugin.{kind}"}]}
+        assert plugin.get_trainer_cls(cfg) is AbsCoTTrainer
+        trainer.axolotl_cfg = cfg
+        assert trainer.bottleneck is masks
+    assert plugin.get_trainer_cls({"datasets": [{"type": "chat_template"}]}) is None

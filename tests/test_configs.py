@@ -106,3 +106,15 @@ def test_a_new_row_layout_changes_the_prepared_dataset_fingerprint(monkeypatch):
     before = tokenizer_prep.data_fingerprint(cfg, "base")
     monkeypatch.setattr(tokenizer_prep, "LAYOUT_VERSION", tokenizer_prep.LAYOUT_VERSION + 1)
     assert tokenizer_prep.data_fingerprint(cfg, "base") != before
+
+
+def test_liger_plugin_next_to_abscot_validates(tiny_dir, tmp_path):
+    """axolotl's Liger plugin and its Qwen3 kernels (RoPE, RMSNorm, SwiGLU, fused linear
+    cross-entropy) with a Qwen3-4B Phase A config: accepted (the kernels are GPU-only; what they
+    patch is checked in test_liger.py)."""
+    raw = yaml.safe_load((REPO / "axolotl_configs" / "qwen3_4b_phase_a_lora.yml").read_text())
+    raw["plugins"] = ["axolotl.integrations.liger.LigerPlugin", *raw["plugins"]]
+    flags = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_fused_linear_cross_entropy")
+    raw.update(dict.fromkeys(flags, True))
+    cfg = validate(localise(raw, tiny_dir, tmp_path))
+    assert all(cfg[flag] for flag in flags) and cfg.abscot_num_symbols == 64

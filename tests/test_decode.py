@@ -1,4 +1,6 @@
-"""Constrained decoding (abscot_plugin.decode): the stage-1 guarantees on both backends."""
+"""Constrained decoding (abscot_plugin.decode): the stage-1 guarantees on both backends. The HF
+decode tests run on the tiny model and on a tiny random Qwen3 with Qwen3's real tokenizer and
+151,936-row vocabulary (``models``)."""
 
 from __future__ import annotations
 
@@ -25,12 +27,12 @@ from abscot_plugin.sequences import SequenceBuilder
 from abscot_plugin.vocab import AbstractVocab
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_extended):
+def load(model_dir):
+    """(tokenizer, model, vocab, builder, Phase B prefixes of the first five Dolci rows)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_extended)
-    model = AutoModelForCausalLM.from_pretrained(tiny_extended)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     vocab = AbstractVocab.from_tokenizer(tok, 64)
     builder = SequenceBuilder(tok, vocab)
     rows = [json.loads(line) for line in data_path("dolci_tiny.jsonl").read_text().splitlines()][:5]
@@ -39,10 +41,21 @@ def tiny(tiny_extended):
 
 
 @pytest.fixture(scope="module")
-def mixed_prefixes(tiny):
+def tiny(tiny_extended):
+    return load(tiny_extended)
+
+
+@pytest.fixture(scope="module", params=["tiny", "qwen3"])
+def models(request, tiny):
+    """The tiny model, then a tiny random Qwen3 on Qwen3's real tokenizer and vocabulary."""
+    return tiny if request.param == "tiny" else load(request.getfixturevalue("qwen3_tiny_extended"))
+
+
+@pytest.fixture(scope="module")
+def mixed_prefixes(models):
     """Phase B prefixes (~50 tokens) and Phase A ones (130 to 500 tokens): batches of these are
     left-padded by up to ~450 positions, so batch shapes differ a lot between batchings."""
-    _, _, _, builder, prefixes = tiny
+    _, _, _, builder, prefixes = models
     rows = [json.loads(line) for line in data_path("dolci_tiny.jsonl").read_text().splitlines()][:4]
     return prefixes + [builder.phase_a_prefix(parse_chat_row(r, r["id"]), 4096)[0] for r in rows]
 
@@ -85,9 +98,9 @@ def test_check_trace():
             check_trace(bad, vocab, settings)
 
 
-def test_hf_traces_valid_and_seeded(tiny):
-    _, model, vocab, _, prefixes = tiny
-    decoder = HFDecoder(model, tiny[0], vocab, batch_size=2)
+def test_hf_traces_valid_and_seeded(models):
+    tok, model, vocab, _, prefixes = models
+    decoder = HFDecoder(model, tok, vocab, batch_size=2)
     settings = TraceSettings(m_min=3, m_max=12, temperature=1.5)
     traces = decoder.traces(prefixes, settings)
     assert len(traces) == len(prefixes)
@@ -100,10 +113,10 @@ def test_hf_traces_valid_and_seeded(tiny):
     assert [len(t) for t in exact] == [5] * len(prefixes)
 
 
-def test_hf_traces_do_not_depend_on_batching(tiny, mixed_prefixes):
+def test_hf_traces_do_not_depend_on_batching(models, mixed_prefixes):
     """A prompt's trace is the same alone, in a batch of 8, in another order (each prompt has
     its own seed, not its batch's)."""
-    tok, model, vocab, _, _ = tiny
+    tok, model, vocab, _, _ = models
     settings = TraceSettings(m_min=3, m_max=12, temperature=1.0, top_p=0.95, seed=7)
     alone = HFDecoder(model, tok, vocab, batch_size=1).traces(mixed_prefixes, settings)
     batched = HFDecoder(model, tok, vocab, batch_size=8).traces(mixed_prefixes, settings)
@@ -114,8 +127,8 @@ def test_hf_traces_do_not_depend_on_batching(tiny, mixed_prefixes):
     assert len({tuple(t) for t in alone}) == len(alone)  # sampled, not one fixed trace
 
 
-def test_temperature_zero_is_the_constrained_argmax(tiny, mixed_prefixes):
-    tok, model, vocab, _, _ = tiny
+def test_temperature_zero_is_the_constrained_argmax(models, mixed_prefixes):
+    tok, model, vocab, _, _ = models
     settings = TraceSettings(m_min=2, m_max=6, temperature=0.0)
     traces = HFDecoder(model, tok, vocab, batch_size=4).traces(mixed_prefixes[3:7], settings)
     allowed_end = list(vocab.symbol_ids) + [vocab.end_id]
@@ -136,7 +149,8 @@ def test_temperature_zero_is_the_constrained_argmax(tiny, mixed_prefixes):
 def test_sampled_first_tokens_follow_the_constrained_softmax(tiny):
     """One prefix, 3000 seeds (one batch through ``generate``, as HFDecoder runs it): every trace
     keeps m_min..m_max, and the first symbols' frequencies match trace_log_probs: chi-square
-    below the p = 1e-6 threshold (61 here), while against a uniform draw it is far above (391)."""
+    below the p = 1e-6 threshold (61 here), while against a uniform draw it is far above (391).
+    Tiny model only: on the real vocabulary a step's logits would take 3000 × 151,936 × 4 bytes."""
     tok, model, vocab, _, prefixes = tiny
     settings = TraceSettings(m_min=2, m_max=4, temperature=0.7, top_p=0.95)
     prefix, n = prefixes[0][-8:], 3000  # the prompt's end: short, so that the big batch is fast
@@ -164,8 +178,8 @@ def test_sampled_first_tokens_follow_the_constrained_softmax(tiny):
     assert chi2 < threshold < chi2_uniform, (chi2, chi2_uniform)
 
 
-def test_hf_complete_batching_and_stop(tiny):
-    tok, model, vocab, builder, prefixes = tiny
+def test_hf_complete_batching_and_stop(models):
+    tok, model, vocab, builder, prefixes = models
     decoder = HFDecoder(model, tok, vocab, batch_size=3)
     batched = decoder.complete(prefixes, 6, [builder.end_of_turn])
     alone = [decoder.complete([p], 6, [builder.end_of_turn])[0] for p in prefixes[:2]]
@@ -176,8 +190,8 @@ def test_hf_complete_batching_and_stop(tiny):
     assert cut == []  # the stop token itself is not returned
 
 
-def test_two_stage_answers_after_trace_and_end(tiny):
-    tok, model, vocab, builder, prefixes = tiny
+def test_two_stage_answers_after_trace_and_end(models):
+    tok, model, vocab, builder, prefixes = models
     decoder = HFDecoder(model, tok, vocab, batch_size=4)
     settings = TraceSettings(m_min=2, m_max=6, temperature=0.0)
     outs = two_stage(decoder, prefixes[:3], settings, 5, [builder.end_of_turn], builder)

@@ -150,32 +150,38 @@ def test_decode_spec():
             DecodeSpec.from_gen_kwargs(bad)
 
 
-def test_prompt_ids_are_the_training_ids(lm):
+@pytest.fixture(scope="module")
+def qwen3_lm(qwen3_extended):
+    """The model class's prompt side on Qwen3's real tokenizer (no model: prompts only)."""
+    from abscot_plugin.lm_eval_models import AbsCoTLM, load_vocab
+
+    info = {"pretrained": "qwen3", "num_symbols": 64}
+    return AbsCoTLM(qwen3_extended, None, load_vocab(qwen3_extended, 64), chunk_size=1, info=info)
+
+
+def test_prompt_ids_are_the_training_ids(lm, qwen3_lm):
     from abscot_plugin.sequences import SequenceBuilder
 
-    builder = SequenceBuilder(lm.tok, lm.vocab)
-    row = ReasoningRow("r", math_messages(PROBLEMS[0]), "", "")
-    abstract = lm.prompt_ids(PROBLEMS[0], "abstract")
-    verbal = lm.prompt_ids(PROBLEMS[0], "verbal")
-    assert abstract == builder.phase_b_prefix(row)
-    assert verbal == builder.prompt_ids(row) and abstract == verbal + [lm.vocab.begin_id]
-    text = lm.tok.decode(abstract)
-    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n<beginabstract>")
-    assert "Please reason step by step" in text and PROBLEMS[0] in text
+    for model in (lm, qwen3_lm):
+        builder = SequenceBuilder(model.tok, model.vocab)
+        row = ReasoningRow("r", math_messages(PROBLEMS[0]), "", "")
+        abstract = model.prompt_ids(PROBLEMS[0], "abstract")
+        verbal = model.prompt_ids(PROBLEMS[0], "verbal")
+        assert abstract == builder.phase_b_prefix(row)
+        assert verbal == builder.prompt_ids(row) and abstract == verbal + [model.vocab.begin_id]
+        text = model.tok.decode(abstract)
+        assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n<beginabstract>")
+        assert "Please reason step by step" in text and PROBLEMS[0] in text
 
 
 # A problem that spells abstract tokens and an end of turn: plain text, scored like any other.
 MENTIONS = "Let <TOKEN_A> be 3 and <beginabstract> be 4; what is <TOKEN_A> + <beginabstract>? (no <|im_end|>)"
 
 
-def test_problem_text_is_plain_in_prompt_ids(lm, qwen3_extended):
+def test_problem_text_is_plain_in_prompt_ids(lm, qwen3_lm):
     """Verbal and abstract prompts on extended tokenizers (tiny, and Qwen3's real one): literal
     names in the problem are text pieces; the only added ids are the template's (+ <beginabstract>)."""
-    from abscot_plugin.lm_eval_models import AbsCoTLM, load_vocab
-
-    info = {"pretrained": "qwen3", "num_symbols": 64}
-    qwen3 = AbsCoTLM(qwen3_extended, None, load_vocab(qwen3_extended, 64), chunk_size=1, info=info)
-    for model in (lm, qwen3):
+    for model in (lm, qwen3_lm):
         verbal = model.prompt_ids(MENTIONS, "verbal")
         added = set(model.tok.added_tokens_decoder)
         assert [i for i in verbal if i in added] == [i for i in model.prompt_ids("P", "verbal") if i in added]

@@ -20,14 +20,24 @@ DOLCI = data_path("dolci_tiny.jsonl")
 SETTINGS = TraceSettings(m_min=3, m_max=10, temperature=1.0)
 
 
-@pytest.fixture(scope="module")
-def hf(tiny_extended):
+def load(model_dir) -> tuple[HFDecoder, SequenceBuilder]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_extended)
+    tok = AutoTokenizer.from_pretrained(model_dir)
     vocab = AbstractVocab.from_tokenizer(tok, 64)
-    model = AutoModelForCausalLM.from_pretrained(tiny_extended)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     return HFDecoder(model, tok, vocab, batch_size=4), SequenceBuilder(tok, vocab)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_extended):
+    return load(tiny_extended)
+
+
+@pytest.fixture(scope="module", params=["tiny", "qwen3"])
+def hf_models(request, hf):
+    """The tiny model, then a tiny random Qwen3 on Qwen3's real tokenizer and vocabulary."""
+    return hf if request.param == "tiny" else load(request.getfixturevalue("qwen3_tiny_extended"))
 
 
 class CountingDecoder(HFDecoder):
@@ -87,10 +97,11 @@ def test_cli_phase_a_cuts_cots_as_training_and_warns_on_a_short_engine(tiny_exte
 
 
 @pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
-def test_phase_a_prefixes_are_the_training_rows_prefixes(plugin_active, hf, tmp_path, keep):
+def test_phase_a_prefixes_are_the_training_rows_prefixes(plugin_active, hf_models, tmp_path, keep):
     """Round t >= 2: the Phase A teacher decodes from exactly the ids that Phase A training puts
-    before z for that row (the strategy, reading the generated trace file), CoTs cut alike."""
-    decoder, builder = hf
+    before z for that row (the strategy, reading the generated trace file), CoTs cut alike; on
+    the tiny tokenizer and on Qwen3's real one."""
+    decoder, builder = hf_models
     rows = read_rows(DOLCI, limit=8)
     recorder = CountingDecoder(decoder)
     out = tmp_path / "a.jsonl"

@@ -1,5 +1,6 @@
 """Phase A / Phase B dataset formats: layout, labels, truncation, traces, bad input, and text that
-spells token names (plain text, never those ids)."""
+spells token names (plain text, never those ids). Tests about token ids or counts run on the tiny
+tokenizer and on Qwen3's real one (``any_builder``)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def runs(segments):
     return out
 
 
-def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder, dolci_rows):
-    out = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of(dolci_rows[:4]))
+def test_phase_a_layout_and_labels(plugin_active, any_builder, dolci_rows):
+    builder, tok, vocab = any_builder, any_builder.tok, any_builder.vocab
+    out = strategy(tok, sequence_len=4096).tokenize_prompt(batch_of(dolci_rows[:4]))
     for row, ids, labels, segs in zip(dolci_rows[:4], out["input_ids"], out["labels"], out["segment_ids"], strict=True):
         assert len(ids) == len(labels) == len(segs)
         assert runs(segs) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
@@ -44,20 +46,21 @@ def test_phase_a_layout_and_labels(plugin_active, tiny_tokenizer, vocab, builder
         labelled = [i for i, lab in enumerate(labels) if lab != IGNORE]
         assert labelled == list(range(begin + 1, len(ids)))
         assert all(labels[i] == ids[i] for i in labelled)
-        assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
-        answer_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.ANSWER])
+        assert ids[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+        answer_text = tok.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.ANSWER])
         assert parsed.answer in answer_text and "\\boxed" in answer_text
-        cot_text = tiny_tokenizer.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.COT])
+        cot_text = tok.decode([i for i, s in zip(ids, segs, strict=True) if s == seg.COT])
         assert cot_text.strip() == parsed.cot
 
 
-def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer, vocab, builder, dolci_rows, tmp_path):
+def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, any_builder, dolci_rows, tmp_path):
+    builder, tok, vocab = any_builder, any_builder.tok, any_builder.vocab
     traces = tmp_path / "t.jsonl"
     names = symbol_names(64)
     with traces.open("w") as fh:
         for i, row in enumerate(dolci_rows[:3]):
             fh.write(json.dumps({"id": row["id"], "trace": "".join(names[i : i + 20])}) + "\n")
-    out = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
+    out = strategy(tok, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
         batch_of(dolci_rows[:3])
     )
     assert set(out) == {"input_ids", "attention_mask", "labels"}
@@ -65,7 +68,7 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, tiny_tokenizer,
         prefix = builder.phase_b_prefix(parse_chat_row(row, row["id"]))
         assert ids[: len(prefix)] == prefix
         begin = ids.index(vocab.begin_id)
-        assert ids[begin + 1 : begin + 21] == tiny_tokenizer.convert_tokens_to_ids(names[i : i + 20])
+        assert ids[begin + 1 : begin + 21] == tok.convert_tokens_to_ids(names[i : i + 20])
         assert ids[begin + 21] == vocab.end_id
         assert [j for j, lab in enumerate(labels) if lab != IGNORE] == list(range(begin + 1, len(ids)))
 
@@ -109,11 +112,11 @@ def test_rows_without_id_get_the_same_name_in_generation_and_training(
 
 
 @pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
-def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, builder, dolci_rows, keep):
+def test_cot_truncation_keeps_trace_and_answer(plugin_active, any_builder, dolci_rows, keep):
     """Only the CoT is cut, to the room left by x, y and a full m_max trace (+ 2 delimiters)."""
-    row = dolci_rows[0]  # the long CoT (461 tokens); its random trace has 110 symbols, m_max 128
-    full = strategy(tiny_tokenizer, sequence_len=4096).tokenize_prompt(batch_of([row]))
-    short = strategy(tiny_tokenizer, sequence_len=300, abscot_cot_keep=keep).tokenize_prompt(batch_of([row]))
+    row = dolci_rows[0]  # the long CoT (tiny: 461 tokens, Qwen3: 462); its random trace has 110 symbols
+    full = strategy(any_builder.tok, sequence_len=4096).tokenize_prompt(batch_of([row]))
+    short = strategy(any_builder.tok, sequence_len=300, abscot_cot_keep=keep).tokenize_prompt(batch_of([row]))
     assert full["abscot_cot_cut"][0] == 0
 
     def part(out, code):
@@ -137,14 +140,15 @@ def test_cot_truncation_keeps_trace_and_answer(plugin_active, tiny_tokenizer, bu
 
 
 @pytest.mark.parametrize("keep", ["end", "start", "both_ends"])
-def test_phase_a_prefix_is_the_training_prefix_when_the_cot_is_cut(tiny_tokenizer, builder, vocab, dolci_rows, keep):
+def test_phase_a_prefix_is_the_training_prefix_when_the_cot_is_cut(any_builder, dolci_rows, keep):
     """The teacher's prefix (generation) is exactly the training example's ids up to
     <beginabstract>, whatever the trace length, with the whole prompt x (chat header) in front."""
-    parsed = parse_chat_row(dolci_rows[0], "dolci-tiny-000")  # a 461-token CoT
+    builder, tok, vocab = any_builder, any_builder.tok, any_builder.vocab
+    parsed = parse_chat_row(dolci_rows[0], "dolci-tiny-000")  # the long CoT
     m_max, sequence_len = 32, 200
     x = builder.prompt_ids(parsed)
     prefix, cut = builder.phase_a_prefix(parsed, sequence_len, m_max, keep)
-    assert prefix[: len(x)] == x and tiny_tokenizer.decode(prefix[:3]).startswith("<|im_start|>")
+    assert prefix[: len(x)] == x and tok.decode(prefix[:3]).startswith("<|im_start|>")
     assert cut > 0 and len(prefix) == len(x) + len(builder.cot_ids(parsed)) - cut + 1
     for trace_len in (1, m_max // 2, m_max):
         ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, sequence_len, keep, m_max)
@@ -155,9 +159,9 @@ def test_phase_a_prefix_is_the_training_prefix_when_the_cot_is_cut(tiny_tokenize
     assert info.value.kind == "too_long"
 
 
-def test_row_that_cannot_fit_is_an_error_not_a_silent_cut(plugin_active, tiny_tokenizer, dolci_rows):
+def test_row_that_cannot_fit_is_an_error_not_a_silent_cut(plugin_active, any_builder, dolci_rows):
     with pytest.raises(ValueError, match="dolci-tiny-000.*sequence_len=40"):
-        strategy(tiny_tokenizer, sequence_len=40).tokenize_prompt(batch_of(dolci_rows[:1]))
+        strategy(any_builder.tok, sequence_len=40).tokenize_prompt(batch_of(dolci_rows[:1]))
 
 
 BAD_ROWS = [
@@ -197,9 +201,9 @@ def test_bad_rows_are_counted_when_skipping(plugin_active, tiny_tokenizer, dolci
     assert "3× bad_trace" in caplog.text and "1× no_think" in caplog.text and "1× bad_think" in caplog.text
 
 
-def test_over_long_rows_are_one_kind_in_the_skip_log(plugin_active, tiny_tokenizer, dolci_rows, caplog):
+def test_over_long_rows_are_one_kind_in_the_skip_log(plugin_active, any_builder, dolci_rows, caplog):
     caplog.set_level("WARNING")
-    out = strategy(tiny_tokenizer, sequence_len=40, abscot_skip_bad_rows=True).tokenize_prompt(
+    out = strategy(any_builder.tok, sequence_len=40, abscot_skip_bad_rows=True).tokenize_prompt(
         batch_of(dolci_rows[:4])
     )
     assert out["input_ids"] == [] and "skipped 4 of 4 rows in this batch (4× too_long)" in caplog.text
@@ -294,10 +298,11 @@ def test_literal_think_tags_in_rows_are_trained_as_plain_text(plugin_active, qwe
         assert "The CoT spells <think> and <|im_end|> as text." in tok.decode(ids[:begin])
 
 
-def test_row_that_mentions_abstract_tokens_is_trained_normally(plugin_active, tiny_tokenizer, vocab, builder):
+def test_row_that_mentions_abstract_tokens_is_trained_normally(plugin_active, any_builder):
     """Such rows used to be refused ("reserved marker"); their text is plain, so they are trained."""
+    builder, vocab = any_builder, any_builder.vocab
     row = _literal_row("<TOKEN_A>, <beginabstract> and <endabstract>", cot_names="<TOKEN_B> and <endabstract>")
-    out = strategy(tiny_tokenizer).tokenize_prompt(batch_of([row]))
+    out = strategy(builder.tok).tokenize_prompt(batch_of([row]))
     (ids,), (segs,) = out["input_ids"], out["segment_ids"]
     parsed = parse_chat_row(row, "lit")
     assert [i for i, s in zip(ids, segs, strict=True) if s == seg.PROMPT] == builder.prompt_ids(parsed)

@@ -43,10 +43,11 @@ def test_added_tokens_are_single_special_ids_and_keep_existing_specials(tiny_dir
     assert add_abstract_tokens(tok, 64) == vocab and len(tok) == n + 66
 
 
-def test_ordinary_text_never_produces_abstract_ids(tiny_tokenizer, vocab):
+def test_ordinary_text_never_produces_abstract_ids(any_builder):
+    tok, vocab = any_builder.tok, any_builder.vocab
     text = "The answer <TOKEN_A> is <beginabstract> 42 TOKEN_B <endabstract> done <think></think>."
-    assert not set(text_ids(tiny_tokenizer, text)) & set(tiny_tokenizer.added_tokens_decoder)
-    plain = tiny_tokenizer("Ava has 22 apples and TOKEN_A tokens.", add_special_tokens=False)["input_ids"]
+    assert not set(text_ids(tok, text)) & set(tok.added_tokens_decoder)
+    plain = tok("Ava has 22 apples and TOKEN_A tokens.", add_special_tokens=False)["input_ids"]
     assert not set(plain) & set(vocab.all_ids)
 
 
