@@ -26,6 +26,7 @@ from abscot_plugin.orchestration.plan import build_plan, statuses
 from abscot_plugin.orchestration.run_config import ConfigError, PlanError, load_run_config
 from abscot_plugin.orchestration.runner import stale_report
 from abscot_plugin.orchestration.schedule import Schedule
+from abscot_plugin.orchestration.slices import write_slice
 from abscot_plugin.orchestration.summary import write_summary
 from abscot_plugin.orchestration.training import training_schedule
 
@@ -108,6 +109,12 @@ def test_plan_errors(tmp_path):
         load_run_config(write_config(tmp_path, run_config(tmp_path, "./missing_model")))
 
 
+def slice_lines(plan, path: Path) -> list[str]:
+    """The rows of one planned data slice, as the runner writes it."""
+    write_slice(plan.slices[path])
+    return path.read_text(encoding="utf-8").splitlines()
+
+
 def test_rows_without_ids_are_named_as_training_and_generation_name_them(tmp_path):
     """Training and trace generation name a row without an id by a hash of its messages
     (rows.row_id_of); the plan accepts such rows and finds duplicates among them by that name."""
@@ -118,7 +125,7 @@ def test_rows_without_ids_are_named_as_training_and_generation_name_them(tmp_pat
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
     first = plan.stage("r1_a_train").yaml["datasets"][0]["path"]
-    assert plan.slices[Path(first)].splitlines()[1] == json.dumps(rows[1])
+    assert slice_lines(plan, Path(first))[1] == json.dumps(rows[1])
     data.write_text("".join(json.dumps(row) + "\n" for row in [rows[0], rows[1], rows[1], *rows[2:]]))
     with pytest.raises(PlanError, match=r"rows.jsonl, row 3: duplicate id 'sha1:[0-9a-f]{12}'"):
         plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
@@ -215,7 +222,7 @@ def test_data_schedules(tmp_path):
     def slices(schedule):
         plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"schedule": schedule})
         files = [Path(s.yaml["datasets"][0]["path"]) for s in plan.stages if s.kind == "train"]
-        return [{json.loads(line)["id"] for line in plan.slices[f].splitlines()} for f in files]
+        return [{json.loads(line)["id"] for line in slice_lines(plan, f)} for f in files]
 
     same = slices("same")
     assert all(s == same[0] for s in same) and len(same[0]) == 8
@@ -502,15 +509,16 @@ def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProc
 @pytest.mark.slow
 def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU) for a number of
-    epochs; stopped with SIGTERM while round 2 trains (no stage process survives), resumed without
-    redoing finished stages; every training stage takes the optimizer steps and warm-up the plan
-    predicted; then the evaluation hook and --redo-stale on a changed evaluation command."""
+    epochs, traces made by 2 data-parallel workers (generation.data_parallel_size); stopped with
+    SIGTERM while round 2 trains (no stage process survives), resumed without redoing finished
+    stages; every training stage takes the optimizer steps and warm-up the plan predicted; then
+    the evaluation hook and --redo-stale on a changed evaluation command."""
     # 8 rows x 3 epochs / batch (1 x 3 x 2 processes) = ceil(4) = 4 steps, as axolotl plans them
     # (3 epochs x ceil(8 / 2 / 3) would be 6); warm-up int(0.25 x 4) = 1, which axolotl makes 2
     cfg = run_config(tmp_path, tiny_dir, training={
         "overrides": {"max_steps": None, "num_epochs": 3, "micro_batch_size": 1, "gradient_accumulation_steps": 3,
                       "warmup_ratio": 0.25},
-        "launcher": {"num_processes": 2}})
+        "launcher": {"num_processes": 2}}, generation={"data_parallel_size": 2})
     config = write_config(tmp_path, cfg)
     plan = build_plan(load_run_config(config))
     assert {(s.schedule.steps, s.schedule.warmup) for s in plan.stages if s.kind == "train"} == {(4, 2)}
@@ -548,6 +556,7 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     for phase in ("round1/phase_b", "round2/phase_a", "round2/phase_b"):
         traces = load_trace_file(run / phase / "traces.jsonl", 64, 6)
         assert len(traces) == 8 and all(2 <= r["length"] <= 6 for r in read_jsonl(run / phase / "traces.jsonl"))
+    assert "worker 2/2" in (run / "logs" / "r1_b_traces.log").read_text()  # two data-parallel workers ran
     for name in ("r1_a_train", "r1_b_train", "r2_a_train", "r2_b_train"):
         metrics = after[name]["metrics"]
         assert metrics["steps"] == metrics["steps_planned"] == 4 and metrics["lr_peak"] == pytest.approx(0.005)
