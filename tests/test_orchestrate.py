@@ -3,6 +3,7 @@ end-to-end T=2 tiny run that is killed during round 2 and resumed."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -79,6 +80,7 @@ def plan_for(tmp_path, base, **changes):
         ({"trainig": {}}, "trainig: unknown key"),
         ({"training": {"overrides": {"output_dir": "x"}}}, "sets ['output_dir'], which the orchestrator sets"),
         ({"generation": {"m_min": 9, "m_max": 6}}, "generation: m_min 9 > m_max 6"),
+        ({"generation": {"num_nodes": 2}}, "generation.num_nodes 2 exceeds training.launcher.num_machines 1"),
     ],
 )
 def test_bad_run_config_is_one_line(tmp_path, capsys, changes, message):
@@ -110,9 +112,9 @@ def test_plan_errors(tmp_path):
 
 
 def slice_lines(plan, path: Path) -> list[str]:
-    """The rows of one planned data slice, as the runner writes it."""
+    """The rows of one planned data slice, as the runner writes it (split at line ends only)."""
     write_slice(plan.slices[path])
-    return path.read_text(encoding="utf-8").splitlines()
+    return path.read_text(encoding="utf-8").removesuffix("\n").split("\n")
 
 
 def test_rows_without_ids_are_named_as_training_and_generation_name_them(tmp_path):
@@ -253,6 +255,51 @@ def test_full_finetune_vllm_and_multinode(tmp_path):
     worker = build_plan(cfg, machine_rank=1).stage("r1_a_train")
     assert worker.command[worker.command.index("--machine_rank") + 1] == "1"
     assert worker.fingerprint == build_plan(cfg).stage("r1_a_train").fingerprint
+
+
+def test_multinode_dry_run_for_each_machine(tmp_path, capsys):
+    """num_machines 2 with trace generation on both (2 nodes × 4 engines × TP 2): the dry run of
+    each machine rank prints the GPU layout, its own rank in the launch and generation commands,
+    and the same fingerprints; the data-parallel layout is not in any fingerprint."""
+    launcher = {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29500}
+    generation = {"backend": "vllm", "python": sys.executable, "tensor_parallel_size": 2, "data_parallel_size": 4,
+                  "num_nodes": 2}
+    config = write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", training={"launcher": launcher},
+                                               generation=generation))
+    plans = []
+    for rank in (0, 1):
+        assert orchestrate.main([str(config), "--dry-run", "--machine-rank", str(rank)]) == 0
+        out = capsys.readouterr().out
+        assert ("GPU layout: trace generation 2 node(s) × 4 data-parallel engine(s) = 8 vllm engine(s), 2 GPU(s) "
+                "each; training 2 machine(s) × 8 process(es) = 16 process(es)") in out
+        plan = build_plan(load_run_config(config), rank)
+        for stage in plan.stages:
+            flag = {"traces": "--node-rank", "train": "--machine_rank"}.get(stage.kind)
+            if flag:
+                assert stage.command[stage.command.index(flag) + 1] == str(rank) and stage.shell() in out
+        gen = plan.stage("r1_b_traces").command
+        assert gen[gen.index("--data-parallel-size") + 1] == "4" and gen[gen.index("--num-nodes") + 1] == "2"
+        plans.append(plan)
+    single = plan_for(tmp_path, "Qwen/Qwen3-4B", training={"launcher": launcher},
+                      generation={**generation, "data_parallel_size": 1, "num_nodes": 1})
+    assert "--data-parallel-size" not in single.stage("r1_b_traces").command
+    for a, b, c in zip(plans[0].stages, plans[1].stages, single.stages, strict=True):
+        assert a.fingerprint == b.fingerprint == c.fingerprint, a.name
+
+
+def test_slices_keep_rows_whole_and_hash_what_they_hold(tmp_path):
+    """A row whose text holds U+2028 or U+0085 (JSON allows them raw) stays one row: the slice is
+    cut at line ends only, and its digest is the digest of the file the runner writes."""
+    rows = [json.loads(line) for line in DOLCI.read_text().splitlines()]
+    rows[1]["messages"][0]["content"] += " line\u2028separator and next\x85line"
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
+    for path, piece in plan.slices.items():
+        lines = slice_lines(plan, path)
+        assert len(lines) == 8 and hashlib.sha256(path.read_bytes()).hexdigest() == piece.sha256
+    first = Path(plan.stage("r1_a_train").yaml["datasets"][0]["path"])
+    assert json.loads(slice_lines(plan, first)[1]) == rows[1]
 
 
 def test_shipped_run_configs_plan(tmp_path, tiny_dir):
