@@ -4,7 +4,7 @@ constraint (:mod:`abscot_plugin.decode`), written as the JSONL that ``abscot_tra
     python -m abscot_plugin.generate --model DIR --data ROWS.jsonl --mode phase_a|phase_b \\
         --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min N --m-max N \\
         --temperature T --seed S] [--sequence-len S --cot-keep end --train-m-max N] \\
-        [--tensor-parallel-size N] [--limit N]
+        [--tensor-parallel-size N] [--data-parallel-size D [--num-nodes K --node-rank R]] [--limit N]
 
 (``--help`` shows the defaults: the stage-1 settings are :class:`~abscot_plugin.traces.TraceSettings`'s.)
 
@@ -20,12 +20,20 @@ a bad row (kind ``too_long``). Bad rows fail the run, naming the row, or with ``
 are skipped and counted by kind.
 
 Output: a trace file (format and writer: :mod:`abscot_plugin.traces`), one record per row in
-input order (``cot_cut``: CoT tokens cut from the prefix; 0 in Phase B). Work is saved chunk by
-chunk in ``OUT.parts/``, so an interrupted run resumes without regenerating finished rows; every
-prompt has its own seed, so the traces do not depend on how the run was chunked (up to float
-rounding between batch shapes: :mod:`abscot_plugin.decode`). At the end the parts become ``OUT``
-and ``OUT.meta.json`` records the settings and counts. Resuming with different settings is
-refused. Runs under the vLLM environment too: nothing here imports axolotl.
+input order (``cot_cut``: CoT tokens cut from the prefix; 0 in Phase B). Rows are read as a
+stream and cut into fixed chunks by row index (``--chunk-size``); each finished chunk is saved
+atomically in ``OUT.parts/``, so an interrupted run (killed at any point) resumes at the missing
+chunks; at the end the chunks are merged in row order into ``OUT`` and ``OUT.meta.json`` records
+the settings and counts. Resuming with different settings is refused.
+
+Data parallel (vLLM's offline multi-process pattern; docs/scale.md): ``--data-parallel-size D``
+starts D worker processes, each with its own engine on its own ``--tensor-parallel-size`` GPUs and
+the chunks ``k`` with ``k % D`` = its rank (:func:`owned_chunks`); this process checks every row
+first and merges at the end. ``--num-nodes K --node-rank R`` runs the same command on K machines
+sharing the output folder; node 0 merges. Every prompt has its own seed and the chunks do not
+depend on D or K, so neither do the traces (up to float rounding between batch shapes, which the
+fixed chunks keep equal for the HF backend: :mod:`abscot_plugin.decode`). Runs under the vLLM
+environment too: nothing here imports axolotl.
 """
 
 from __future__ import annotations
