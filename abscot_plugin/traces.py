@@ -157,7 +157,7 @@ class TraceWriter:
         self._check_settings(layout)
         self.chunk_size = chunk_size
         if layout.exists():  # a resumed run keeps the chunks its parts were cut into
-            self.chunk_size = json.loads(layout.read_text(encoding="utf-8"))["chunk_size"]
+            self.chunk_size = json.loads(layout.read_text(encoding="utf-8")).get("chunk_size", chunk_size)
 
     def _check_settings(self, where: Path) -> None:
         if not where.exists():
