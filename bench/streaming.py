@@ -76,8 +76,9 @@ def write_chunks(out: Path, rows: int) -> None:
     trace = "".join(symbol_names(64)[:64]) * 2
     for chunk in range(-(-rows // CHUNK)):
         ids = range(chunk * CHUNK, min(rows, (chunk + 1) * CHUNK))
-        records = [{"id": f"syn-{i:07d}", "trace": trace, "length": 128, "prefix_tokens": 19000, "cot_cut": 0}
-                   for i in ids]
+        records = [
+            {"id": f"syn-{i:07d}", "trace": trace, "length": 128, "prefix_tokens": 19000, "cot_cut": 0} for i in ids
+        ]
         writer.write_chunk(chunk, records, {})
 
 
@@ -136,6 +137,7 @@ def main() -> None:
         child(args.child[0], args.child[1:])
         return
     from bench.common import machine, ratio, report
+
     sizes = [int(n) for n in args.rows.split(",")]
     me = [sys.executable, str(Path(__file__).resolve()), "--child"]
     figures: dict[str, dict[int, tuple[float, float]]] = {}
@@ -157,8 +159,12 @@ def main() -> None:
                 steps["whole-file read (former plan)"] = [*me, "whole", str(data)]
             for name, cmd in steps.items():
                 figures.setdefault(name, {})[rows] = measure(cmd)
-                print(f"{rows} rows ({gib:.2f} GiB): {name}: {figures[name][rows][0]:.0f} MiB, "
-                      f"{figures[name][rows][1]:.1f} s", file=sys.stderr, flush=True)
+                print(
+                    f"{rows} rows ({gib:.2f} GiB): {name}: {figures[name][rows][0]:.0f} MiB, "
+                    f"{figures[name][rows][1]:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -170,13 +176,27 @@ def main() -> None:
             "ratio": ratio(by_size.get(large, (None,))[0], by_size.get(small, (None,))[0]),
             "small s": by_size.get(small, (None, None))[1], "large s": by_size.get(large, (None, None))[1],
         })  # fmt: skip
-    columns = [("step", "step", ""), ("small MiB", f"peak MiB, {small} rows", ".0f"),
-               ("large MiB", f"peak MiB, {large} rows", ".0f"), ("ratio", "ratio", ".2f"),
-               ("small s", f"s, {small} rows", ".1f"), ("large s", f"s, {large} rows", ".1f")]
-    notes = [f"rows of {args.row_kib} KiB; T = {ROUNDS}, schedule per_phase, N = rows / {2 * ROUNDS}: every row used",
-             "peak resident memory of the step's own process (interpreter and imports included)"]
-    report("streaming", "Streaming memory: data slices, row checks, trace merge", machine(), table_rows, columns, notes,
-           {"sizes": sizes, "row_kib": args.row_kib})
+    columns = [
+        ("step", "step", ""),
+        ("small MiB", f"peak MiB, {small} rows", ".0f"),
+        ("large MiB", f"peak MiB, {large} rows", ".0f"),
+        ("ratio", "ratio", ".2f"),
+        ("small s", f"s, {small} rows", ".1f"),
+        ("large s", f"s, {large} rows", ".1f"),
+    ]
+    notes = [
+        f"rows of {args.row_kib} KiB; T = {ROUNDS}, schedule per_phase, N = rows / {2 * ROUNDS}: every row used",
+        "peak resident memory of the step's own process (interpreter and imports included)",
+    ]
+    report(
+        "streaming",
+        "Streaming memory: data slices, row checks, trace merge",
+        machine(),
+        table_rows,
+        columns,
+        notes,
+        {"sizes": sizes, "row_kib": args.row_kib},
+    )
 
 
 if __name__ == "__main__":

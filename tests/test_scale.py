@@ -65,8 +65,14 @@ def test_killed_data_parallel_run_resumes_without_losing_or_duplicating_rows(tin
     rerun regenerates only the missing chunks and merges the file of an uninterrupted run."""
     out = tmp_path / "traces.jsonl"
     parts = out.with_name("traces.jsonl.parts")
-    proc = subprocess.Popen(generate_cmd(tiny_extended, out, 2), cwd=ROOT, env=offline_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        generate_cmd(tiny_extended, out, 2),
+        cwd=ROOT,
+        env=offline_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while len(list(parts.glob("part-*.json"))) < 3 and proc.poll() is None:
             time.sleep(0.02)
