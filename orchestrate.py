@@ -3,7 +3,7 @@
     python orchestrate.py configs/runs/tiny.yml              # run (or resume) the whole pipeline
     python orchestrate.py configs/runs/tiny.yml --dry-run    # print the stage plan with commands
     python orchestrate.py RUN.yml --redo-stale               # redo stages whose inputs changed
-    python orchestrate.py RUN.yml --machine-rank 1           # join the training stages from node 1
+    python orchestrate.py RUN.yml --machine-rank 1           # join the training (and trace) stages from node 1
 
 Each stage (trace generation, ``axolotl`` training through ``accelerate launch``, LoRA merge,
 lm-eval evaluation) is a subprocess with its own log under ``OUTPUT_DIR/logs``; ``OUTPUT_DIR/manifest.json``
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redo-stale", action="store_true",
                         help="redo finished stages whose inputs changed (old outputs go to OUTPUT_DIR/superseded)")
     parser.add_argument("--machine-rank", type=int, default=None,
-                        help="multi-node: this machine's rank (> 0 joins the training stages only)")
+                        help="multi-node: this machine's rank (> 0 joins the training stages, and the trace "
+                        "stages when generation.num_nodes > rank)")
     args = parser.parse_args(argv)
     try:
         cfg = load_run_config(args.run_config)

@@ -4,7 +4,7 @@ constraint (:mod:`abscot_plugin.decode`), written as the JSONL that ``abscot_tra
     python -m abscot_plugin.generate --model DIR --data ROWS.jsonl --mode phase_a|phase_b \\
         --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min N --m-max N \\
         --temperature T --seed S] [--sequence-len S --cot-keep end --train-m-max N] \\
-        [--tensor-parallel-size N] [--limit N]
+        [--tensor-parallel-size N] [--data-parallel-size D [--num-nodes K --node-rank R]] [--limit N]
 
 (``--help`` shows the defaults: the stage-1 settings are :class:`~abscot_plugin.traces.TraceSettings`'s.)
 
@@ -20,21 +20,33 @@ a bad row (kind ``too_long``). Bad rows fail the run, naming the row, or with ``
 are skipped and counted by kind.
 
 Output: a trace file (format and writer: :mod:`abscot_plugin.traces`), one record per row in
-input order (``cot_cut``: CoT tokens cut from the prefix; 0 in Phase B). Work is saved chunk by
-chunk in ``OUT.parts/``, so an interrupted run resumes without regenerating finished rows; every
-prompt has its own seed, so the traces do not depend on how the run was chunked (up to float
-rounding between batch shapes: :mod:`abscot_plugin.decode`). At the end the parts become ``OUT``
-and ``OUT.meta.json`` records the settings and counts. Resuming with different settings is
-refused. Runs under the vLLM environment too: nothing here imports axolotl.
+input order (``cot_cut``: CoT tokens cut from the prefix; 0 in Phase B). Rows are read as a
+stream and cut into fixed chunks by row index (``--chunk-size``); each finished chunk is saved
+atomically in ``OUT.parts/``, so an interrupted run (killed at any point) resumes at the missing
+chunks; at the end the chunks are merged in row order into ``OUT`` and ``OUT.meta.json`` records
+the settings and counts. Resuming with different settings is refused.
+
+Data parallel (vLLM's offline multi-process pattern; docs/scale.md): ``--data-parallel-size D``
+starts D worker processes, each with its own engine on its own ``--tensor-parallel-size`` GPUs and
+the chunks ``k`` with ``k % D`` = its rank (:func:`owned_chunks`); this process checks every row
+first and merges at the end. ``--num-nodes K --node-rank R`` runs the same command on K machines
+sharing the output folder; node 0 merges. Every prompt has its own seed and the chunks do not
+depend on D or K, so neither do the traces (up to float rounding between batch shapes, which the
+fixed chunks keep equal for the HF backend: :mod:`abscot_plugin.decode`). Runs under the vLLM
+environment too: nothing here imports axolotl.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import get_args
 
@@ -50,7 +62,7 @@ from .choices import (
     Phase,
 )
 from .decode import Decoder
-from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, parse_chat_row, read_rows
+from .rows import DEFAULT_ID_FIELD, BadRowError, ReasoningRow, iter_rows, parse_chat_row
 from .sequences import SequenceBuilder
 from .symbols import DEFAULT_NUM_SYMBOLS
 from .traces import TraceSettings, TraceWriter, trace_record
@@ -93,6 +105,21 @@ class Summary:
     trace_tokens: int = 0
     prefix_tokens: int = 0
     seconds: float = 0.0
+
+    def add(self, chunk: Summary, resumed: bool) -> None:
+        """Count one merged chunk's counts in (``resumed``: saved by an earlier run)."""
+        self.skipped_bad_rows += chunk.skipped_bad_rows
+        for kind, n in chunk.skipped_kinds.items():
+            self.skipped_kinds[kind] = self.skipped_kinds.get(kind, 0) + n
+        self.cots_cut += chunk.cots_cut
+        self.cot_tokens_cut += chunk.cot_tokens_cut
+        self.short_context += chunk.short_context
+        if resumed:
+            self.resumed += chunk.generated
+        else:
+            self.generated += chunk.generated
+            self.trace_tokens += chunk.trace_tokens
+            self.prefix_tokens += chunk.prefix_tokens
 
     def line(self) -> str:
         """The one-line report printed at the end (throughput of the rows generated now)."""
@@ -169,10 +196,111 @@ def build_prefixes(
     return prefixes
 
 
-def generate_traces(
+def generate_chunk(
     decoder: Decoder,
     builder: SequenceBuilder,
     rows: list[tuple[str, dict]],
+    phase: Phase,
+    settings: TraceSettings,
+    max_model_len: int | None,
+    layout: TrainLayout | None,
+    skip_bad_rows: bool,
+) -> tuple[list[dict], Summary]:
+    """The trace records of one chunk of rows (in row order) and the chunk's counts."""
+    counts = Summary(rows=len(rows))
+    prefixes = build_prefixes(rows, builder, phase, settings.m_max, max_model_len, layout, skip_bad_rows, counts)
+    traces = decoder.traces([p.ids for p in prefixes], settings) if prefixes else []
+    vocab = builder.vocab
+    records = [
+        trace_record(p.row_id, vocab.ids_to_trace(ids), len(vocab.symbols), settings, len(p.ids), p.cot_cut)
+        for p, ids in zip(prefixes, traces, strict=True)
+    ]
+    counts.cots_cut = sum(1 for p in prefixes if p.cot_cut)
+    counts.cot_tokens_cut = sum(p.cot_cut for p in prefixes)
+    counts.short_context = sum(1 for p in prefixes if p.short)
+    counts.generated = len(records)
+    counts.trace_tokens = sum(len(ids) + 1 for ids in traces)  # + the <endabstract>
+    counts.prefix_tokens = sum(len(p.ids) for p in prefixes)
+    return records, counts
+
+
+def owned_chunks(chunk_size: int, rank: int, world: int, done: set[int]) -> Callable[[int], bool]:
+    """Whether the row of a given index is in a chunk that data-parallel worker ``rank`` of
+    ``world`` generates: chunk ``k`` (rows ``k*chunk_size ..``) belongs to worker ``k % world``,
+    and chunks in ``done`` are finished already. The chunks do not depend on ``world``, so
+    neither do the batches a trace is decoded in (the same traces for any number of workers)."""
+    return lambda index: (index // chunk_size) % world == rank and index // chunk_size not in done
+
+
+def generate_rank(
+    decoder: Decoder,
+    builder: SequenceBuilder,
+    rows: Iterable[tuple[int, str, dict]],
+    phase: Phase | str,
+    writer: TraceWriter,
+    settings: TraceSettings,
+    max_model_len: int | None,
+    layout: TrainLayout | None = None,
+    skip_bad_rows: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> int:
+    """Generate and save the unfinished chunks of worker ``rank`` of ``world`` from ``rows``
+    (``(index, name, row)`` in data order, streamed; rows of other chunks are passed over), one
+    chunk in memory at a time; returns the number of rows seen (the last index + 1)."""
+    phase = Phase(phase)
+    if layout is not None and settings.m_max > layout.m_max:
+        raise ValueError(
+            f"m_max {settings.m_max} exceeds the training's m_max {layout.m_max}: its rows have no room for such traces"
+        )
+    wanted = owned_chunks(writer.chunk_size, rank, world, writer.done_chunks())
+    seen = 0
+    with tqdm(desc=f"traces ({phase}, worker {rank + 1}/{world})", unit="prompt") as bar:
+        for chunk, grouped in groupby(rows, key=lambda row: row[0] // writer.chunk_size):
+            group = list(grouped)
+            seen = group[-1][0] + 1
+            chunk_rows = [(row_id, row) for index, row_id, row in group if wanted(index)]
+            if not chunk_rows:
+                continue
+            records, counts = generate_chunk(
+                decoder, builder, chunk_rows, phase, settings, max_model_len, layout, skip_bad_rows
+            )
+            writer.write_chunk(chunk, records, asdict(counts))
+            bar.update(len(chunk_rows))
+    return seen
+
+
+def merge_traces(writer: TraceWriter, num_rows: int, resumed: set[int], seconds: float) -> Summary:
+    """Merge every chunk of ``num_rows`` rows into the trace file in row order and write its meta
+    file; returns the run's counts (``resumed``: the chunks saved before this run started)."""
+    summary = Summary(rows=num_rows, seconds=seconds)
+    num_chunks = -(-num_rows // writer.chunk_size)
+    for chunk, counts in enumerate(writer.merge(num_chunks)):
+        summary.add(Summary(**counts), resumed=chunk in resumed)
+    writer.finish(asdict(summary))
+    return summary
+
+
+def finished_summary(writer: TraceWriter, num_rows: int) -> Summary | None:
+    """The counts of an earlier run that finished ``writer.out`` for ``num_rows`` rows (with
+    nothing to generate now), or None if it is unfinished; ValueError if it holds other rows."""
+    done = writer.finished_summary()
+    if done is None:
+        return None
+    if done["rows"] != num_rows:
+        raise ValueError(
+            f"{writer.out} was finished for {done['rows']} rows, the data has {num_rows} now; remove "
+            f"{writer.out} and {writer.meta} to regenerate"
+        )
+    writer.finish(done)  # drops parts an interrupted finish left behind
+    resumed = done["resumed"] + done["generated"]
+    return Summary(**{**done, "resumed": resumed, "generated": 0, "trace_tokens": 0, "prefix_tokens": 0, "seconds": 0})
+
+
+def generate_traces(
+    decoder: Decoder,
+    builder: SequenceBuilder,
+    rows: Iterable[tuple[str, dict]],
     phase: Phase | str,
     out: str | Path,
     settings: TraceSettings,
@@ -182,54 +310,38 @@ def generate_traces(
     skip_bad_rows: bool = False,
     settings_record: dict | None = None,
 ) -> Summary:
-    """Generate (or resume) one trace per row into ``out`` with the teacher of ``phase``; returns
-    the run's counts. ``layout``: the Phase A training that will read the traces (Phase A only)."""
-    phase = Phase(phase)
-    if layout is not None and settings.m_max > layout.m_max:
-        raise ValueError(
-            f"m_max {settings.m_max} exceeds the training's m_max {layout.m_max}: its rows have no room for such traces"
-        )
-    summary = Summary(rows=len(rows))
-    vocab = builder.vocab
-    writer = TraceWriter(out, settings_record or {})
-    done = writer.finished()
-    prefixes = build_prefixes(rows, builder, phase, settings.m_max, max_model_len, layout, skip_bad_rows, summary)
-    summary.cots_cut = sum(1 for p in prefixes if p.cot_cut)
-    summary.cot_tokens_cut = sum(p.cot_cut for p in prefixes)
-    summary.short_context = sum(1 for p in prefixes if p.short)
-    pending = [p for p in prefixes if p.row_id not in done]
-    summary.resumed = len(prefixes) - len(pending)
+    """Generate (or resume) one trace per row into ``out`` with the teacher of ``phase`` in this
+    process (one worker), ``rows`` streamed; returns the run's counts. ``layout``: the Phase A
+    training that will read the traces (Phase A only)."""
+    writer = TraceWriter(out, settings_record or {}, chunk_size)
+    indexed = ((index, row_id, row) for index, (row_id, row) in enumerate(rows))
+    if writer.finished_summary() is not None:
+        return finished_summary(writer, sum(1 for _ in indexed))
+    resumed = writer.done_chunks()
+    writer.start()
     start = time.perf_counter()
-    with tqdm(total=len(prefixes), initial=summary.resumed, desc=f"traces ({phase})", unit="prompt") as bar:
-        for begin in range(0, len(pending), chunk_size):
-            chunk = pending[begin : begin + chunk_size]
-            traces = decoder.traces([p.ids for p in chunk], settings)
-            records = [
-                trace_record(p.row_id, vocab.ids_to_trace(ids), len(vocab.symbols), settings, len(p.ids), p.cot_cut)
-                for p, ids in zip(chunk, traces, strict=True)
-            ]
-            writer.write_part(records)
-            done.update((r["id"], r) for r in records)
-            summary.generated += len(chunk)
-            summary.trace_tokens += sum(len(ids) + 1 for ids in traces)  # + the <endabstract>
-            summary.prefix_tokens += sum(len(p.ids) for p in chunk)
-            bar.update(len(chunk))
-    summary.seconds = time.perf_counter() - start
-    writer.finish([done[p.row_id] for p in prefixes], asdict(summary))
-    return summary
+    num_rows = generate_rank(decoder, builder, indexed, phase, writer, settings, max_model_len, layout, skip_bad_rows)
+    return merge_traces(writer, num_rows, resumed, time.perf_counter() - start)
+
+
+def engine_length(args: argparse.Namespace) -> int | None:
+    """The engine's context: ``--max-model-len``, else the model's ``max_position_embeddings``."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.model)
+    return args.max_model_len or getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def load_decoder(args: argparse.Namespace):
     """(decoder, tokenizer, max_model_len) for ``args.backend``; the model is loaded once."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     try:
         vocab = AbstractVocab.from_tokenizer(tokenizer, args.num_symbols)
     except ValueError as exc:
         raise SystemExit(f"{args.model}: {exc}") from None
-    config = AutoConfig.from_pretrained(args.model)
-    max_len = args.max_model_len or getattr(config.get_text_config(), "max_position_embeddings", None)
+    max_len = engine_length(args)
     if args.backend == "vllm":
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -291,15 +403,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_HF_BATCH_SIZE,
                         help="hf backend: prompts per generate call")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend: GPUs per engine")
+    parser.add_argument("--data-parallel-size", type=int, default=1,
+                        help="worker processes (engines) on this node, each on its own tensor-parallel-size GPUs")
+    parser.add_argument("--num-nodes", type=int, default=1,
+                        help="nodes running this same command (shared filesystem); node 0 merges")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 .. num-nodes - 1)")
+    parser.add_argument("--data-parallel-rank", type=int, default=None, help=argparse.SUPPRESS)  # a worker
     parser.add_argument("--gpu-memory-utilization", type=float, default=DEFAULT_GPU_MEMORY_UTILIZATION,
                         help="vllm backend")
     parser.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs")
     args = parser.parse_args(argv)
     if args.chunk_size is None:
         args.chunk_size = 4 * args.batch_size if args.backend == "hf" else 1024
-    if min(args.chunk_size, args.batch_size, args.limit or 1, args.sequence_len or 1) < 1:
-        parser.error("--chunk-size, --batch-size, --limit and --sequence-len must be >= 1")
+    if min(args.chunk_size, args.batch_size, args.limit or 1, args.sequence_len or 1, args.tensor_parallel_size,
+           args.data_parallel_size, args.num_nodes) < 1:
+        parser.error("--chunk-size, --batch-size, --limit, --sequence-len, --tensor-parallel-size, "
+                     "--data-parallel-size and --num-nodes must be >= 1")
+    if not 0 <= args.node_rank < args.num_nodes:
+        parser.error(f"--node-rank must be in 0 .. {args.num_nodes - 1}")
     args.train_m_max = args.train_m_max or args.m_max
     return args
 
@@ -314,30 +436,125 @@ def train_layout(args: argparse.Namespace, max_model_len: int | None) -> TrainLa
     return TrainLayout(sequence_len, args.train_m_max, args.cot_keep)
 
 
+def visible_devices(count: int) -> list[str]:
+    """The ``count`` GPU ids this node's workers split among them: ``CUDA_VISIBLE_DEVICES`` if set
+    (SystemExit when it names fewer), else ``0 .. count-1``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(i) for i in range(count)]
+    devices = [d for d in visible.split(",") if d.strip()]
+    if len(devices) < count:
+        raise SystemExit(f"error: data-parallel-size × tensor-parallel-size needs {count} GPUs; "
+                         f"CUDA_VISIBLE_DEVICES names {len(devices)}")
+    return devices[:count]
+
+
+def run_local_workers(args: argparse.Namespace, argv: list[str]) -> None:
+    """vLLM's offline data-parallel pattern: one process per data-parallel rank of this node, each
+    with its own engine on its own GPUs (``CUDA_VISIBLE_DEVICES``) and its own chunks of rows
+    (:func:`owned_chunks`). The workers are independent (a dense model needs no collective between
+    replicas); the first that fails stops the others and the run (the chunks saved stay)."""
+    dp, tp = args.data_parallel_size, args.tensor_parallel_size
+    devices = visible_devices(dp * tp)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "abscot_plugin.generate", *argv, "--data-parallel-rank", str(rank)],
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(devices[rank * tp : (rank + 1) * tp])},
+        )
+        for rank in range(dp)
+    ]
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = next((rank for rank, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None:
+                raise SystemExit(f"error: data-parallel worker {failed} failed (exit code {codes[failed]}); "
+                                 "rerun to resume from the saved chunks")
+            if all(code == 0 for code in codes):
+                return
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+
+
+def wait_for_chunks(writer: TraceWriter, num_chunks: int, poll_s: float = 10.0) -> None:
+    """Node 0 of a multi-node run: wait until the other nodes have saved their chunks."""
+    missing = set(range(num_chunks)) - writer.done_chunks()
+    if missing:
+        print(f"waiting for {len(missing)} chunks from the other nodes in {writer.parts}", file=sys.stderr, flush=True)
+    while set(range(num_chunks)) - writer.done_chunks():
+        time.sleep(poll_s)
+
+
+def run_worker(args: argparse.Namespace, settings: TraceSettings, layout: TrainLayout | None, record: dict) -> None:
+    """One data-parallel worker (started by :func:`run_local_workers`, or the only one): load
+    the engine and generate this worker's unfinished chunks, streaming only its own rows."""
+    rank = args.node_rank * args.data_parallel_size + (args.data_parallel_rank or 0)
+    world = args.num_nodes * args.data_parallel_size
+    decoder, tokenizer, max_len = load_decoder(args)
+    writer = TraceWriter(args.out, record, args.chunk_size)
+    wanted = owned_chunks(writer.chunk_size, rank, world, writer.done_chunks())
+    rows = iter_rows(args.data, args.limit, args.id_field, wanted)
+    generate_rank(decoder, SequenceBuilder(tokenizer, decoder.vocab), rows, args.mode, writer, settings, max_len,
+                  layout, args.skip_bad_rows, rank, world)
+
+
+def coordinate(
+    args: argparse.Namespace, argv: list[str], settings: TraceSettings, layout: TrainLayout | None, record: dict
+) -> Summary | None:
+    """Check every row (one streamed pass: JSON, unique names), run this node's workers (in this
+    process when there is one in all), then on node 0 merge all chunks; None on other nodes."""
+    writer = TraceWriter(args.out, record, args.chunk_size)
+    num_rows = sum(1 for _ in iter_rows(args.data, args.limit, args.id_field))
+    finished = finished_summary(writer, num_rows)
+    if finished is not None:
+        return finished
+    resumed = writer.done_chunks()
+    writer.start()
+    start = time.perf_counter()
+    if args.num_nodes * args.data_parallel_size == 1:
+        run_worker(args, settings, layout, record)
+    else:
+        run_local_workers(args, argv)
+        if args.node_rank > 0:
+            print(f"node {args.node_rank}: its chunks are saved in {writer.parts}; node 0 merges", file=sys.stderr)
+            return None
+        wait_for_chunks(writer, -(-num_rows // writer.chunk_size))
+    return merge_traces(writer, num_rows, resumed, time.perf_counter() - start)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Generate one trace per row of ``--data`` into ``--out``; errors are one line (exit 1)."""
+    """Generate one trace per row of ``--data`` into ``--out``; errors are one line (exit 1).
+    With ``--data-parallel-size`` > 1 this process coordinates that many worker processes."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
         settings = TraceSettings(args.m_min, args.m_max, args.temperature, args.seed, args.top_p)
-        rows = read_rows(args.data, args.limit, args.id_field)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    decoder, tokenizer, max_len = load_decoder(args)
+    max_len = engine_length(args)
     layout = train_layout(args, max_len)
     record = {
         "model": str(Path(args.model).resolve()), "data": str(Path(args.data).resolve()),
         "mode": args.mode, "max_model_len": max_len, "num_symbols": args.num_symbols,
         "id_field": args.id_field, "train_layout": asdict(layout) if layout else None, **asdict(settings),
     }
+    # SIGTERM unwinds (stopping the workers) instead of leaving them running
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        summary = generate_traces(
-            decoder, SequenceBuilder(tokenizer, decoder.vocab), rows, args.mode, args.out, settings, max_len,
-            layout, args.chunk_size, args.skip_bad_rows, record,
-        )
-    except ValueError as exc:
+        if args.data_parallel_rank is not None:
+            run_worker(args, settings, layout, record)
+            return
+        summary = coordinate(args, argv, settings, layout, record)
+    except (ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(summary.line(), file=sys.stderr)
-    print(f"traces: {args.out}")
+    if summary is not None:
+        print(summary.line(), file=sys.stderr)
+        print(f"traces: {args.out}")
 
 
 if __name__ == "__main__":  # the guard vLLM's spawned workers need

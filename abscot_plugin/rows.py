@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,18 +109,25 @@ def _check_no_think_tags(reply: str, row_id: str) -> None:
     raise BadRowError(row_id, "bad_think", reason)
 
 
-def read_rows(
-    path: str | Path, limit: int | None = None, id_field: str = DEFAULT_ID_FIELD
-) -> list[tuple[str, dict]]:
-    """(name, row) for the first ``limit`` rows of a JSONL file, each named by :func:`row_id_of`;
-    errors (not JSON, not an object, a name twice) name the file and line."""
-    rows: list[tuple[str, dict]] = []
+def iter_rows(
+    path: str | Path, limit: int | None = None, id_field: str = DEFAULT_ID_FIELD,
+    wanted: Callable[[int], bool] | None = None,
+) -> Iterator[tuple[int, str, dict]]:
+    """Stream ``(index, name, row)`` for the first ``limit`` non-blank lines of a JSONL file
+    (``index``: 0-based among them; ``name``: :func:`row_id_of`), one line in memory at a time.
+    ``wanted(index)`` false: the line is counted but neither parsed nor yielded (a data-parallel
+    rank reads only its own rows), and its name is not checked. Errors (not JSON, not an object,
+    a name twice among the rows read) name the file and line."""
     seen: dict[str, int] = {}
+    index = 0
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
-            if limit is not None and len(rows) >= limit:
+            if limit is not None and index >= limit:
                 break
             if not line.strip():
+                continue
+            index += 1
+            if wanted is not None and not wanted(index - 1):
                 continue
             try:
                 row = json.loads(line)
@@ -131,8 +139,15 @@ def read_rows(
             if row_id in seen:
                 raise ValueError(f"{path}:{lineno}: duplicate row id {row_id!r} (first on line {seen[row_id]})")
             seen[row_id] = lineno
-            rows.append((row_id, row))
-    return rows
+            yield index - 1, row_id, row
+
+
+def read_rows(
+    path: str | Path, limit: int | None = None, id_field: str = DEFAULT_ID_FIELD
+) -> list[tuple[str, dict]]:
+    """(name, row) for the first ``limit`` rows of a JSONL file, in memory (:func:`iter_rows`
+    streams them)."""
+    return [(row_id, row) for _, row_id, row in iter_rows(path, limit, id_field)]
 
 
 def cot_text(cot: str) -> str:

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fileio import write_atomic
+from .fileio import atomic_path, write_atomic
 from .symbols import symbol_names
 
 _SYMBOL = re.compile(r"<TOKEN_[A-Z]{1,2}>")
@@ -112,13 +114,10 @@ def trace_record(
     return {"id": row_id, "trace": trace, "length": len(symbols), "prefix_tokens": prefix_tokens, "cot_cut": cot_cut}
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a trace file (or of one of its parts), in file order, unvalidated."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _jsonl(records: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in records)
+def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Stream the records of a trace file, in file order, unvalidated."""
+    with open(path, encoding="utf-8") as fh:
+        yield from (json.loads(line) for line in fh if line.strip())
 
 
 def meta_path(out: str | Path) -> Path:
@@ -132,15 +131,33 @@ def read_meta(out: str | Path) -> dict[str, Any]:
 
 
 class TraceWriter:
-    """Chunked, resumable writing of the trace file ``out``: ``OUT.parts/part-*.jsonl`` (and the
-    settings they were made with) while running, ``OUT`` and ``OUT.meta.json`` at the end, each
-    file written atomically. Resuming with other settings is refused."""
+    """Chunked, crash-safe writing of the trace file ``out``.
 
-    def __init__(self, out: str | Path, settings_record: dict[str, Any]):
+    Rows are cut into fixed chunks by their index in the data: chunk ``k`` holds rows
+    ``k*chunk_size .. (k+1)*chunk_size - 1``, whatever the number of workers. While running,
+    each finished chunk is one file ``OUT.parts/part-<k>.json`` (``{"counts": {...}, "records":
+    [...]}``, written atomically, so a chunk is saved whole or not at all), beside
+    ``OUT.parts/settings.json`` (the settings and the chunk size). :meth:`merge` streams the
+    chunks in row order into ``OUT`` and writes ``OUT.meta.json``, each atomically, then drops
+    the parts. Resuming with other settings is refused; a resumed run keeps the chunk size its
+    parts were cut with. Example (chunk size 4, 10 rows, two workers)::
+
+        OUT.parts/part-0000000.json   rows 0-3   (worker 0)
+        OUT.parts/part-0000001.json   rows 4-7   (worker 1)
+        OUT.parts/part-0000002.json   rows 8-9   (worker 0)      -> merge -> OUT, OUT.meta.json
+    """
+
+    def __init__(self, out: str | Path, settings_record: dict[str, Any], chunk_size: int):
         self.out = Path(out)
         self.parts = self.out.with_name(self.out.name + ".parts")
         self.meta = meta_path(self.out)
         self.settings_record = settings_record
+        self._check_settings(self.meta)
+        layout = self.parts / "settings.json"
+        self._check_settings(layout)
+        self.chunk_size = chunk_size
+        if layout.exists():  # a resumed run keeps the chunks its parts were cut into
+            self.chunk_size = json.loads(layout.read_text(encoding="utf-8")).get("chunk_size", chunk_size)
 
     def _check_settings(self, where: Path) -> None:
         if not where.exists():
@@ -155,24 +172,51 @@ class TraceWriter:
                 f"remove {self.out}, {self.meta} and {self.parts} to regenerate"
             )
 
-    def finished(self) -> dict[str, dict[str, Any]]:
-        """Records already written (final file and parts), by id; validates the settings match."""
-        self._check_settings(self.meta)
-        self._check_settings(self.parts / "settings.json")
-        files = ([self.out] if self.out.exists() else []) + sorted(self.parts.glob("part-*.jsonl"))
-        return {str(rec["id"]): rec for path in files for rec in read_records(path)}
+    def finished_summary(self) -> dict[str, Any] | None:
+        """The recorded summary when ``OUT`` is complete (its meta file written), else None."""
+        return json.loads(self.meta.read_text(encoding="utf-8"))["summary"] if self.meta.exists() else None
 
-    def write_part(self, records: list[dict[str, Any]]) -> None:
-        """Save one chunk."""
-        if not self.parts.exists():
-            self.parts.mkdir(parents=True)
-            write_atomic(self.parts / "settings.json", json.dumps({"settings": self.settings_record}))
-        index = len(list(self.parts.glob("part-*.jsonl")))
-        write_atomic(self.parts / f"part-{index:06d}.jsonl", _jsonl(records))
+    def start(self) -> None:
+        """Record the settings and chunk size beside the parts (before any worker writes one)."""
+        if not (self.parts / "settings.json").exists():
+            record = {"settings": self.settings_record, "chunk_size": self.chunk_size}
+            write_atomic(self.parts / "settings.json", json.dumps(record))
 
-    def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-        """Write ``OUT`` (``records`` in input order) and its meta file, then drop the parts."""
-        write_atomic(self.out, _jsonl(records))
+    def _part(self, chunk: int) -> Path:
+        return self.parts / f"part-{chunk:07d}.json"
+
+    def done_chunks(self) -> set[int]:
+        """The chunks saved so far."""
+        return {int(p.stem.removeprefix("part-")) for p in self.parts.glob("part-*.json")}
+
+    def write_chunk(self, chunk: int, records: list[dict[str, Any]], counts: dict[str, Any]) -> None:
+        """Save chunk ``chunk``: its records in row order and its counts, in one atomic file."""
+        write_atomic(self._part(chunk), json.dumps({"counts": counts, "records": records}))
+
+    def merge(self, num_chunks: int) -> list[dict[str, Any]]:
+        """Stream chunks ``0 .. num_chunks-1`` in order into ``OUT`` (atomically, one chunk in
+        memory at a time); returns each chunk's counts. ValueError names missing chunks or a row
+        id twice (then ``OUT`` is not written). Call :meth:`finish` after it."""
+        missing = sorted(set(range(num_chunks)) - self.done_chunks())
+        if missing:
+            raise ValueError(f"{self.parts}: chunks {missing[:10]} of {num_chunks} are not finished")
+        seen: set[str] = set()
+        counts = []
+        with atomic_path(self.out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            for chunk in range(num_chunks):
+                part = json.loads(self._part(chunk).read_text(encoding="utf-8"))
+                for rec in part["records"]:
+                    if rec["id"] in seen:
+                        raise ValueError(f"{self._part(chunk)}: row id {rec['id']!r} is in an earlier chunk too")
+                    seen.add(rec["id"])
+                    fh.write(json.dumps(rec) + "\n")
+                counts.append(part["counts"])
+            fh.flush()
+            os.fsync(fh.fileno())
+        return counts
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """After :meth:`merge`: write ``OUT.meta.json`` (settings and ``summary``), drop the parts."""
         write_atomic(self.meta, json.dumps({"settings": self.settings_record, "summary": summary}, indent=1))
         shutil.rmtree(self.parts, ignore_errors=True)
 

@@ -177,9 +177,9 @@ def test_resume_after_crash_regenerates_nothing_finished(hf, tmp_path):
     crashing = CountingDecoder(decoder, fail_after=2)
     with pytest.raises(KeyboardInterrupt):
         generate_traces(crashing, builder, rows, "phase_b", out, SETTINGS, 512, chunk_size=4)
-    parts = sorted((tmp_path / "b.jsonl.parts").glob("part-*.jsonl"))
+    parts = sorted((tmp_path / "b.jsonl.parts").glob("part-*.json"))
     assert len(parts) == 2 and not out.exists()
-    saved = [r for p in parts for r in read_jsonl(p)]
+    saved = [r for p in parts for r in json.loads(p.read_text())["records"]]
     resumed = CountingDecoder(decoder)
     summary = generate_traces(resumed, builder, rows, "phase_b", out, SETTINGS, 512, chunk_size=4)
     assert resumed.prompts == 2 and summary.resumed == 8 and summary.generated == 2
@@ -198,7 +198,7 @@ def test_a_backend_reply_missing_a_trace_fails_loudly(hf, tmp_path, monkeypatch)
     monkeypatch.setattr(decoder, "traces", lambda prefixes, settings: traces(prefixes, settings)[:-1])
     with pytest.raises(ValueError, match="shorter"):
         generate_traces(decoder, builder, read_rows(DOLCI, limit=3), "phase_b", tmp_path / "t.jsonl", SETTINGS, 512)
-    assert not list((tmp_path / "t.jsonl.parts").glob("part-*.jsonl"))
+    assert not list((tmp_path / "t.jsonl.parts").glob("part-*.json"))
 
 
 def test_resume_with_other_settings_is_refused(hf, tmp_path):

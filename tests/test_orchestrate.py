@@ -3,6 +3,7 @@ end-to-end T=2 tiny run that is killed during round 2 and resumed."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -26,6 +27,7 @@ from abscot_plugin.orchestration.plan import build_plan, statuses
 from abscot_plugin.orchestration.run_config import ConfigError, PlanError, load_run_config
 from abscot_plugin.orchestration.runner import stale_report
 from abscot_plugin.orchestration.schedule import Schedule
+from abscot_plugin.orchestration.slices import write_slice
 from abscot_plugin.orchestration.summary import write_summary
 from abscot_plugin.orchestration.training import training_schedule
 
@@ -78,6 +80,7 @@ def plan_for(tmp_path, base, **changes):
         ({"trainig": {}}, "trainig: unknown key"),
         ({"training": {"overrides": {"output_dir": "x"}}}, "sets ['output_dir'], which the orchestrator sets"),
         ({"generation": {"m_min": 9, "m_max": 6}}, "generation: m_min 9 > m_max 6"),
+        ({"generation": {"num_nodes": 2}}, "generation.num_nodes 2 exceeds training.launcher.num_machines 1"),
     ],
 )
 def test_bad_run_config_is_one_line(tmp_path, capsys, changes, message):
@@ -108,6 +111,12 @@ def test_plan_errors(tmp_path):
         load_run_config(write_config(tmp_path, run_config(tmp_path, "./missing_model")))
 
 
+def slice_lines(plan, path: Path) -> list[str]:
+    """The rows of one planned data slice, as the runner writes it (split at line ends only)."""
+    write_slice(plan.slices[path])
+    return path.read_text(encoding="utf-8").removesuffix("\n").split("\n")
+
+
 def test_rows_without_ids_are_named_as_training_and_generation_name_them(tmp_path):
     """Training and trace generation name a row without an id by a hash of its messages
     (rows.row_id_of); the plan accepts such rows and finds duplicates among them by that name."""
@@ -118,7 +127,7 @@ def test_rows_without_ids_are_named_as_training_and_generation_name_them(tmp_pat
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
     first = plan.stage("r1_a_train").yaml["datasets"][0]["path"]
-    assert plan.slices[Path(first)].splitlines()[1] == json.dumps(rows[1])
+    assert slice_lines(plan, Path(first))[1] == json.dumps(rows[1])
     data.write_text("".join(json.dumps(row) + "\n" for row in [rows[0], rows[1], rows[1], *rows[2:]]))
     with pytest.raises(PlanError, match=r"rows.jsonl, row 3: duplicate id 'sha1:[0-9a-f]{12}'"):
         plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
@@ -215,7 +224,7 @@ def test_data_schedules(tmp_path):
     def slices(schedule):
         plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"schedule": schedule})
         files = [Path(s.yaml["datasets"][0]["path"]) for s in plan.stages if s.kind == "train"]
-        return [{json.loads(line)["id"] for line in plan.slices[f].splitlines()} for f in files]
+        return [{json.loads(line)["id"] for line in slice_lines(plan, f)} for f in files]
 
     same = slices("same")
     assert all(s == same[0] for s in same) and len(same[0]) == 8
@@ -246,6 +255,51 @@ def test_full_finetune_vllm_and_multinode(tmp_path):
     worker = build_plan(cfg, machine_rank=1).stage("r1_a_train")
     assert worker.command[worker.command.index("--machine_rank") + 1] == "1"
     assert worker.fingerprint == build_plan(cfg).stage("r1_a_train").fingerprint
+
+
+def test_multinode_dry_run_for_each_machine(tmp_path, capsys):
+    """num_machines 2 with trace generation on both (2 nodes × 4 engines × TP 2): the dry run of
+    each machine rank prints the GPU layout, its own rank in the launch and generation commands,
+    and the same fingerprints; the data-parallel layout is not in any fingerprint."""
+    launcher = {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29500}
+    generation = {"backend": "vllm", "python": sys.executable, "tensor_parallel_size": 2, "data_parallel_size": 4,
+                  "num_nodes": 2}
+    config = write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", training={"launcher": launcher},
+                                               generation=generation))
+    plans = []
+    for rank in (0, 1):
+        assert orchestrate.main([str(config), "--dry-run", "--machine-rank", str(rank)]) == 0
+        out = capsys.readouterr().out
+        assert ("GPU layout: trace generation 2 node(s) × 4 data-parallel engine(s) = 8 vllm engine(s), 2 GPU(s) "
+                "each; training 2 machine(s) × 8 process(es) = 16 process(es)") in out
+        plan = build_plan(load_run_config(config), rank)
+        for stage in plan.stages:
+            flag = {"traces": "--node-rank", "train": "--machine_rank"}.get(stage.kind)
+            if flag:
+                assert stage.command[stage.command.index(flag) + 1] == str(rank) and stage.shell() in out
+        gen = plan.stage("r1_b_traces").command
+        assert gen[gen.index("--data-parallel-size") + 1] == "4" and gen[gen.index("--num-nodes") + 1] == "2"
+        plans.append(plan)
+    single = plan_for(tmp_path, "Qwen/Qwen3-4B", training={"launcher": launcher},
+                      generation={**generation, "data_parallel_size": 1, "num_nodes": 1})
+    assert "--data-parallel-size" not in single.stage("r1_b_traces").command
+    for a, b, c in zip(plans[0].stages, plans[1].stages, single.stages, strict=True):
+        assert a.fingerprint == b.fingerprint == c.fingerprint, a.name
+
+
+def test_slices_keep_rows_whole_and_hash_what_they_hold(tmp_path):
+    """A row whose text holds U+2028 or U+0085 (JSON allows them raw) stays one row: the slice is
+    cut at line ends only, and its digest is the digest of the file the runner writes."""
+    rows = [json.loads(line) for line in DOLCI.read_text().splitlines()]
+    rows[1]["messages"][0]["content"] += " line\u2028separator and next\x85line"
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B", data={"path": str(data)})
+    for path, piece in plan.slices.items():
+        lines = slice_lines(plan, path)
+        assert len(lines) == 8 and hashlib.sha256(path.read_bytes()).hexdigest() == piece.sha256
+    first = Path(plan.stage("r1_a_train").yaml["datasets"][0]["path"])
+    assert json.loads(slice_lines(plan, first)[1]) == rows[1]
 
 
 def test_shipped_run_configs_plan(tmp_path, tiny_dir):
@@ -502,15 +556,16 @@ def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProc
 @pytest.mark.slow
 def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU) for a number of
-    epochs; stopped with SIGTERM while round 2 trains (no stage process survives), resumed without
-    redoing finished stages; every training stage takes the optimizer steps and warm-up the plan
-    predicted; then the evaluation hook and --redo-stale on a changed evaluation command."""
+    epochs, traces made by 2 data-parallel workers (generation.data_parallel_size); stopped with
+    SIGTERM while round 2 trains (no stage process survives), resumed without redoing finished
+    stages; every training stage takes the optimizer steps and warm-up the plan predicted; then
+    the evaluation hook and --redo-stale on a changed evaluation command."""
     # 8 rows x 3 epochs / batch (1 x 3 x 2 processes) = ceil(4) = 4 steps, as axolotl plans them
     # (3 epochs x ceil(8 / 2 / 3) would be 6); warm-up int(0.25 x 4) = 1, which axolotl makes 2
     cfg = run_config(tmp_path, tiny_dir, training={
         "overrides": {"max_steps": None, "num_epochs": 3, "micro_batch_size": 1, "gradient_accumulation_steps": 3,
                       "warmup_ratio": 0.25},
-        "launcher": {"num_processes": 2}})
+        "launcher": {"num_processes": 2}}, generation={"data_parallel_size": 2})
     config = write_config(tmp_path, cfg)
     plan = build_plan(load_run_config(config))
     assert {(s.schedule.steps, s.schedule.warmup) for s in plan.stages if s.kind == "train"} == {(4, 2)}
@@ -548,6 +603,7 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     for phase in ("round1/phase_b", "round2/phase_a", "round2/phase_b"):
         traces = load_trace_file(run / phase / "traces.jsonl", 64, 6)
         assert len(traces) == 8 and all(2 <= r["length"] <= 6 for r in read_jsonl(run / phase / "traces.jsonl"))
+    assert "worker 2/2" in (run / "logs" / "r1_b_traces.log").read_text()  # two data-parallel workers ran
     for name in ("r1_a_train", "r1_b_train", "r2_a_train", "r2_b_train"):
         metrics = after[name]["metrics"]
         assert metrics["steps"] == metrics["steps_planned"] == 4 and metrics["lr_peak"] == pytest.approx(0.005)

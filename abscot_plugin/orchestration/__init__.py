@@ -7,6 +7,7 @@ Data flow (each module imports only those above it)::
     training     a training stage's generated axolotl YAML, checked
     commands     the command line of each stage kind (train, merge, traces, eval)
     manifest     finished stages and the fingerprints of their inputs
+    slices       the data slices, planned and written as streams (offsets, digests, row names)
     plan         the stage graph: stages, data slices, fingerprints, statuses
     curves       the trainer's TensorBoard logs: loss and learning rate, plots, the schedule check
     summary      the dry-run listing, SUMMARY.md, the evaluation report

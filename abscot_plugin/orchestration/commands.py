@@ -125,6 +125,31 @@ def traces_command(
     return cmd + list(g.extra_args)
 
 
+def generation_layout_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
+    """The data-parallel layout of a trace stage's command (``generation.data_parallel_size``
+    workers per node on ``num_nodes`` machines; ``machine_rank``: this machine's). It changes
+    where traces are made, not what they are (:func:`abscot_plugin.generate.owned_chunks`), so
+    the stage's fingerprint leaves it out."""
+    g = cfg.generation
+    args = ["--data-parallel-size", str(g.data_parallel_size)] if g.data_parallel_size > 1 else []
+    if g.num_nodes > 1:
+        rank = cfg.training.launcher.machine_rank if machine_rank is None else machine_rank
+        args += ["--num-nodes", str(g.num_nodes), "--node-rank", str(rank)]
+    return args
+
+
+def gpu_layout(cfg: RunConfig) -> str:
+    """The dry run's line on GPUs: trace generation's engines and training's processes."""
+    g, lc = cfg.generation, cfg.training.launcher
+    engines = g.num_nodes * g.data_parallel_size
+    gpus = f"{g.tensor_parallel_size} GPU(s) each" if g.backend == "vllm" else "1 device each"
+    return (
+        f"GPU layout: trace generation {g.num_nodes} node(s) × {g.data_parallel_size} data-parallel engine(s) "
+        f"= {engines} {g.backend} engine(s), {gpus}; training {lc.num_machines} machine(s) × "
+        f"{lc.num_processes // lc.num_machines} process(es) = {lc.num_processes} process(es)"
+    )
+
+
 def eval_command(cfg: RunConfig, model: str, tasks: list[str], out: Path) -> list[str]:
     """The ``abscot_plugin.eval_cli`` (lm-eval) run of ``tasks`` on ``model`` into ``out``, with the
     run's ``evaluation`` settings. With the vLLM backend, ``max_model_len`` must hold every task's

@@ -23,8 +23,6 @@ Run folder layout::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +30,12 @@ from typing import Any, Literal
 
 from ..choices import Phase
 from ..fileio import file_digest
-from ..rows import row_id_of
 from ..traces import meta_path
-from .commands import eval_command, merge_command, traces_command, train_command
+from .commands import eval_command, generation_layout_args, merge_command, traces_command, train_command
 from .manifest import Manifest, fingerprint
-from .run_config import PlanError, RunConfig
+from .run_config import RunConfig
 from .schedule import Schedule
+from .slices import DataSlice, data_slices
 from .training import cpu_multiprocess_fix, phase_yaml, short_context_note, training_schedule
 
 Kind = Literal["traces", "train", "merge", "eval"]
@@ -75,7 +73,7 @@ class Plan:
 
     cfg: RunConfig
     stages: list[Stage]
-    slices: dict[Path, str]  # data slice file -> content
+    slices: dict[Path, DataSlice]  # data slice file -> where its rows are
     final_model: Path
     notes: list[str]
 
@@ -101,10 +99,6 @@ def statuses(plan: Plan, manifest: Manifest) -> dict[str, str]:
     return out
 
 
-def _digest_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def model_fingerprint(model: str) -> dict[str, Any]:
     """Identity of an external model: a hub id as is; a folder by its small files' contents and
     its large files' names and sizes (hashing many GB of weights per run would be slow)."""
@@ -116,44 +110,6 @@ def model_fingerprint(model: str) -> dict[str, Any]:
         size = f.stat().st_size
         files[str(f.relative_to(path))] = file_digest(f) if size < SMALL_FILE else f"size:{size}"
     return {"path": model, "files": files}
-
-
-def data_slices(cfg: RunConfig) -> dict[tuple[int, Phase], tuple[Path, str]]:
-    """(round, phase) -> (slice file, content) following ``data.schedule``."""
-    lines = [ln for ln in cfg.data.path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    n, rounds, schedule = cfg.data.num_rows, cfg.rounds, cfg.data.schedule
-    names = {
-        (t, p): {"same": "all", "per_round": f"round{t}", "per_phase": f"round{t}_{p}"}[schedule]
-        for t in range(1, rounds + 1) for p in Phase
-    }
-    order = list(dict.fromkeys(names.values()))
-    if len(order) * n > len(lines):
-        raise PlanError(
-            f"data.path {cfg.data.path} has {len(lines)} rows; schedule {schedule} with T={rounds} "
-            f"and N={n} needs {len(order) * n}"
-        )
-    _check_ids(cfg, lines[: len(order) * n])
-    content = {name: "\n".join(lines[k * n : (k + 1) * n]) + "\n" for k, name in enumerate(order)}
-    folder = cfg.output_dir / "data"
-    return {key: (folder / f"{name}.jsonl", content[name]) for key, name in names.items()}
-
-
-def _check_ids(cfg: RunConfig, lines: list[str]) -> None:
-    """Every row the run uses needs a unique name, which trace files are matched to rows by: its
-    ``data.id_field``, else a hash of its messages (:func:`~abscot_plugin.rows.row_id_of`, the rule
-    training and trace generation name rows by)."""
-    seen: set[str] = set()
-    for lineno, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict):
-            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: not a JSON object")
-        row_id = row_id_of(row, cfg.data.id_field)
-        if row_id in seen:
-            raise PlanError(f"data.path {cfg.data.path}, row {lineno}: duplicate id {row_id!r}")
-        seen.add(row_id)
 
 
 class _Graph:
@@ -218,8 +174,8 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
     for t in range(1, cfg.rounds + 1):
         for phase in Phase:
             folder = run / f"round{t}" / phase.value
-            data, content = slices[(t, phase)]
-            data_inputs = {"data": {"file": str(data), "sha256": _digest_text(content)}}
+            data = slices[(t, phase)].path
+            data_inputs = {"data": {"file": str(data), "sha256": slices[(t, phase)].sha256}}
             if model_stage is None:
                 data_inputs["base_model"] = model_fingerprint(model)
             prefix = f"r{t}_{phase.letter}"
@@ -233,11 +189,13 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                 note = short_context_note(cfg, yaml_cfg) if phase.has_cot else None
                 if note and note not in notes:
                     notes.append(note)
+                command = traces_command(cfg, yaml_cfg, Path(model), data, phase, traces)
                 graph.add(Stage(
-                    f"{prefix}_traces", "traces", traces_command(cfg, yaml_cfg, Path(model), data, phase, traces),
+                    f"{prefix}_traces", "traces", command + generation_layout_args(cfg, machine_rank),
                     [traces, meta_path(traces)], run / "logs" / f"{prefix}_traces.log",
-                    dict(data_inputs), list(upstream), {**env, **cfg.generation.env}, resumable=True,
-                ))
+                    {**data_inputs, "command": command}, list(upstream), {**env, **cfg.generation.env},
+                    resumable=True,
+                ), hash_command=False)  # the layout changes where traces are made, not what they are
                 upstream = [*upstream, f"{prefix}_traces"]
             yaml_path = folder / "axolotl.yml"
             inputs = {**data_inputs, "launcher": launcher_identity}
@@ -260,4 +218,4 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
     final_eval = evaluation_stage(cfg, "eval", model, cfg.evaluation.tasks, [model_stage], env)
     if final_eval:
         graph.add(final_eval)
-    return Plan(cfg, graph.stages, {path: text for path, text in slices.values()}, Path(model), notes)
+    return Plan(cfg, graph.stages, {piece.path: piece for piece in slices.values()}, Path(model), notes)

@@ -127,7 +127,15 @@ class GenerationConfig(_Strict):
     seed: int = TraceSettings.seed
     max_model_len: int | None = Field(default=None, ge=16)
     batch_size: int = Field(default=DEFAULT_HF_BATCH_SIZE, ge=1, description="hf backend")
-    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm backend")
+    tensor_parallel_size: int = Field(default=1, ge=1, description="vllm backend: GPUs per engine")
+    data_parallel_size: int = Field(
+        default=1, ge=1, description="engines (worker processes) per node, each with its own GPUs and rows"
+    )
+    num_nodes: int = Field(
+        default=1, ge=1,
+        description="machines generating traces: machine ranks 0 .. num_nodes-1 of training.launcher, "
+        "on a shared filesystem",
+    )
     dtype: str = "auto"
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict, description="extra environment (e.g. VLLM_CPU_KVCACHE_SPACE)")
@@ -227,6 +235,11 @@ class RunConfig(_Strict):
             managed = sorted(set(overrides) & set(MANAGED_KEYS))
             if managed:
                 raise ValueError(f"{where} sets {managed}, which the orchestrator sets per stage")
+        if self.generation.num_nodes > self.training.launcher.num_machines:
+            raise ValueError(
+                f"generation.num_nodes {self.generation.num_nodes} exceeds training.launcher.num_machines "
+                f"{self.training.launcher.num_machines} (the machines and their ranks)"
+            )
         return self
 
 

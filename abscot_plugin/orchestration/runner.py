@@ -29,6 +29,7 @@ from ..fileio import write_atomic
 from .checks import CHECKS, StageFailed
 from .manifest import Manifest, diff_inputs
 from .plan import Plan, Stage, statuses
+from .slices import prepare_slice
 from .summary import write_summary
 
 
@@ -94,10 +95,13 @@ def _clear_partial(stage: Stage) -> None:
             out.unlink()
 
 
-def _prepare_inputs(plan: Plan, stage: Stage) -> None:
-    for path, text in plan.slices.items():
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            write_atomic(path, text)
+def _prepare_slices(plan: Plan) -> None:
+    """Write the data slices whose files do not hold their rows (streamed: :mod:`.slices`)."""
+    for piece in plan.slices.values():
+        prepare_slice(piece)
+
+
+def _prepare_inputs(stage: Stage) -> None:
     if stage.yaml_path is not None:
         write_atomic(stage.yaml_path, yaml.safe_dump(stage.yaml, sort_keys=False))
 
@@ -153,6 +157,8 @@ def run_plan(plan: Plan, manifest: Manifest, redo_stale: bool = False) -> Path:
         if state[stage.name] == "stale":
             _move_aside(plan, stage)
             manifest.forget(stage.name)
+    if any(state[stage.name] != "done" for stage in plan.stages):
+        _prepare_slices(plan)
     for stage in plan.stages:
         if state[stage.name] == "done":
             print(f"[done]  {stage.name}", flush=True)
@@ -160,7 +166,7 @@ def run_plan(plan: Plan, manifest: Manifest, redo_stale: bool = False) -> Path:
         print(f"[run]   {stage.name}  (log: {stage.log})", flush=True)
         started = time.time()
         _clear_partial(stage)
-        _prepare_inputs(plan, stage)
+        _prepare_inputs(stage)
         _run_subprocess(stage, stage.log)
         metrics = CHECKS[stage.kind](plan, stage)
         manifest.record(stage.name, stage.fingerprint, stage.inputs, [str(p) for p in stage.outputs],
@@ -172,8 +178,9 @@ def run_plan(plan: Plan, manifest: Manifest, redo_stale: bool = False) -> Path:
 
 def run_worker(plan: Plan, manifest_path: Path, machine_rank: int, poll_s: float = 10.0) -> None:
     """Machine ``machine_rank`` > 0 of a multi-node run (shared filesystem): for each training
-    stage, wait until rank 0 has finished its upstream stages, join the launch, then wait until
-    rank 0 has recorded the stage (so no rank runs ahead)."""
+    stage, and each trace stage when ``generation.num_nodes`` > ``machine_rank``, wait until rank 0
+    has finished its upstream stages, join it (the launch, or this node's generation workers),
+    then wait until rank 0 has recorded the stage (so no rank runs ahead)."""
 
     def wait_for(names: list[str]) -> None:
         while True:
@@ -182,11 +189,13 @@ def run_worker(plan: Plan, manifest_path: Path, machine_rank: int, poll_s: float
                 return
             time.sleep(poll_s)
 
-    for stage in (s for s in plan.stages if s.kind == "train"):
+    kinds = {"train", "traces"} if machine_rank < plan.cfg.generation.num_nodes else {"train"}
+    _prepare_slices(plan)
+    for stage in (s for s in plan.stages if s.kind in kinds):
         wait_for(stage.upstream)
         if (Manifest(manifest_path).get(stage.name) or {}).get("fingerprint") == stage.fingerprint:
             continue
         print(f"[join]  {stage.name} as machine {machine_rank}", flush=True)
-        _prepare_inputs(plan, stage)
+        _prepare_inputs(stage)
         _run_subprocess(stage, stage.log.with_name(f"{stage.name}.rank{machine_rank}.log"))
         wait_for([stage.name])

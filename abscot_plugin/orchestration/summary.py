@@ -8,15 +8,16 @@ from pathlib import Path
 
 from ..fileio import write_atomic
 from ..report import WARNING_PREFIX, Row, build_report
+from .commands import gpu_layout
 from .manifest import Manifest
 from .plan import Plan, statuses
 
 
 def describe(plan: Plan, manifest: Manifest) -> str:
-    """The dry-run listing: every stage with its status, command, log, generated YAML and (training
-    stages) optimizer steps and warm-up."""
+    """The dry-run listing: the GPU layout, then every stage with its status, command, log,
+    generated YAML and (training stages) optimizer steps and warm-up."""
     state = statuses(plan, manifest)
-    lines = [f"run folder: {plan.run_dir}", f"final model: {plan.final_model}"]
+    lines = [f"run folder: {plan.run_dir}", f"final model: {plan.final_model}", gpu_layout(plan.cfg)]
     lines += [f"note: {note}" for note in plan.notes]
     for i, stage in enumerate(plan.stages, 1):
         lines.append(f"[{i:2d}] {stage.name:<12} {state[stage.name]:<5} log: {stage.log}")
