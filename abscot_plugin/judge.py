@@ -6,9 +6,11 @@ stage), and the score / 10 is the reward.
 completion_ids=None, **kwargs) -> list[float]``. What the judge reads per completion:
 
 * the problem: the dataset column ``problem`` or ``question`` (``JudgeSettings.problem_fields``,
-  the first present), which TRL passes to reward functions as keyword arguments;
-* the reference answer: column ``answer`` (``JudgeSettings.reference_field``), required only
-  when the rubric uses ``{reference}``;
+  the first present; default :data:`~abscot_plugin.rows.RL_PROBLEM_FIELDS`), which TRL passes to
+  reward functions as keyword arguments;
+* the reference answer: column ``answer`` (``JudgeSettings.reference_field``, default
+  :data:`~abscot_plugin.rows.RL_ANSWER_FIELD`), required only when the rubric uses
+  ``{reference}``; a row whose value is null is shown to the judge as ``(none)``;
 * the response: the completion text. TRL decodes completions with ``skip_special_tokens=True``,
   so the abstract trace (special tokens) is not in it: the judge grades the answer y alone.
 
@@ -45,6 +47,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .rows import RL_ANSWER_FIELD, RL_PROBLEM_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +87,8 @@ class JudgeSettings(BaseModel):
     on_failure: Literal["error", "zero"] = Field(default="zero", description="a failed judgment: raise, or reward 0")
     max_failure_rate: float = Field(default=0.5, ge=0, le=1, description="more failures in a batch: JudgeError")
     check_on_start: bool = Field(default=True, description="first call: the server must list `model`")
-    problem_fields: tuple[str, ...] = Field(default=("problem", "question"), min_length=1)
-    reference_field: str = "answer"
+    problem_fields: tuple[str, ...] = Field(default=RL_PROBLEM_FIELDS, min_length=1)
+    reference_field: str = RL_ANSWER_FIELD
 
     @field_validator("rubric")
     @classmethod

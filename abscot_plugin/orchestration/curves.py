@@ -13,12 +13,16 @@ climbs back: :func:`check_warmup_cosine` refuses both that and a cosine that nev
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..report import pyplot, save_png
 
 TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "train_runtime": "train/train_runtime"}
+# logged by TRL's GRPO trainer only: the mean total reward, each reward function's mean
+# (``rewards/<name>/mean``) and the KL to the reference model; read when present
+GRPO_TAGS = re.compile(r"train/(reward|rewards/[^/]+/mean|kl)")
 
 
 class ScheduleError(RuntimeError):
@@ -33,7 +37,8 @@ class Curve:
 
 def read_curves(train_dir: str | Path) -> dict[str, Curve]:
     """Loss, learning rate and the end-of-training runtime per logged step, from the newest
-    TensorBoard run in ``train_dir``."""
+    TensorBoard run in ``train_dir``; a GRPO run's rewards and KL too (:data:`GRPO_TAGS`, named
+    without ``train/``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     runs = sorted(
@@ -45,10 +50,12 @@ def read_curves(train_dir: str | Path) -> dict[str, Curve]:
     events = EventAccumulator(str(runs[-1]), size_guidance={"scalars": 0})
     events.Reload()
     available = set(events.Tags()["scalars"])
+    missing = sorted(set(TAGS.values()) - available)
+    if missing:
+        raise ValueError(f"{runs[-1]}: the trainer logged no {missing[0]}")
+    grpo = {tag.removeprefix("train/"): tag for tag in sorted(available) if GRPO_TAGS.fullmatch(tag)}
     curves = {}
-    for name, tag in TAGS.items():
-        if tag not in available:
-            raise ValueError(f"{runs[-1]}: the trainer logged no {tag}")
+    for name, tag in {**TAGS, **grpo}.items():
         scalars = sorted(events.Scalars(tag), key=lambda e: e.step)
         curves[name] = Curve([e.step for e in scalars], [float(e.value) for e in scalars])
     return curves

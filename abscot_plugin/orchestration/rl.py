@@ -1,0 +1,87 @@
+"""The RL stage's inputs (run config section ``rl``): its prompt slice (:func:`rl_slice`), its
+generated GRPO YAML (:func:`rl_yaml`) and its optimizer schedule (:func:`rl_schedule`).
+
+The YAML is the GRPO template named by ``rl.config`` (e.g. ``axolotl_configs/tiny_grpo.yml``) with
+``rl.overrides`` on top and the keys the orchestrator manages set per run: ``base_model`` (the
+warm-up model B_T), ``datasets[0].path`` (the prompt slice ``OUT/data/rl.jsonl``; the template's
+dataset ``type`` is kept), ``output_dir`` and ``dataset_prepared_path``, TensorBoard logging. It is
+checked before anything runs: ``rl: grpo``, one dataset, LoRA or full fine-tuning, a cosine
+learning-rate schedule (checked after training like the warm-up's), a batch TRL accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..rows import BadRowError, rl_problem
+from .run_config import MANAGED_KEYS, PlanError, RunConfig
+from .schedule import GRPOSchedule
+
+
+def rl_slice(cfg: RunConfig) -> tuple[Path, str]:
+    """(``OUT/data/rl.jsonl``, its content): the first ``rl.num_rows`` rows of ``rl.data`` (all
+    without it), each checked for a problem and a gold answer (PlanError naming the row)."""
+    rl = cfg.rl
+    lines = [ln for ln in rl.data.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if rl.num_rows is not None:
+        if rl.num_rows > len(lines):
+            raise PlanError(f"rl.data {rl.data} has {len(lines)} rows; rl.num_rows is {rl.num_rows}")
+        lines = lines[: rl.num_rows]
+    if not lines:
+        raise PlanError(f"rl.data {rl.data} has no rows")
+    for lineno, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            raise PlanError(f"rl.data {rl.data}, row {lineno}: not a JSON object")
+        try:
+            rl_problem(row, f"{lineno}")
+        except BadRowError as exc:
+            raise PlanError(f"rl.data {rl.data}, {exc}") from None
+    return cfg.output_dir / "data" / "rl.jsonl", "\n".join(lines) + "\n"
+
+
+def rl_yaml(cfg: RunConfig, base_model: str, data: Path, out_dir: Path, prepared: Path) -> dict[str, Any]:
+    """The axolotl config of the RL training stage (module docstring)."""
+    source = cfg.rl.config
+    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    if raw.get("rl") != "grpo":
+        raise PlanError(f"{source}: rl is {raw.get('rl')!r}; the RL stage runs GRPO (set rl: grpo)")
+    datasets = raw.get("datasets")
+    if not isinstance(datasets, list) or len(datasets) != 1 or not isinstance(datasets[0], dict):
+        raise PlanError(f"{source}: the RL stage needs exactly one dataset (the orchestrator points it at rl.data)")
+    merged = {**raw, **cfg.rl.overrides}
+    for key in MANAGED_KEYS:
+        merged.pop(key, None)
+    merged = {k: v for k, v in merged.items() if v is not None}  # an override of null removes a key
+    merged.update(
+        base_model=base_model,
+        datasets=[{**datasets[0], "path": str(data), "ds_type": "json"}],
+        output_dir=str(out_dir),
+        dataset_prepared_path=str(prepared),
+        use_tensorboard=True,
+    )
+    if merged.get("lr_scheduler") != "cosine":
+        raise PlanError(
+            f"{source}: lr_scheduler is {merged.get('lr_scheduler')!r}; the RL stage is checked as one "
+            "warm-up + cosine, set lr_scheduler: cosine"
+        )
+    if merged.get("adapter") not in (None, "lora"):
+        raise PlanError(
+            f"{source}: adapter {merged.get('adapter')!r} is not supported (use lora, or none for full fine-tuning)"
+        )
+    return merged
+
+
+def rl_schedule(yaml_cfg: dict[str, Any], rows: int, num_processes: int, source: Path) -> GRPOSchedule:
+    """The :class:`~.schedule.GRPOSchedule` of the RL YAML (``source``: the template named in errors)."""
+    try:
+        return GRPOSchedule.of(yaml_cfg, rows, num_processes)
+    except ValueError as exc:
+        raise PlanError(f"{source}: {exc}") from None
