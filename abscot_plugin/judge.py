@@ -5,14 +5,14 @@ stage), and the score / 10 is the reward.
 :class:`JudgeReward` is a reward function with TRL's signature ``(prompts, completions,
 completion_ids=None, **kwargs) -> list[float]``. What the judge reads per completion:
 
-* the problem: the dataset column ``problem`` or ``question`` (``JudgeSettings.problem_fields``,
-  the first present; default :data:`~abscot_plugin.rows.RL_PROBLEM_FIELDS`), which TRL passes to
-  reward functions as keyword arguments;
-* the reference answer: column ``answer`` (``JudgeSettings.reference_field``, default
-  :data:`~abscot_plugin.rows.RL_ANSWER_FIELD`), required only when the rubric uses
-  ``{reference}``; a row whose value is null is shown to the judge as ``(none)``;
-* the response: the completion text. TRL decodes completions with ``skip_special_tokens=True``,
-  so the abstract trace (special tokens) is not in it: the judge grades the answer y alone.
+* the problem: the prompt TRL passes (the RL dataset's ``prompt`` column, the problem text; of a
+  conversational prompt, its last message);
+* the reference answer: the dataset column ``JudgeSettings.reference_field`` (default ``gold``,
+  what the RL prompts dataset type writes), which TRL passes to reward functions as a keyword
+  argument; required only when the rubric uses ``{reference}``; a null value reads ``(none)``;
+* the response: the answer y alone, never the trace: the rollout's ``abscot_answer`` column when
+  present (the answer decoded from its ids, the stop token dropped), else TRL's completion text
+  (decoded with ``skip_special_tokens=True``, which drops the trace's special tokens).
 
 The rubric is a text file with the placeholders ``{problem}``, ``{reference}`` and
 ``{response}`` (the shipped one: ``abscot_plugin/data/judge_rubric.md``, our own wording of a
@@ -47,8 +47,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from .rows import RL_ANSWER_FIELD, RL_PROBLEM_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +85,8 @@ class JudgeSettings(BaseModel):
     on_failure: Literal["error", "zero"] = Field(default="zero", description="a failed judgment: raise, or reward 0")
     max_failure_rate: float = Field(default=0.5, ge=0, le=1, description="more failures in a batch: JudgeError")
     check_on_start: bool = Field(default=True, description="first call: the server must list `model`")
-    problem_fields: tuple[str, ...] = Field(default=RL_PROBLEM_FIELDS, min_length=1)
-    reference_field: str = RL_ANSWER_FIELD
+    reference_field: str = Field(default="gold", description="the column of the gold answer")
+    response_field: str = Field(default="abscot_answer", description="the rollout's answer column, if present")
 
     @field_validator("rubric")
     @classmethod
@@ -131,13 +129,14 @@ def parse_score(reply: str | None) -> float | None:
     return score / SCORE_MAX if score <= SCORE_MAX else None
 
 
-def completion_text(completion: Any) -> str:
-    """A TRL completion as text: a string, or the content of its last message (conversational)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content") or "")
-    raise JudgeError(f"judge: cannot read a completion of type {type(completion).__name__}")
+def message_text(value: Any) -> str:
+    """A TRL prompt or completion as text: a string, or the content of its last message
+    (conversational)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        return str(value[-1].get("content") or "")
+    raise JudgeError(f"judge: cannot read a prompt or completion of type {type(value).__name__}")
 
 
 class _Failure(Exception):
@@ -228,35 +227,40 @@ class JudgeReward:
                 time.sleep(self.settings.backoff_s * 2**attempt)
                 attempt += 1
 
-    def _column(self, kwargs: dict[str, Any], names: tuple[str, ...], n: int) -> list[Any] | None:
-        for name in names:
-            if name in kwargs:
-                if len(kwargs[name]) != n:
-                    raise JudgeError(f"judge: column {name!r} has {len(kwargs[name])} values for {n} completions")
-                return list(kwargs[name])
-        return None
+    def _column(self, kwargs: dict[str, Any], name: str, n: int) -> list[Any] | None:
+        """The per-completion column ``name`` of the reward's keyword arguments (None: absent)."""
+        if kwargs.get(name) is None:
+            return None
+        if len(kwargs[name]) != n:
+            raise JudgeError(f"judge: column {name!r} has {len(kwargs[name])} values for {n} completions")
+        return list(kwargs[name])
+
+    def judge_prompts(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[str]:
+        """The rubric filled in per completion: what the judge is asked (module docstring)."""
+        s, n = self.settings, len(completions)
+        if len(prompts) != n:
+            raise JudgeError(f"judge: {len(prompts)} prompts for {n} completions")
+        references = self._column(kwargs, s.reference_field, n)
+        if references is None and "{reference}" in self.rubric:
+            columns = sorted(k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric"))
+            raise JudgeError(
+                f"judge: the rubric uses {{reference}} but column {s.reference_field!r} is missing (columns: {columns})"
+            )
+        responses = self._column(kwargs, s.response_field, n) or completions
+        return [
+            render_prompt(self.rubric, message_text(p), message_text(r), None if ref is None else str(ref))
+            for p, r, ref in zip(prompts, responses, references or [None] * n, strict=True)
+        ]
 
     def __call__(
         self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None = None, **kwargs: Any
     ) -> list[float]:
         """Rewards in [0, 1] for ``completions`` (dataset columns in ``kwargs``; module docstring)."""
         s, n = self.settings, len(completions)
+        prompts_text = self.judge_prompts(prompts, completions, **kwargs)
         if not self._checked:
             self.check_server()
             self._checked = True
-        problems = self._column(kwargs, s.problem_fields, n)
-        if problems is None:
-            columns = sorted(k for k in kwargs if k not in ("trainer_state", "log_extra", "log_metric"))
-            raise JudgeError(f"judge: none of the columns {list(s.problem_fields)} reached the reward ({columns})")
-        references = self._column(kwargs, (s.reference_field,), n)
-        if references is None and "{reference}" in self.rubric:
-            raise JudgeError(f"judge: the rubric uses {{reference}} but column {s.reference_field!r} is missing")
-        if references is None:
-            references = [None] * n
-        prompts_text = [
-            render_prompt(self.rubric, str(problem), completion_text(completion), None if ref is None else str(ref))
-            for problem, completion, ref in zip(problems, completions, references, strict=True)
-        ]
         with ThreadPoolExecutor(max_workers=min(s.concurrency, max(n, 1))) as pool:
             outcomes = list(pool.map(self._judge_safely, prompts_text))
         return self._settle(outcomes, kwargs.get("log_metric"))

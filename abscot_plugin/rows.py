@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_ID_FIELD = "id"
-# RL prompt rows (the RL stage's JSONL): the problem under one of these columns (MATH-style, then
-# GSM8K-style), the gold answer under RL_ANSWER_FIELD
-RL_PROBLEM_FIELDS = ("problem", "question")
-RL_ANSWER_FIELD = "answer"
 
 _THINK = re.compile(r"^\s*<think>(.*?)</think>(.*)$", re.DOTALL)
 
@@ -96,24 +92,6 @@ def parse_chat_row(row: dict, row_id: str, need_cot: bool = True) -> ReasoningRo
     if not answer:
         raise BadRowError(row_id, "empty_answer", "empty answer after </think>")
     return ReasoningRow(row_id, prompt, cot, answer)
-
-
-def rl_problem(row: dict, row_id: str) -> tuple[str, str]:
-    """(problem, gold answer) of an RL prompt row: MATH-style ``problem``/``answer`` or GSM8K-style
-    ``question``/``answer`` (:data:`RL_PROBLEM_FIELDS`, :data:`RL_ANSWER_FIELD`); a row without a
-    non-empty string for either raises :class:`BadRowError` naming it.
-
-    >>> rl_problem({"question": "1+1?", "answer": "#### 2"}, "row 1")
-    ('1+1?', '#### 2')
-    """
-    problem = next((row[f] for f in RL_PROBLEM_FIELDS if row.get(f) is not None), None)
-    if not isinstance(problem, str) or not problem.strip():
-        fields = " or ".join(repr(f) for f in RL_PROBLEM_FIELDS)
-        raise BadRowError(row_id, "no_problem", f"no problem text: needs a non-empty string {fields}")
-    answer = row.get(RL_ANSWER_FIELD)
-    if not isinstance(answer, str) or not answer.strip():
-        raise BadRowError(row_id, "no_answer", f"no gold answer: needs a non-empty string {RL_ANSWER_FIELD!r}")
-    return problem, answer
 
 
 def _check_no_think_tags(reply: str, row_id: str) -> None:

@@ -30,11 +30,8 @@ def free_port() -> int:
 
 
 def batch(n: int = 3) -> dict:
-    """TRL's reward arguments for ``n`` completions with MATH-style dataset columns."""
-    return {
-        "prompts": ["p"] * n, "completions": ["The answer is $\\boxed{4}$."] * n,
-        "problem": ["What is 1+3?"] * n, "answer": ["4"] * n,
-    }
+    """TRL's reward arguments for ``n`` completions of the RL prompts dataset (prompt, gold)."""
+    return {"prompts": ["What is 1+3?"] * n, "completions": ["The answer is $\\boxed{4}$."] * n, "gold": ["4"] * n}
 
 
 def test_parse_score():
@@ -88,16 +85,30 @@ def test_unreachable_mid_run_counted_then_refused():
         JudgeReward(JudgeSettings(**settings, on_failure="error"))(**batch())
 
 
-def test_missing_columns_named():
+def test_bad_columns_named():
     judge = JudgeReward(JudgeSettings(url="http://127.0.0.1:1/v1", model="m", check_on_start=False))
     args = batch()
-    missing = r"none of the columns \['problem', 'question'\] reached the reward \(\['answer'\]\)"
+    missing = r"rubric uses {reference} but column 'gold' is missing \(columns: \['answer'\]\)"
     with pytest.raises(JudgeError, match=missing):
-        judge(args["prompts"], args["completions"], answer=args["answer"])
-    with pytest.raises(JudgeError, match="rubric uses {reference} but column 'answer' is missing"):
-        judge(args["prompts"], args["completions"], question=args["problem"])
-    with pytest.raises(JudgeError, match="column 'problem' has 2 values for 3 completions"):
-        judge(args["prompts"], args["completions"], problem=["a", "b"], answer=args["answer"])
+        judge(args["prompts"], args["completions"], answer=args["gold"])
+    with pytest.raises(JudgeError, match="column 'gold' has 2 values for 3 completions"):
+        judge(args["prompts"], args["completions"], gold=["4", "4"])
+    with pytest.raises(JudgeError, match="2 prompts for 3 completions"):
+        judge(args["prompts"][:2], args["completions"], gold=args["gold"])
+
+
+def test_the_judge_sees_the_answer_not_the_trace():
+    """What the judge is asked: the prompt's problem (its last message if conversational), the
+    gold answer, and the rollout's answer column when present (the completions otherwise)."""
+    judge = JudgeReward(JudgeSettings(url="http://127.0.0.1:1/v1", model="m"))
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1+3?"}]
+    first, second = judge.judge_prompts([conversation] * 2, ["<TOKEN_A>ignored", "ignored"], gold=["4", None],
+                                        abscot_answer=["It is $\\boxed{4}$.", "Five."])
+    assert "Problem:\nWhat is 1+3?\n" in first and "Be brief." not in first
+    assert "Reference answer:\n4\n" in first and "Student's response:\nIt is $\\boxed{4}$.\n" in first
+    assert "ignored" not in first + second and "Reference answer:\n(none)\n" in second
+    (plain,) = judge.judge_prompts(["What is 2+2?"], ["Four."], gold=["4"])
+    assert "Problem:\nWhat is 2+2?\n" in plain and "Student's response:\nFour.\n" in plain
 
 
 @pytest.fixture(scope="module")

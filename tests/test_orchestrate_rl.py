@@ -15,7 +15,7 @@ import yaml
 from support import ROOT
 from test_orchestrate import orchestrate, run_config, write_config
 
-from abscot_plugin.orchestration.checks import check_training
+from abscot_plugin.orchestration.checks import StageFailed, check_training
 from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.orchestration.plan import build_plan
 from abscot_plugin.orchestration.run_config import PlanError, load_run_config
@@ -65,8 +65,10 @@ def test_rl_plan_errors(tmp_path):
         rl_plan(tmp_path, {"data": str(rows), "num_rows": None})
     with pytest.raises(PlanError, match="math500_tiny.jsonl has 20 rows; rl.num_rows is 21"):
         rl_plan(tmp_path, {"num_rows": 21})
-    with pytest.raises(PlanError, match="grpo_minimal.yml: lr_scheduler is 'constant'"):
-        rl_plan(tmp_path, {"overrides": {"lr_scheduler": "constant"}})
+    with pytest.raises(PlanError, match=r"grpo_minimal.yml: lr_scheduler is 'linear'.*\['cosine', 'constant'\]"):
+        rl_plan(tmp_path, {"overrides": {"lr_scheduler": "linear"}})
+    with pytest.raises(PlanError, match="grpo_minimal.yml: set learning_rate"):
+        rl_plan(tmp_path, {"overrides": {"lr_scheduler": "constant", "learning_rate": None}})
     sft = tmp_path / "sft.yml"
     sft.write_text(yaml.safe_dump({**yaml.safe_load(GRPO.read_text()), "rl": None}))
     with pytest.raises(PlanError, match="sft.yml: rl is None; the RL stage runs GRPO"):
@@ -221,6 +223,29 @@ def test_grpo_training_check_reads_rewards(tmp_path):
     assert "![rl_train reward](plots/rl_train_reward.png)" in summary
     assert f"- RL model (GRPO from the warm-up model, `grpo_minimal.yml`): `{plan.rl_model}`" in summary
     assert "| rl_train | done |" in summary and "8 steps, warm-up 2, batch 8 (2 prompts × 4)" in summary
+
+
+def test_constant_schedule_check(tmp_path):
+    """A constant learning rate (tiny_grpo.yml's: max_steps, no warm-up) is checked against the
+    configured rate; a curve that moves fails the stage."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    plan = rl_plan(tmp_path, {"overrides": {"lr_scheduler": "constant", "max_steps": 3, "learning_rate": 1e-3}})
+    stage = plan.stage("rl_train")
+    assert (stage.schedule.steps, stage.schedule.warmup) == (3, 0)
+    train_dir = stage.outputs[0]
+    train_dir.mkdir(parents=True)
+    (train_dir / "adapter_config.json").write_text("{}")
+    for run, lrs in (("run0", [1e-3] * 3), ("run1", [1e-3, 5e-4, 1e-3])):
+        with SummaryWriter(str(train_dir / "runs" / run)) as writer:
+            for step, lr in enumerate(lrs, 1):
+                writer.add_scalar("train/learning_rate", lr, step)
+                writer.add_scalar("train/loss", 1.0, step)
+            writer.add_scalar("train/train_runtime", 1.0, 3)
+        if run == "run0":
+            assert check_training(plan, stage)["steps"] == 3
+    with pytest.raises(StageFailed, match="learning rate 0.0005 at step 2; the configured constant is 0.001"):
+        check_training(plan, stage)
 
 
 def test_dry_run_lists_the_rl_stages(tmp_path):

@@ -94,6 +94,16 @@ def check_warmup_cosine(curve: Curve, peak_lr: float | None = None, rel_tol: flo
         raise ScheduleError(f"learning rate peaks at {peak:.4g}, above the configured {peak_lr:.4g}")
 
 
+def check_constant(curve: Curve, lr: float, rel_tol: float = 1e-4) -> None:
+    """Raise :class:`ScheduleError` unless every logged learning rate is ``lr`` (a constant
+    schedule, which in transformers has no warm-up)."""
+    if not curve.values:
+        raise ScheduleError("no learning rate was logged")
+    for step, value in zip(curve.steps, curve.values, strict=True):
+        if abs(value - lr) > rel_tol * lr:
+            raise ScheduleError(f"learning rate {value:.4g} at step {step}; the configured constant is {lr:.4g}")
+
+
 def plot_curve(curve: Curve, title: str, ylabel: str, path: str | Path) -> Path:
     """Write a line plot of ``curve`` to ``path`` (PNG, atomically)."""
     path = Path(path)

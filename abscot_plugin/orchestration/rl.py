@@ -5,8 +5,9 @@ The YAML is the GRPO template named by ``rl.config`` (e.g. ``axolotl_configs/tin
 ``rl.overrides`` on top and the keys the orchestrator manages set per run: ``base_model`` (the
 warm-up model B_T), ``datasets[0].path`` (the prompt slice ``OUT/data/rl.jsonl``; the template's
 dataset ``type`` is kept), ``output_dir`` and ``dataset_prepared_path``, TensorBoard logging. It is
-checked before anything runs: ``rl: grpo``, one dataset, LoRA or full fine-tuning, a cosine
-learning-rate schedule (checked after training like the warm-up's), a batch TRL accepts.
+checked before anything runs: ``rl: grpo``, one dataset, LoRA or full fine-tuning, a cosine or
+constant learning-rate schedule (checked after training), a batch TRL accepts; every prompt row
+has a problem and a gold answer.
 """
 
 from __future__ import annotations
@@ -17,9 +18,29 @@ from typing import Any
 
 import yaml
 
-from ..rows import BadRowError, rl_problem
 from .run_config import MANAGED_KEYS, PlanError, RunConfig
 from .schedule import GRPOSchedule
+
+# learning-rate schedules the RL stage's check knows (:mod:`.checks`): warm-up + cosine, constant
+RL_SCHEDULERS = ("cosine", "constant")
+# RL prompt rows: MATH-style problem/answer or GSM8K-style question/answer (the GRPO dataset type
+# reads them so; it also checks that math-verify reads the gold answer)
+PROBLEM_FIELDS = ("problem", "question")
+ANSWER_FIELD = "answer"
+
+
+def check_rl_row(row: Any, where: str) -> None:
+    """PlanError naming the row (``where``) unless ``row`` is an object with a non-empty problem
+    text and gold answer (:data:`PROBLEM_FIELDS`, :data:`ANSWER_FIELD`)."""
+    if not isinstance(row, dict):
+        raise PlanError(f"{where}: not a JSON object")
+    problem = next((row[f] for f in PROBLEM_FIELDS if row.get(f) is not None), None)
+    if not isinstance(problem, str) or not problem.strip():
+        fields = " or ".join(repr(f) for f in PROBLEM_FIELDS)
+        raise PlanError(f"{where}: no problem text: needs a non-empty string {fields}")
+    answer = row.get(ANSWER_FIELD)
+    if not isinstance(answer, str) or not answer.strip():
+        raise PlanError(f"{where}: no gold answer: needs a non-empty string {ANSWER_FIELD!r}")
 
 
 def rl_slice(cfg: RunConfig) -> tuple[Path, str]:
@@ -38,12 +59,7 @@ def rl_slice(cfg: RunConfig) -> tuple[Path, str]:
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if not isinstance(row, dict):
-            raise PlanError(f"rl.data {rl.data}, row {lineno}: not a JSON object")
-        try:
-            rl_problem(row, f"{lineno}")
-        except BadRowError as exc:
-            raise PlanError(f"rl.data {rl.data}, {exc}") from None
+        check_rl_row(row, f"rl.data {rl.data}, row {lineno}")
     return cfg.output_dir / "data" / "rl.jsonl", "\n".join(lines) + "\n"
 
 
@@ -67,11 +83,13 @@ def rl_yaml(cfg: RunConfig, base_model: str, data: Path, out_dir: Path, prepared
         dataset_prepared_path=str(prepared),
         use_tensorboard=True,
     )
-    if merged.get("lr_scheduler") != "cosine":
+    if merged.get("lr_scheduler") not in RL_SCHEDULERS:
         raise PlanError(
-            f"{source}: lr_scheduler is {merged.get('lr_scheduler')!r}; the RL stage is checked as one "
-            "warm-up + cosine, set lr_scheduler: cosine"
+            f"{source}: lr_scheduler is {merged.get('lr_scheduler')!r}; the RL stage's learning rate is "
+            f"checked after training as one of {list(RL_SCHEDULERS)}: set one"
         )
+    if merged["lr_scheduler"] == "constant" and not merged.get("learning_rate"):
+        raise PlanError(f"{source}: set learning_rate (a constant schedule is checked against it)")
     if merged.get("adapter") not in (None, "lora"):
         raise PlanError(
             f"{source}: adapter {merged.get('adapter')!r} is not supported (use lora, or none for full fine-tuning)"

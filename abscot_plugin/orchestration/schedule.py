@@ -129,7 +129,8 @@ class GRPOSchedule:
     An epoch is ``rows // prompts_per_generation × num_iterations × steps_per_generation``
     micro-steps, i.e. that over ``gradient_accumulation_steps`` optimizer steps (rounded up, at
     least 1); ``max_steps`` wins. Warm-up: ``warmup_steps`` (1 becomes 2), else the ratio
-    (``warmup_ratio``, default 0.03) of the steps, rounded up, as transformers 5 applies it.
+    (``warmup_ratio``, default 0.03) of the steps, rounded up, as transformers 5 applies it; none
+    with ``lr_scheduler: constant`` (transformers' constant schedule has no warm-up).
 
     >>> s = GRPOSchedule(rows=100, micro_batch_size=4, gradient_accumulation_steps=2, num_generations=4)
     >>> (s.batch, s.prompts_per_generation, s.steps, s.warmup)
@@ -147,6 +148,7 @@ class GRPOSchedule:
     max_steps: int | None = None
     warmup_steps: int | None = None
     warmup_ratio: float | None = None
+    lr_scheduler: str = "cosine"
 
     def __post_init__(self) -> None:
         if self.generation % self.num_generations:
@@ -197,7 +199,9 @@ class GRPOSchedule:
 
     @property
     def warmup(self) -> int:
-        """The warm-up steps."""
+        """The warm-up steps (none under a constant learning rate)."""
+        if self.lr_scheduler == "constant":
+            return 0
         if self.warmup_steps is not None:
             return 2 if self.warmup_steps == 1 else self.warmup_steps
         ratio = 0.03 if self.warmup_ratio is None else self.warmup_ratio
@@ -239,4 +243,5 @@ class GRPOSchedule:
             max_steps=yaml_cfg.get("max_steps") or None,
             warmup_steps=yaml_cfg.get("warmup_steps"),
             warmup_ratio=yaml_cfg.get("warmup_ratio"),
+            lr_scheduler=str(yaml_cfg.get("lr_scheduler") or "cosine"),
         )
