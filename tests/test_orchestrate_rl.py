@@ -16,6 +16,7 @@ from support import ROOT
 from test_orchestrate import orchestrate, run_config, write_config
 
 from abscot_plugin.orchestration.checks import StageFailed, check_training
+from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_constant
 from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.orchestration.plan import build_plan
 from abscot_plugin.orchestration.run_config import PlanError, load_run_config
@@ -65,7 +66,8 @@ def test_rl_plan_errors(tmp_path):
         rl_plan(tmp_path, {"data": str(rows), "num_rows": None})
     with pytest.raises(PlanError, match="math500_tiny.jsonl has 20 rows; rl.num_rows is 21"):
         rl_plan(tmp_path, {"num_rows": 21})
-    with pytest.raises(PlanError, match=r"grpo_minimal.yml: lr_scheduler is 'linear'.*\['cosine', 'constant'\]"):
+    schedulers = r"\['cosine', 'constant', 'constant_with_warmup'\]"
+    with pytest.raises(PlanError, match=r"grpo_minimal.yml: lr_scheduler is 'linear'.*" + schedulers):
         rl_plan(tmp_path, {"overrides": {"lr_scheduler": "linear"}})
     with pytest.raises(PlanError, match="grpo_minimal.yml: set learning_rate"):
         rl_plan(tmp_path, {"overrides": {"lr_scheduler": "constant", "learning_rate": None}})
@@ -246,6 +248,14 @@ def test_constant_schedule_check(tmp_path):
             assert check_training(plan, stage)["steps"] == 3
     with pytest.raises(StageFailed, match="learning rate 0.0005 at step 2; the configured constant is 0.001"):
         check_training(plan, stage)
+    # with a warm-up (qwen3_4b_grpo_*.yml): a rise over the warm-up steps, then the constant
+    check_constant(Curve([1, 2, 3, 4, 5], [0.0, 5e-4, 1e-3, 1e-3, 1e-3]), 1e-3, warmup=2)
+    with pytest.raises(ScheduleError, match="0.0005 at step 4; the configured constant is 0.001"):
+        check_constant(Curve([1, 2, 3, 4, 5], [0.0, 5e-4, 1e-3, 5e-4, 1e-3]), 1e-3, warmup=2)
+    with pytest.raises(ScheduleError, match="0.002 at step 2 of the warm-up to 0.001 is not rising"):
+        check_constant(Curve([1, 2, 3], [5e-4, 2e-3, 1e-3]), 1e-3, warmup=2)
+    warm = rl_plan(tmp_path, {"overrides": {"lr_scheduler": "constant_with_warmup", "warmup_steps": 10}})
+    assert warm.stage("rl_train").schedule.warmup == 10
 
 
 def test_dry_run_lists_the_rl_stages(tmp_path):

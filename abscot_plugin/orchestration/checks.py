@@ -2,8 +2,8 @@
 or returns the metrics the manifest records for the stage (and SUMMARY.md shows).
 
 * ``train``: the model or adapter; the optimizer steps the trainer took against the plan's
-  schedule (:func:`check_trained_steps`); the learning rate as one warm-up + cosine (or constant,
-  which the RL stage allows); loss and
+  schedule (:func:`check_trained_steps`); the learning rate as one warm-up + cosine (or a constant,
+  with or without warm-up, which the RL stage allows); loss and
   learning-rate plots; for GRPO (the RL stage) also the rewards and KL, and a reward plot;
 * ``traces``: the trace file and its counts (the generator validated every trace it wrote);
 * ``merge``: the merged model;
@@ -21,7 +21,7 @@ from typing import Any
 from ..traces import read_meta, read_records
 from .curves import TAGS, ScheduleError, check_constant, check_warmup_cosine, plot_curve, read_curves
 from .plan import Plan, Stage
-from .schedule import Schedule
+from .schedule import CONSTANT_SCHEDULERS, Schedule
 from .summary import eval_label, write_eval_report
 
 # Share of a slice's rows that must reach training: the rest may be skipped as bad rows (or
@@ -67,8 +67,8 @@ def check_training(plan: Plan, stage: Stage) -> dict[str, Any]:
     steps = curves["train_runtime"].steps[-1]
     check_trained_steps(stage.name, steps, stage.schedule)
     try:
-        if stage.yaml.get("lr_scheduler") == "constant":  # allowed for the RL stage (:mod:`.rl`)
-            check_constant(lr, float(stage.yaml["learning_rate"]))
+        if stage.yaml.get("lr_scheduler") in CONSTANT_SCHEDULERS:  # the RL stage allows them (:mod:`.rl`)
+            check_constant(lr, float(stage.yaml["learning_rate"]), stage.schedule.warmup)
         else:
             check_warmup_cosine(lr, float(stage.yaml.get("learning_rate") or 0) or None)
     except ScheduleError as exc:

@@ -94,14 +94,19 @@ def check_warmup_cosine(curve: Curve, peak_lr: float | None = None, rel_tol: flo
         raise ScheduleError(f"learning rate peaks at {peak:.4g}, above the configured {peak_lr:.4g}")
 
 
-def check_constant(curve: Curve, lr: float, rel_tol: float = 1e-4) -> None:
-    """Raise :class:`ScheduleError` unless every logged learning rate is ``lr`` (a constant
-    schedule, which in transformers has no warm-up)."""
+def check_constant(curve: Curve, lr: float, warmup: int = 0, rel_tol: float = 1e-4) -> None:
+    """Raise :class:`ScheduleError` unless the learning rate rises to at most ``lr`` over the first
+    ``warmup`` steps (``constant_with_warmup``; transformers' ``constant`` has none) and is ``lr``
+    from the step after, at every logged step."""
     if not curve.values:
         raise ScheduleError("no learning rate was logged")
+    tol, previous = rel_tol * lr, 0.0
     for step, value in zip(curve.steps, curve.values, strict=True):
-        if abs(value - lr) > rel_tol * lr:
+        if step > warmup + 1 and abs(value - lr) > tol:
             raise ScheduleError(f"learning rate {value:.4g} at step {step}; the configured constant is {lr:.4g}")
+        if step <= warmup + 1 and not previous - tol <= value <= lr + tol:
+            raise ScheduleError(f"learning rate {value:.4g} at step {step} of the warm-up to {lr:.4g} is not rising")
+        previous = value
 
 
 def plot_curve(curve: Curve, title: str, ylabel: str, path: str | Path) -> Path:

@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from .run_config import MANAGED_KEYS, PlanError, RunConfig
-from .schedule import GRPOSchedule
+from .schedule import CONSTANT_SCHEDULERS, GRPOSchedule
 
 # learning-rate schedules the RL stage's check knows (:mod:`.checks`): warm-up + cosine, constant
-RL_SCHEDULERS = ("cosine", "constant")
+RL_SCHEDULERS = ("cosine", *CONSTANT_SCHEDULERS)
 # RL prompt rows: MATH-style problem/answer or GSM8K-style question/answer (the GRPO dataset type
 # reads them so; it also checks that math-verify reads the gold answer)
 PROBLEM_FIELDS = ("problem", "question")
@@ -88,7 +88,7 @@ def rl_yaml(cfg: RunConfig, base_model: str, data: Path, out_dir: Path, prepared
             f"{source}: lr_scheduler is {merged.get('lr_scheduler')!r}; the RL stage's learning rate is "
             f"checked after training as one of {list(RL_SCHEDULERS)}: set one"
         )
-    if merged["lr_scheduler"] == "constant" and not merged.get("learning_rate"):
+    if merged["lr_scheduler"] in CONSTANT_SCHEDULERS and not merged.get("learning_rate"):
         raise PlanError(f"{source}: set learning_rate (a constant schedule is checked against it)")
     if merged.get("adapter") not in (None, "lora"):
         raise PlanError(

@@ -112,6 +112,9 @@ class Schedule:
         )
 
 
+# constant learning-rate schedules (transformers' names): no warm-up for "constant"; checked by
+# curves.check_constant
+CONSTANT_SCHEDULERS = ("constant", "constant_with_warmup")
 # TRL 1.9 GRPOConfig's default group size, which axolotl keeps when trl.num_generations is unset
 TRL_DEFAULT_NUM_GENERATIONS = 8
 
