@@ -28,6 +28,11 @@ where more than ``max_failure_rate`` of the judgments fail raises :class:`JudgeE
 (a dead judge must not train on zeros). The first call checks that the server serves ``model``
 (``check_on_start``).
 
+In a GRPO YAML: ``trl.reward_funcs: [abscot_plugin.judge.judge]`` (:func:`judge`), whose settings
+are the YAML file (:class:`JudgeSettings` keys) named by ``$ABSCOT_JUDGE_CONFIG``; the
+orchestrator sets that variable from the run config's ``rl.judge``. Example settings:
+``configs/judge/gpt_oss_20b.yml``.
+
 Torch-free and axolotl-free (standard library HTTP), like the other modules reward functions and
 the orchestrator read.
 """
@@ -46,7 +51,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ SCORE_RE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 PLACEHOLDER_RE = re.compile(r"\{(problem|reference|response)\}")
 RETRYABLE_HTTP = {429, 500, 502, 503, 504}
 NO_REFERENCE = "(none)"
+# the environment variable naming the judge settings file that :func:`judge` reads
+CONFIG_ENV = "ABSCOT_JUDGE_CONFIG"
 
 
 class JudgeError(RuntimeError):
@@ -63,7 +71,7 @@ class JudgeError(RuntimeError):
 
 
 class JudgeSettings(BaseModel):
-    """How to reach and ask the judge (the plugin's ``abscot_judge`` YAML section).
+    """How to reach and ask the judge (a YAML file of these keys: :func:`load_settings`).
 
     >>> JudgeSettings(url="http://127.0.0.1:8000/v1", model="openai/gpt-oss-20b").concurrency
     8
@@ -295,3 +303,44 @@ class JudgeReward:
                     f"max_failure_rate {self.settings.max_failure_rate}; first: {first}"
                 )
         return [0.0 if isinstance(o, _Failure) else o for o in outcomes]
+
+
+def load_settings(path: str | Path) -> JudgeSettings:
+    """:class:`JudgeSettings` from a YAML file; ValueError naming the file and the key. A relative
+    ``rubric`` is relative to the current directory (run from the repository root)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"judge settings {path}: cannot read ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"judge settings {path}: must be a YAML mapping")
+    try:
+        return JudgeSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ValueError(f"judge settings {path}: {problems}") from None
+
+
+_JUDGES: dict[str, JudgeReward] = {}
+
+
+def judge(
+    prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None = None, **kwargs: Any
+) -> list[float]:
+    """The judge as a reward function named in a GRPO YAML (``trl.reward_funcs:
+    [abscot_plugin.judge.judge]``; logged as ``rewards/judge/mean``): the :class:`JudgeReward` of
+    the settings file named by ``$ABSCOT_JUDGE_CONFIG`` (the orchestrator sets it from
+    ``rl.judge``), built on the first call of each process."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise JudgeError(f"the judge reward needs ${CONFIG_ENV}: the path of its settings file (JudgeSettings YAML)")
+    if path not in _JUDGES:
+        _JUDGES[path] = JudgeReward(load_settings(path))
+    return _JUDGES[path](prompts, completions, completion_ids, **kwargs)
+
+
+JUDGE_REWARD = f"{__name__}.{judge.__name__}"  # how a GRPO YAML names it in trl.reward_funcs

@@ -14,9 +14,19 @@ import time
 import urllib.request
 
 import pytest
-from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
+from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
 
-from abscot_plugin.judge import DEFAULT_RUBRIC, JudgeError, JudgeReward, JudgeSettings, parse_score, render_prompt
+from abscot_plugin.judge import (
+    CONFIG_ENV,
+    DEFAULT_RUBRIC,
+    JudgeError,
+    JudgeReward,
+    JudgeSettings,
+    judge,
+    load_settings,
+    parse_score,
+    render_prompt,
+)
 
 SERVED = "tiny-judge"
 SCORE_REGEX = {"structured_outputs": {"regex": "Score: (10|[0-9])"}}
@@ -109,6 +119,22 @@ def test_the_judge_sees_the_answer_not_the_trace():
     assert "ignored" not in first + second and "Reference answer:\n(none)\n" in second
     (plain,) = judge.judge_prompts(["What is 2+2?"], ["Four."], gold=["4"])
     assert "Problem:\nWhat is 2+2?\n" in plain and "Student's response:\nFour.\n" in plain
+
+
+def test_judge_by_name_reads_its_settings_file(tmp_path, monkeypatch):
+    """``abscot_plugin.judge.judge`` (the name a GRPO YAML gives): settings from $ABSCOT_JUDGE_CONFIG."""
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    with pytest.raises(JudgeError, match=r"needs \$ABSCOT_JUDGE_CONFIG"):
+        judge(**batch())
+    settings = tmp_path / "judge.yml"
+    settings.write_text(f"url: http://127.0.0.1:{free_port()}/v1\nmodel: m\ncheck_on_start: false\n"
+                        "retries: 0\nmax_failure_rate: 1.0\n")
+    monkeypatch.setenv(CONFIG_ENV, str(settings))
+    assert judge(**batch(2)) == [0.0, 0.0]
+    assert load_settings(ROOT / "configs" / "judge" / "gpt_oss_20b.yml").model == "openai/gpt-oss-20b"
+    settings.write_text("model: m\ntimeout_s: -1\n")
+    with pytest.raises(ValueError, match=r"judge.yml: url: Field required; timeout_s: Input should be greater than 0"):
+        load_settings(settings)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import yaml
 from support import ROOT
 from test_orchestrate import orchestrate, run_config, write_config
 
+from abscot_plugin.judge import CONFIG_ENV, JUDGE_REWARD
 from abscot_plugin.orchestration.checks import StageFailed, check_training
 from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_constant
 from abscot_plugin.orchestration.manifest import Manifest
@@ -47,6 +48,7 @@ def rl_plan(tmp_path: Path, rl: dict | None = None, **changes):
         ({"num_rows": 0}, "rl.num_rows: Input should be greater than or equal to 1"),
         ({"beta": 0.04}, "rl.beta: unknown key"),
         ({"overrides": {"base_model": "x"}}, "rl.overrides sets ['base_model'], which the orchestrator sets"),
+        ({"judge": str(GRPO)}, "rl.judge: judge settings " + str(GRPO) + ": url: Field required"),
     ],
 )
 def test_bad_rl_section_is_one_line(tmp_path, capsys, rl, message):
@@ -130,6 +132,28 @@ def test_rl_variants(tmp_path):
     assert [s.name for s in no_tasks.stages][-2:] == ["rl_train", "rl_merge"]
     without = build_plan(load_run_config(write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B"))))
     assert without.rl_model is None and not [s for s in without.stages if s.name.startswith("rl_")]
+
+
+def test_judge_reward_wiring(tmp_path):
+    """rl.judge (the judge's settings) and the GRPO YAML's judge reward go together; the training
+    stage gets $ABSCOT_JUDGE_CONFIG, and its fingerprint follows the settings and the rubric."""
+    rubric = tmp_path / "rubric.md"
+    rubric.write_text("Grade {response} for {problem} (reference {reference}). End with Score: N.")
+    settings = tmp_path / "judge.yml"
+    settings.write_text(yaml.safe_dump({"url": "http://127.0.0.1:8001/v1", "model": "judge", "rubric": str(rubric)}))
+    rewards = {"overrides": {"trl": {"num_generations": 4, "reward_funcs": [JUDGE_REWARD]}}}
+    with pytest.raises(PlanError, match="names abscot_plugin.judge.judge, and rl.judge .* is not set: set both"):
+        rl_plan(tmp_path, rewards)
+    with pytest.raises(PlanError, match="does not name abscot_plugin.judge.judge, and rl.judge .* is set: set both"):
+        rl_plan(tmp_path, {"judge": str(settings)})
+    plan = rl_plan(tmp_path, {**rewards, "judge": str(settings)})
+    train = plan.stage("rl_train")
+    assert train.env[CONFIG_ENV] == str(settings) and train.yaml["trl"]["reward_funcs"] == [JUDGE_REWARD]
+    assert CONFIG_ENV not in plan.stage("r2_b_train").env
+    rubric.write_text(rubric.read_text() + " Be strict.")
+    changed = rl_plan(tmp_path, {**rewards, "judge": str(settings)})
+    assert changed.stage("rl_train").fingerprint != train.fingerprint
+    assert changed.stage("r2_b_merge").fingerprint == plan.stage("r2_b_merge").fingerprint
 
 
 def test_rl_fingerprints(tmp_path):

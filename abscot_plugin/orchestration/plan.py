@@ -38,7 +38,7 @@ from ..rows import row_id_of
 from ..traces import meta_path
 from .commands import eval_command, merge_command, traces_command, train_command
 from .manifest import Manifest, fingerprint
-from .rl import rl_schedule, rl_slice, rl_yaml
+from .rl import judge_env_and_inputs, rl_schedule, rl_slice, rl_yaml
 from .run_config import PlanError, RunConfig
 from .schedule import GRPOSchedule, Schedule
 from .training import cpu_multiprocess_fix, phase_yaml, short_context_note, training_schedule
@@ -292,12 +292,14 @@ def add_rl_stages(
     slices[data] = content
     folder = run / "rl"
     yaml_cfg = {**rl_yaml(cfg, warmup, data, folder / "train", run / "prepared" / "rl"), **extra_yaml}
+    judge_env, judge_inputs = judge_env_and_inputs(cfg)
     inputs = {"data": {"file": str(data), "sha256": _digest_text(content)}, "launcher": launcher_identity,
-              **deepspeed_input(yaml_cfg)}
+              **deepspeed_input(yaml_cfg), **judge_inputs}
     lc = cfg.training.launcher
     train = graph.add(Stage(
         train_name, "train", train_command(cfg, folder / "axolotl.yml", machine_rank), [folder / "train"],
-        run / "logs" / f"{train_name}.log", inputs, [model_stage], env, folder / "axolotl.yml", yaml_cfg,
+        run / "logs" / f"{train_name}.log", inputs, [model_stage], {**env, **judge_env}, folder / "axolotl.yml",
+        yaml_cfg,
         schedule=rl_schedule(yaml_cfg, content.count("\n"), lc.num_processes, cfg.rl.config),
     ), hash_command=False)  # as the warm-up's training stages
     model, model_stage = folder / "train", train.name

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from ..fileio import file_digest
+from ..judge import CONFIG_ENV, JUDGE_REWARD, load_settings
 from .run_config import MANAGED_KEYS, PlanError, RunConfig
 from .schedule import CONSTANT_SCHEDULERS, GRPOSchedule
 
@@ -90,11 +92,29 @@ def rl_yaml(cfg: RunConfig, base_model: str, data: Path, out_dir: Path, prepared
         )
     if merged["lr_scheduler"] in CONSTANT_SCHEDULERS and not merged.get("learning_rate"):
         raise PlanError(f"{source}: set learning_rate (a constant schedule is checked against it)")
+    reward_funcs = (merged.get("trl") or {}).get("reward_funcs") or []
+    if (JUDGE_REWARD in reward_funcs) != (cfg.rl.judge is not None):
+        raise PlanError(
+            f"{source}: trl.reward_funcs {'names' if JUDGE_REWARD in reward_funcs else 'does not name'} "
+            f"{JUDGE_REWARD}, and rl.judge (its settings file) is {'not ' if cfg.rl.judge is None else ''}set: "
+            "set both or neither"
+        )
     if merged.get("adapter") not in (None, "lora"):
         raise PlanError(
             f"{source}: adapter {merged.get('adapter')!r} is not supported (use lora, or none for full fine-tuning)"
         )
     return merged
+
+
+def judge_env_and_inputs(cfg: RunConfig) -> tuple[dict[str, str], dict[str, Any]]:
+    """With ``rl.judge``: the RL training stage's environment (``$ABSCOT_JUDGE_CONFIG``, which
+    :func:`abscot_plugin.judge.judge` reads) and fingerprint inputs (the settings and rubric files'
+    digests); ``({}, {})`` without."""
+    if cfg.rl.judge is None:
+        return {}, {}
+    rubric = load_settings(cfg.rl.judge).rubric
+    return {CONFIG_ENV: str(cfg.rl.judge)}, {"judge": {"settings": file_digest(cfg.rl.judge),
+                                                        "rubric": file_digest(rubric)}}
 
 
 def rl_schedule(yaml_cfg: dict[str, Any], rows: int, num_processes: int, source: Path) -> GRPOSchedule:

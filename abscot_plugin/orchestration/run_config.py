@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..choices import DEFAULT_BACKEND, DEFAULT_HF_BATCH_SIZE, Backend, Phase
 from ..eval_cli import DEFAULT_EVAL_BATCH_SIZE
+from ..judge import load_settings
 from ..rows import DEFAULT_ID_FIELD
 from ..traces import TraceSettings
 
@@ -189,6 +190,9 @@ class RLConfig(_Strict):
     num_rows: int | None = Field(default=None, ge=1, description="only the first N prompts (default: all)")
     overrides: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] | None = Field(default=None, description="on the RL model (default: evaluation.tasks)")
+    judge: Path | None = Field(
+        default=None, description="LLM-judge settings (abscot_plugin.judge.JudgeSettings YAML) for the judge reward"
+    )
 
     @field_validator("config")
     @classmethod
@@ -199,6 +203,14 @@ class RLConfig(_Strict):
     @classmethod
     def _data_exists(cls, v: Path) -> Path:
         return _existing(v, "RL data file")
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_settings(cls, v: Path | None) -> Path | None:
+        path = _existing(v, "judge settings")
+        if path is not None:
+            load_settings(path)  # ValueError naming the file and the key
+        return path
 
 
 class RunConfig(_Strict):
