@@ -295,3 +295,16 @@ def test_dry_run_lists_the_rl_stages(tmp_path):
     for line in ("rl_train     todo", "rl_merge     todo", "rl_eval      todo",
                  f"config: {tmp_path / 'run' / 'rl' / 'axolotl.yml'}", "schedule: 8 optimizer steps"):
         assert line in proc.stdout, line
+
+
+def test_shipped_rl_run_config_plans(tmp_path, tiny_dir):
+    """configs/runs/tiny_rl.yml with the GRPO YAML it names: a valid plan ending in the RL stages."""
+    if not (ROOT / "axolotl_configs" / "tiny_grpo.yml").exists():
+        pytest.skip("axolotl_configs/tiny_grpo.yml comes with the GRPO core (issue 11, its other half)")
+    cfg = yaml.safe_load((ROOT / "configs" / "runs" / "tiny_rl.yml").read_text())
+    cfg.update(output_dir=str(tmp_path / "run"), base_model=str(tiny_dir))
+    plan = build_plan(load_run_config(write_config(tmp_path, cfg)))
+    assert [s.name for s in plan.stages][-4:] == ["eval", "rl_train", "rl_merge", "rl_eval"]
+    train = plan.stage("rl_train")
+    assert train.yaml["rl"] == "grpo" and train.yaml["base_model"] == str(plan.final_model)
+    assert train.schedule.steps == train.yaml["max_steps"]
