@@ -213,8 +213,9 @@ class GRPOSchedule:
     def short(self) -> str:
         """``50 steps, warm-up 2, batch 8 (2 prompts × 4)`` (the run summary's cell)."""
         basis = " (max_steps)" if self.max_steps else ""
+        prompts = self.batch // self.num_generations
         return (f"{self.steps} steps{basis}, warm-up {self.warmup}, batch {self.batch} "
-                f"({self.batch // self.num_generations} prompts × {self.num_generations})")
+                f"({prompts} prompt{'s' if prompts != 1 else ''} × {self.num_generations})")
 
     def describe(self) -> str:
         """The dry run's line: steps, warm-up, and where they come from."""
