@@ -73,6 +73,8 @@ def test_rl_plan_errors(tmp_path):
         rl_plan(tmp_path, {"overrides": {"lr_scheduler": "linear"}})
     with pytest.raises(PlanError, match="grpo_minimal.yml: set learning_rate"):
         rl_plan(tmp_path, {"overrides": {"lr_scheduler": "constant", "learning_rate": None}})
+    with pytest.raises(PlanError, match=r"grpo_minimal.yml: .*unknown abscot key\(s\) \['abscot_m_maxx'\]"):
+        rl_plan(tmp_path, {"overrides": {"abscot_m_maxx": 16}})
     sft = tmp_path / "sft.yml"
     sft.write_text(yaml.safe_dump({**yaml.safe_load(GRPO.read_text()), "rl": None}))
     with pytest.raises(PlanError, match="sft.yml: rl is None; the RL stage runs GRPO"):

@@ -3,8 +3,8 @@ or returns the metrics the manifest records for the stage (and SUMMARY.md shows)
 
 * ``train``: the model or adapter; the optimizer steps the trainer took against the plan's
   schedule (:func:`check_trained_steps`); the learning rate as one warm-up + cosine (or a constant,
-  with or without warm-up, which the RL stage allows); loss and
-  learning-rate plots; for GRPO (the RL stage) also the rewards and KL, and a reward plot;
+  with or without warm-up, which the RL stage allows); loss and learning-rate plots; for GRPO (the
+  RL stage) also the rewards and KL, and a reward plot;
 * ``traces``: the trace file and its counts (the generator validated every trace it wrote);
 * ``merge``: the merged model;
 * ``eval``: the lm-eval results, turned into the run's evaluation report.

@@ -6,8 +6,8 @@ The YAML is the GRPO template named by ``rl.config`` (e.g. ``axolotl_configs/tin
 warm-up model B_T), ``datasets[0].path`` (the prompt slice ``OUT/data/rl.jsonl``; the template's
 dataset ``type`` is kept), ``output_dir`` and ``dataset_prepared_path``, TensorBoard logging. It is
 checked before anything runs: ``rl: grpo``, one dataset, LoRA or full fine-tuning, a cosine or
-constant learning-rate schedule (checked after training), a batch TRL accepts; every prompt row
-has a problem and a gold answer.
+constant learning-rate schedule (checked after training), valid ``abscot_*`` keys, a batch TRL
+accepts; every prompt row has a problem and a gold answer.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..fileio import file_digest
 from ..judge import CONFIG_ENV, JUDGE_REWARD, load_settings
 from .run_config import MANAGED_KEYS, PlanError, RunConfig
 from .schedule import CONSTANT_SCHEDULERS, GRPOSchedule
+from .training import abscot_args
 
 # learning-rate schedules the RL stage's check knows (:mod:`.checks`): warm-up + cosine, constant
 RL_SCHEDULERS = ("cosine", *CONSTANT_SCHEDULERS)
@@ -103,6 +104,7 @@ def rl_yaml(cfg: RunConfig, base_model: str, data: Path, out_dir: Path, prepared
         raise PlanError(
             f"{source}: adapter {merged.get('adapter')!r} is not supported (use lora, or none for full fine-tuning)"
         )
+    abscot_args(merged, source)  # valid abscot_* keys (the merge reads them), one-line PlanError
     return merged
 
 
