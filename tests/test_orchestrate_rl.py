@@ -180,6 +180,7 @@ def test_rl_fingerprints(tmp_path):
     assert rl_plan(tmp_path).stage("rl_eval").fingerprint == rl["rl_eval"]  # stable
 
 
+@pytest.mark.slow  # importing TRL takes ~25 s on this machine
 @pytest.mark.parametrize(
     "yaml_cfg, rows, processes",
     [
