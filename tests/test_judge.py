@@ -193,3 +193,36 @@ def test_judge_against_vllm_server(judge_server):
     slow = JudgeReward(JudgeSettings(**slow_settings, timeout_s=0.005, retries=1, backoff_s=0.01, max_failure_rate=1.0))
     assert slow(**batch(2)) == [0.0, 0.0]
     assert slow.counts == {"judged": 2, "timeout": 2}
+
+
+@pytest.mark.slow
+def test_judge_reward_in_axolotl_grpo(judge_server, tiny_extended, tmp_path):
+    """The judge named in a GRPO YAML (trl.reward_funcs) during `axolotl train` on the tiny model:
+    its settings come from $ABSCOT_JUDGE_CONFIG, TRL logs rewards/judge/mean and the failure rate."""
+    import ast
+
+    import yaml
+    from support import run_axolotl
+
+    from abscot_plugin.fixtures import data_path
+
+    template = ROOT / "axolotl_configs" / "tiny_grpo.yml"
+    if not template.exists():
+        pytest.skip("axolotl_configs/tiny_grpo.yml comes with the GRPO core (issue 11, its other half)")
+    cfg = yaml.safe_load(template.read_text())
+    cfg.update(base_model=str(tiny_extended), output_dir=str(tmp_path / "out"),
+               dataset_prepared_path=str(tmp_path / "prep"), max_steps=2)
+    cfg["datasets"][0]["path"] = str(data_path("rl_tiny.jsonl"))
+    cfg["trl"]["reward_funcs"] = ["abscot_plugin.rewards.math_reward", "abscot_plugin.judge.judge"]
+    cfg["trl"]["reward_weights"] = [1.0, 1.0]
+    settings = tmp_path / "judge.yml"
+    settings.write_text(yaml.safe_dump({"url": judge_server, "model": SERVED, "max_tokens": 8,
+                                        "extra_body": SCORE_REGEX}))
+    proc = run_axolotl(cfg, tmp_path, "grpo_judge", **{CONFIG_ENV: str(settings)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [ast.literal_eval(line[line.index("{'loss'"):]) for line in proc.stdout.splitlines()
+             + proc.stderr.splitlines() if "{'loss'" in line]
+    assert len(steps) == 2
+    for step in steps:
+        assert float(step["judge/failure_rate"]) == 0.0
+        assert float(step["rewards/judge/mean"]) * 10 in range(11)
