@@ -1,4 +1,5 @@
-"""Run the T-round Abstract-CoT warm-up from one YAML run config, resumably.
+"""Run the T-round Abstract-CoT warm-up (and, with an ``rl:`` section, GRPO after it) from one YAML
+run config, resumably.
 
     python orchestrate.py configs/runs/tiny.yml              # run (or resume) the whole pipeline
     python orchestrate.py configs/runs/tiny.yml --dry-run    # print the stage plan with commands
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted ({exc}); the running stage was stopped, rerun to resume", file=sys.stderr)
         return 128 + exc.signum
     print(f"warm-up model: {plan.final_model}\nsummary: {summary}\nplots: {cfg.output_dir / 'plots'}")
+    if plan.rl_model:
+        print(f"RL model: {plan.rl_model}")
     if report_path(plan).exists():
         print(f"evaluation: {report_path(plan)}")
     return 0

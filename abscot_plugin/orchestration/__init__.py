@@ -1,15 +1,18 @@
-"""The T-round Abstract-CoT warm-up as a resumable pipeline of subprocess stages.
+"""The T-round Abstract-CoT warm-up (and an optional RL stage after it) as a resumable pipeline of
+subprocess stages.
 
 Data flow (each module imports only those above it)::
 
     run_config   the one YAML run config, validated (ConfigError, PlanError)
-    schedule     a training stage's optimizer steps and warm-up, as axolotl derives them
+    schedule     a training stage's optimizer steps and warm-up, as axolotl (SFT) and TRL (GRPO) derive them
     training     a training stage's generated axolotl YAML, checked
+    rl           the RL stage's prompt slice, generated GRPO YAML and schedule
     commands     the command line of each stage kind (train, merge, traces, eval)
     manifest     finished stages and the fingerprints of their inputs
     slices       the data slices, planned and written as streams (offsets, digests, row names)
     plan         the stage graph: stages, data slices, fingerprints, statuses
-    curves       the trainer's TensorBoard logs: loss and learning rate, plots, the schedule check
+    curves       the trainer's TensorBoard logs: loss, learning rate (GRPO: rewards, KL), plots, the
+                 schedule checks
     summary      the dry-run listing, SUMMARY.md, the evaluation report
     checks       what each finished stage must have written, by kind
     runner       execution: resume, subprocesses and signals, the run-folder lock

@@ -2,8 +2,9 @@
 or returns the metrics the manifest records for the stage (and SUMMARY.md shows).
 
 * ``train``: the model or adapter; the optimizer steps the trainer took against the plan's
-  schedule (:func:`check_trained_steps`); the learning rate as one warm-up + cosine; loss and
-  learning-rate plots;
+  schedule (:func:`check_trained_steps`); the learning rate as one warm-up + cosine (or a constant,
+  with or without warm-up, which the RL stage allows); loss and learning-rate plots; for GRPO (the
+  RL stage) also the rewards and KL, and a reward plot;
 * ``traces``: the trace file and its counts (the generator validated every trace it wrote);
 * ``merge``: the merged model;
 * ``eval``: the lm-eval results, turned into the run's evaluation report.
@@ -18,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..traces import read_meta, read_records
-from .curves import ScheduleError, check_warmup_cosine, plot_curve, read_curves
+from .curves import TAGS, ScheduleError, check_constant, check_warmup_cosine, plot_curve, read_curves
 from .plan import Plan, Stage
-from .schedule import Schedule
+from .schedule import CONSTANT_SCHEDULERS, Schedule
 from .summary import eval_label, write_eval_report
 
 # Share of a slice's rows that must reach training: the rest may be skipped as bad rows (or
@@ -66,13 +67,22 @@ def check_training(plan: Plan, stage: Stage) -> dict[str, Any]:
     steps = curves["train_runtime"].steps[-1]
     check_trained_steps(stage.name, steps, stage.schedule)
     try:
-        check_warmup_cosine(lr, float(stage.yaml.get("learning_rate") or 0) or None)
+        if stage.yaml.get("lr_scheduler") in CONSTANT_SCHEDULERS:  # the RL stage allows them (:mod:`.rl`)
+            check_constant(lr, float(stage.yaml["learning_rate"]), stage.schedule.warmup)
+        else:
+            check_warmup_cosine(lr, float(stage.yaml.get("learning_rate") or 0) or None)
     except ScheduleError as exc:
         raise StageFailed(f"stage {stage.name}: {exc}; plot: {plots / f'{stage.name}_lr.png'}") from None
-    return {
+    metrics = {
         "steps": steps, "steps_planned": stage.schedule.steps, "loss_first": round(loss.values[0], 4),
         "loss_last": round(loss.values[-1], 4), "lr_peak": max(lr.values), "lr_last": lr.values[-1],
     }
+    for name in sorted(set(curves) - set(TAGS)):  # GRPO: rewards and KL, first and last logged value
+        metrics[f"{name} first"] = round(curves[name].values[0], 4)
+        metrics[f"{name} last"] = round(curves[name].values[-1], 4)
+    if "reward" in curves:
+        plot_curve(curves["reward"], f"{stage.name}: mean reward", "reward", plots / f"{stage.name}_reward.png")
+    return metrics
 
 
 def check_traces(plan: Plan, stage: Stage) -> dict[str, Any]:

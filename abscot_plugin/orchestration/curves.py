@@ -13,12 +13,16 @@ climbs back: :func:`check_warmup_cosine` refuses both that and a cosine that nev
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..report import pyplot, save_png
 
 TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "train_runtime": "train/train_runtime"}
+# logged by TRL's GRPO trainer only: the mean total reward, each reward function's mean
+# (``rewards/<name>/mean``) and the KL to the reference model; read when present
+GRPO_TAGS = re.compile(r"train/(reward|rewards/[^/]+/mean|kl)")
 
 
 class ScheduleError(RuntimeError):
@@ -33,7 +37,8 @@ class Curve:
 
 def read_curves(train_dir: str | Path) -> dict[str, Curve]:
     """Loss, learning rate and the end-of-training runtime per logged step, from the newest
-    TensorBoard run in ``train_dir``."""
+    TensorBoard run in ``train_dir``; a GRPO run's rewards and KL too (:data:`GRPO_TAGS`, named
+    without ``train/``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     runs = sorted(
@@ -45,10 +50,12 @@ def read_curves(train_dir: str | Path) -> dict[str, Curve]:
     events = EventAccumulator(str(runs[-1]), size_guidance={"scalars": 0})
     events.Reload()
     available = set(events.Tags()["scalars"])
+    missing = sorted(set(TAGS.values()) - available)
+    if missing:
+        raise ValueError(f"{runs[-1]}: the trainer logged no {missing[0]}")
+    grpo = {tag.removeprefix("train/"): tag for tag in sorted(available) if GRPO_TAGS.fullmatch(tag)}
     curves = {}
-    for name, tag in TAGS.items():
-        if tag not in available:
-            raise ValueError(f"{runs[-1]}: the trainer logged no {tag}")
+    for name, tag in {**TAGS, **grpo}.items():
         scalars = sorted(events.Scalars(tag), key=lambda e: e.step)
         curves[name] = Curve([e.step for e in scalars], [float(e.value) for e in scalars])
     return curves
@@ -85,6 +92,21 @@ def check_warmup_cosine(curve: Curve, peak_lr: float | None = None, rel_tol: flo
         )
     if peak_lr is not None and peak > peak_lr * (1 + rel_tol):
         raise ScheduleError(f"learning rate peaks at {peak:.4g}, above the configured {peak_lr:.4g}")
+
+
+def check_constant(curve: Curve, lr: float, warmup: int = 0, rel_tol: float = 1e-4) -> None:
+    """Raise :class:`ScheduleError` unless the learning rate rises to at most ``lr`` over the first
+    ``warmup`` steps (``constant_with_warmup``; transformers' ``constant`` has none) and is ``lr``
+    from the step after, at every logged step."""
+    if not curve.values:
+        raise ScheduleError("no learning rate was logged")
+    tol, previous = rel_tol * lr, 0.0
+    for step, value in zip(curve.steps, curve.values, strict=True):
+        if step > warmup + 1 and abs(value - lr) > tol:
+            raise ScheduleError(f"learning rate {value:.4g} at step {step}; the configured constant is {lr:.4g}")
+        if step <= warmup + 1 and not previous - tol <= value <= lr + tol:
+            raise ScheduleError(f"learning rate {value:.4g} at step {step} of the warm-up to {lr:.4g} is not rising")
+        previous = value
 
 
 def plot_curve(curve: Curve, title: str, ylabel: str, path: str | Path) -> Path:

@@ -4,7 +4,8 @@ Round 1: train A1 on random traces -> merge -> Phase B traces from A1 (prompt on
 B1 -> merge. Round t >= 2: Phase A traces from B(t-1) with the CoT in context -> train A_t from
 B(t-1) -> merge -> Phase B traces from A_t -> train B_t -> merge. B_T is the warm-up model. Optional
 evaluation stages: ``eval_base`` (the base model, first: it checks the evaluation settings before
-any training) and ``eval`` (B_T, last).
+any training) and ``eval`` (B_T). With an ``rl`` section, the RL stage follows (:func:`add_rl_stages`):
+``rl_train`` (GRPO from B_T) -> ``rl_merge`` (LoRA) -> ``rl_eval`` (the RL model).
 
 Each stage is one subprocess command (:mod:`.commands`) with its own log. Its fingerprint hashes
 everything it depends on: its command line, its generated axolotl YAML (:mod:`.training`), the
@@ -16,8 +17,9 @@ Run folder layout::
 
     OUT/manifest.json  SUMMARY.md  run_config.yml  data/<slice>.jsonl  logs/<stage>.log
     OUT/plots/<stage>_{loss,lr}.png  OUT/prepared/<round>_<phase>/
-    OUT/eval/{base,final}/ (lm-eval results and samples)  OUT/eval/report.{md,png}
+    OUT/eval/{base,final,rl}/ (lm-eval results and samples)  OUT/eval/report.{md,png}
     OUT/round<t>/phase_<a|b>/{axolotl.yml, traces.jsonl, train/, model/}
+    OUT/rl/{axolotl.yml, train/, model/}  OUT/data/rl.jsonl  OUT/prepared/rl/
     OUT/superseded/<stage>-<time>/   (outputs of stale stages, moved aside by --redo-stale)
 """
 
@@ -33,13 +35,17 @@ from ..fileio import file_digest
 from ..traces import meta_path
 from .commands import eval_command, generation_layout_args, merge_command, traces_command, train_command
 from .manifest import Manifest, fingerprint
+from .rl import judge_env_and_inputs, rl_schedule, rl_slice, rl_yaml
 from .run_config import RunConfig
-from .schedule import Schedule
+from .schedule import GRPOSchedule, Schedule
 from .slices import DataSlice, data_slices
 from .training import cpu_multiprocess_fix, phase_yaml, short_context_note, training_schedule
 
 Kind = Literal["traces", "train", "merge", "eval"]
 SMALL_FILE = 10 * 1024 * 1024  # files below this are hashed whole in model fingerprints
+# evaluation stage -> its results folder under OUT/eval
+EVAL_FOLDERS = {"eval_base": "base", "eval": "final", "rl_eval": "rl"}
+RL_STAGES = ("rl_train", "rl_merge", "rl_eval")  # the names add_rl_stages gives its stages
 
 
 @dataclass
@@ -59,7 +65,7 @@ class Stage:
     yaml_path: Path | None = None
     yaml: dict[str, Any] | None = None
     fingerprint: str = ""
-    schedule: Schedule | None = None
+    schedule: Schedule | GRPOSchedule | None = None
     resumable: bool = False
 
     def shell(self) -> str:
@@ -69,13 +75,15 @@ class Stage:
 
 @dataclass
 class Plan:
-    """Every stage of a run in order, the data slices they read, the final model, plan notes."""
+    """Every stage of a run in order, the data slices they read, the final (warm-up) model, plan
+    notes, and the RL model (None without an ``rl`` section)."""
 
     cfg: RunConfig
     stages: list[Stage]
     slices: dict[Path, DataSlice]  # data slice file -> where its rows are
     final_model: Path
     notes: list[str]
+    rl_model: Path | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -112,6 +120,12 @@ def model_fingerprint(model: str) -> dict[str, Any]:
     return {"path": model, "files": files}
 
 
+def deepspeed_input(yaml_cfg: dict[str, Any]) -> dict[str, str]:
+    """A training stage's DeepSpeed config file, by digest (``{}`` without one)."""
+    path = Path(str(yaml_cfg.get("deepspeed") or ""))
+    return {"deepspeed": file_digest(path)} if yaml_cfg.get("deepspeed") and path.is_file() else {}
+
+
 class _Graph:
     """The stages planned so far; each added stage gets its fingerprint from its inputs and its
     upstream stages' fingerprints."""
@@ -135,11 +149,11 @@ class _Graph:
 def evaluation_stage(
     cfg: RunConfig, name: str, model: str, tasks: list[str], upstream: list[str], env: dict[str, str]
 ) -> Stage | None:
-    """One lm-eval run of ``tasks`` on ``model``, writing results under ``OUT/eval/<base|final>``;
-    None without tasks."""
+    """One lm-eval run of ``tasks`` on ``model``, writing results under ``OUT/eval/<folder>``
+    (:data:`EVAL_FOLDERS`); None without tasks."""
     if not tasks:
         return None
-    out = cfg.output_dir / "eval" / ("base" if name == "eval_base" else "final")
+    out = cfg.output_dir / "eval" / EVAL_FOLDERS[name]
     inputs: dict[str, Any] = {
         "data_files": {key: file_digest(path) for key, path in cfg.evaluation.data_files.items()},
     }
@@ -198,9 +212,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                 ), hash_command=False)  # the layout changes where traces are made, not what they are
                 upstream = [*upstream, f"{prefix}_traces"]
             yaml_path = folder / "axolotl.yml"
-            inputs = {**data_inputs, "launcher": launcher_identity}
-            if yaml_cfg.get("deepspeed") and Path(str(yaml_cfg["deepspeed"])).is_file():
-                inputs["deepspeed"] = file_digest(Path(str(yaml_cfg["deepspeed"])))
+            inputs = {**data_inputs, "launcher": launcher_identity, **deepspeed_input(yaml_cfg)}
             train = graph.add(Stage(
                 f"{prefix}_train", "train", train_command(cfg, yaml_path, machine_rank), [train_dir],
                 run / "logs" / f"{prefix}_train.log", inputs, upstream, env, yaml_path, yaml_cfg,
@@ -218,4 +230,44 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
     final_eval = evaluation_stage(cfg, "eval", model, cfg.evaluation.tasks, [model_stage], env)
     if final_eval:
         graph.add(final_eval)
-    return Plan(cfg, graph.stages, {piece.path: piece for piece in slices.values()}, Path(model), notes)
+    rl_model = add_rl_stages(cfg, graph, model, model_stage, env, launcher_identity, machine_rank, extra_yaml)
+    pieces = [*slices.values(), *([rl_model[1]] if rl_model else [])]
+    return Plan(cfg, graph.stages, {piece.path: piece for piece in pieces}, Path(model), notes,
+                rl_model[0] if rl_model else None)
+
+
+def add_rl_stages(
+    cfg: RunConfig, graph: _Graph, warmup: str, model_stage: str, env: dict[str, str],
+    launcher_identity: dict[str, Any], machine_rank: int | None, extra_yaml: dict[str, Any],
+) -> tuple[Path, DataSlice] | None:
+    """Add the RL stages after the warm-up model ``warmup`` (made by stage ``model_stage``), when
+    the run config has an ``rl`` section: ``rl_train`` (GRPO, :mod:`.rl`), ``rl_merge`` for a LoRA
+    adapter, and ``rl_eval`` when there are RL tasks. Returns the RL model's folder and the prompt
+    slice (None without ``rl``)."""
+    if cfg.rl is None:
+        return None
+    run, (train_name, merge_name, eval_name) = cfg.output_dir, RL_STAGES
+    piece = rl_slice(cfg)
+    folder = run / "rl"
+    yaml_cfg = {**rl_yaml(cfg, warmup, piece.path, folder / "train", run / "prepared" / "rl"), **extra_yaml}
+    judge_env, judge_inputs = judge_env_and_inputs(cfg)
+    inputs = {"data": {"file": str(piece.path), "sha256": piece.sha256}, "launcher": launcher_identity,
+              **deepspeed_input(yaml_cfg), **judge_inputs}
+    lc = cfg.training.launcher
+    train = graph.add(Stage(
+        train_name, "train", train_command(cfg, folder / "axolotl.yml", machine_rank), [folder / "train"],
+        run / "logs" / f"{train_name}.log", inputs, [model_stage], {**env, **judge_env}, folder / "axolotl.yml",
+        yaml_cfg, schedule=rl_schedule(yaml_cfg, piece.rows, lc.num_processes, cfg.rl.config),
+    ), hash_command=False)  # as the warm-up's training stages
+    model, model_stage = folder / "train", train.name
+    if yaml_cfg.get("adapter") == "lora":
+        model = folder / "model"
+        graph.add(Stage(
+            merge_name, "merge", merge_command(cfg, yaml_cfg, folder / "train", model, warmup), [model],
+            run / "logs" / f"{merge_name}.log", {}, [train.name], env,
+        ))
+        model_stage = merge_name
+    rl_eval = evaluation_stage(cfg, eval_name, str(model), cfg.rl_tasks, [model_stage], env)
+    if rl_eval:
+        graph.add(rl_eval)
+    return model, piece

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..choices import DEFAULT_BACKEND, DEFAULT_HF_BATCH_SIZE, Backend, Phase
 from ..eval_cli import DEFAULT_EVAL_BATCH_SIZE
+from ..judge import load_settings
 from ..rows import DEFAULT_ID_FIELD
 from ..traces import TraceSettings
 
@@ -186,8 +187,42 @@ class EvaluationConfig(_Strict):
         return {key: _existing(path, f"evaluation data file {key}") for key, path in v.items()}
 
 
+class RLConfig(_Strict):
+    """The optional RL stage after the warm-up (README, "RL stage (GRPO)"): GRPO through ``axolotl
+    train`` on a per-run copy of ``config`` (an axolotl ``rl: grpo`` YAML) starting from B_T, then
+    the LoRA merge (when ``config`` trains an adapter), then ``tasks`` evaluated on the RL model.
+    ``training.overrides`` (meant for the warm-up phases) do not apply here: ``overrides`` do."""
+
+    config: Path = Field(description="GRPO axolotl YAML, e.g. axolotl_configs/tiny_grpo.yml")
+    data: Path = Field(description="JSONL of RL prompts: problem/answer (MATH) or question/answer (GSM8K)")
+    num_rows: int | None = Field(default=None, ge=1, description="only the first N prompts (default: all)")
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    tasks: list[str] | None = Field(default=None, description="on the RL model (default: evaluation.tasks)")
+    judge: Path | None = Field(
+        default=None, description="LLM-judge settings (abscot_plugin.judge.JudgeSettings YAML) for the judge reward"
+    )
+
+    @field_validator("config")
+    @classmethod
+    def _config_exists(cls, v: Path) -> Path:
+        return _existing(v, "RL config")
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, v: Path) -> Path:
+        return _existing(v, "RL data file")
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_settings(cls, v: Path | None) -> Path | None:
+        path = _existing(v, "judge settings")
+        if path is not None:
+            load_settings(path)  # ValueError naming the file and the key
+        return path
+
+
 class RunConfig(_Strict):
-    """One T-round warm-up run."""
+    """One T-round warm-up run, optionally followed by an RL stage (``rl``)."""
 
     output_dir: Path
     base_model: str = Field(description="local folder or hub id of the model to start from")
@@ -199,6 +234,7 @@ class RunConfig(_Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    rl: RLConfig | None = Field(default=None, description="an RL stage after the warm-up (none: no RL)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for every stage")
 
     @field_validator("output_dir")
@@ -221,6 +257,13 @@ class RunConfig(_Strict):
         return self.phase_a if phase is Phase.A else self.phase_b
 
     @property
+    def rl_tasks(self) -> list[str]:
+        """The lm-eval tasks of the RL model: ``rl.tasks``, else ``evaluation.tasks`` (no RL: none)."""
+        if self.rl is None:
+            return []
+        return self.evaluation.tasks if self.rl.tasks is None else self.rl.tasks
+
+    @property
     def eval_backend(self) -> Backend:
         """The evaluation stages' backend: ``evaluation.backend``, else ``generation.backend``."""
         return self.evaluation.backend or self.generation.backend
@@ -231,6 +274,7 @@ class RunConfig(_Strict):
             ("training.overrides", self.training.overrides),
             ("phase_a.overrides", self.phase_a.overrides),
             ("phase_b.overrides", self.phase_b.overrides),
+            ("rl.overrides", self.rl.overrides if self.rl else {}),
         ):
             managed = sorted(set(overrides) & set(MANAGED_KEYS))
             if managed:

@@ -10,7 +10,7 @@ from ..fileio import write_atomic
 from ..report import WARNING_PREFIX, Row, build_report
 from .commands import gpu_layout
 from .manifest import Manifest
-from .plan import Plan, statuses
+from .plan import RL_STAGES, Plan, statuses
 
 
 def describe(plan: Plan, manifest: Manifest) -> str:
@@ -18,6 +18,7 @@ def describe(plan: Plan, manifest: Manifest) -> str:
     generated YAML and (training stages) optimizer steps and warm-up."""
     state = statuses(plan, manifest)
     lines = [f"run folder: {plan.run_dir}", f"final model: {plan.final_model}", gpu_layout(plan.cfg)]
+    lines += [f"RL model: {plan.rl_model}"] if plan.rl_model else []
     lines += [f"note: {note}" for note in plan.notes]
     for i, stage in enumerate(plan.stages, 1):
         lines.append(f"[{i:2d}] {stage.name:<12} {state[stage.name]:<5} log: {stage.log}")
@@ -36,7 +37,10 @@ def report_path(plan: Plan) -> Path:
 
 def eval_label(plan: Plan, stage_name: str) -> str:
     """How the report names the model an evaluation stage evaluated."""
-    return "base model" if stage_name == "eval_base" else f"warm-up model, T {plan.cfg.rounds}"
+    return {
+        "eval_base": "base model", "eval": f"warm-up model, T {plan.cfg.rounds}",
+        "rl_eval": f"warm-up + RL model, T {plan.cfg.rounds}",
+    }[stage_name]
 
 
 def write_eval_report(plan: Plan) -> list[Row]:
@@ -56,7 +60,10 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
         f"- rounds T = {plan.cfg.rounds}, N = {plan.cfg.data.num_rows} rows per phase "
         f"(schedule {plan.cfg.data.schedule}), generation backend {plan.cfg.generation.backend}",
         f"- final (warm-up) model: `{plan.final_model}`"
-        + ("" if state[plan.stages[-1].name] == "done" else " (not finished yet)"), "",
+        + ("" if all(state[s.name] == "done" for s in plan.stages if s.name not in RL_STAGES)
+           else " (not finished yet)"),
+        *([f"- RL model (GRPO from the warm-up model, `{plan.cfg.rl.config.name}`): `{plan.rl_model}`"]
+          if plan.rl_model else []), "",
         "| stage | status | seconds | planned | metrics | log |", "|---|---|---|---|---|---|",
     ]
     for stage in plan.stages:
@@ -71,6 +78,8 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
     if trained:
         lines += ["", "## Training curves (loss, learning rate)", ""]
         lines += [f"![{s.name} loss](plots/{s.name}_loss.png) ![{s.name} lr](plots/{s.name}_lr.png)" for s in trained]
+        lines += [f"![{s.name} reward](plots/{s.name}_reward.png)" for s in trained
+                  if (plan.run_dir / "plots" / f"{s.name}_reward.png").exists()]
     report = report_path(plan)
     if report.exists():
         text = report.read_text(encoding="utf-8").splitlines()
