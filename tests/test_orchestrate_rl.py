@@ -22,6 +22,7 @@ from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.orchestration.plan import build_plan
 from abscot_plugin.orchestration.run_config import PlanError, load_run_config
 from abscot_plugin.orchestration.schedule import GRPOSchedule
+from abscot_plugin.orchestration.slices import write_slice
 from abscot_plugin.orchestration.summary import describe, eval_label, write_summary
 
 GRPO = ROOT / "tests" / "grpo_minimal.yml"
@@ -101,8 +102,9 @@ def test_rl_stages_commands_and_yaml(tmp_path):
     assert train.yaml_path == run / "rl" / "axolotl.yml" and train.upstream == ["r2_b_merge"]
     assert train.command[-2:] == ["axolotl.cli.train", str(run / "rl" / "axolotl.yml")]
     # the prompt slice: the first rl.num_rows rows of rl.data
-    slice_text = plan.slices[run / "data" / "rl.jsonl"]
-    assert slice_text.splitlines() == MATH500.read_text().splitlines()[:16]
+    piece = plan.slices[run / "data" / "rl.jsonl"]
+    write_slice(piece)
+    assert piece.rows == 16 and piece.path.read_text().splitlines() == MATH500.read_text().splitlines()[:16]
     # merge onto the warm-up model; the RL model evaluated like the warm-up model, into eval/rl
     assert merge.command[merge.command.index("--base") + 1] == warmup and merge.upstream == ["rl_train"]
     assert merge.command[3:5] == [str(run / "rl" / "train"), str(run / "rl" / "model")]
