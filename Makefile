@@ -45,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint venv-vllm
-	$(BIN)/python -m pytest -x -q -rs
+	$(BIN)/python -m pytest -x -q -rs --durations=25
 
 test-fast: lint
 	$(BIN)/python -m pytest -x -q -rs -m "not slow"
