@@ -5,7 +5,9 @@
 * ``post_model_load``: tied lm_head still tied (``vocab.check_tied``, gathered under ZeRO-3);
 * ``get_trainer_cls`` / ``get_collator_cls_and_kwargs``: Phase A's mask trainer and segment
   collator (``trainer``, ``collator``); other formats train with axolotl's own;
-* ``post_trainer_create``: the data summary: skipped rows by kind, CoT cuts (``dataset_strategy``).
+* ``post_trainer_create``: the data summary: skipped rows by kind, CoT cuts (``dataset_strategy``);
+  under ``rl: grpo``, the RL setup the rollout and the trainer's log-probs share (``rollout``,
+  ``grpo_trainer``; the trainer comes from the YAML's ``trainer_cls``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
-from .args import INPUT_ARGS, AbsCoTArgs, uses_bottleneck
+from .args import GRPO_TRAINER, INPUT_ARGS, AbsCoTArgs, is_grpo, uses_bottleneck
 
 LOG = get_logger("axolotl.integrations.abscot")
 
@@ -90,6 +92,27 @@ class AbsCoTPlugin(BasePlugin):
         return SegmentCollator, {}
 
     def post_trainer_create(self, cfg, trainer):
+        if is_grpo(cfg):
+            self._setup_grpo(cfg, trainer)
+            return
         from .dataset_strategy import log_data_summary
 
         log_data_summary(cfg, trainer.train_dataset)
+
+    def _setup_grpo(self, cfg, trainer):
+        from .choices import DEFAULT_HF_BATCH_SIZE
+        from .grpo_trainer import AbsCoTGRPOTrainer
+        from .rollout import RLSetup
+
+        if not isinstance(trainer, AbsCoTGRPOTrainer):
+            raise RuntimeError(f"rl: grpo needs trainer_cls: {GRPO_TRAINER} (the trainer is {type(trainer).__name__})")
+        trainer.abscot_rl = RLSetup.build(
+            trainer.processing_class, cfg.abscot_num_symbols, cfg.abscot_rl_m_min, cfg.abscot_m_max,
+            trainer.temperature, trainer.args.max_completion_length, trainer.args.seed, DEFAULT_HF_BATCH_SIZE,
+        )
+        setup = trainer.abscot_rl
+        LOG.info(
+            "abscot GRPO: traces of %d..%d symbols at temperature %s, answers up to %d tokens, %d prompts",
+            setup.trace.m_min, setup.trace.m_max, setup.trace.temperature, setup.answer_max_tokens,
+            len(trainer.train_dataset),
+        )

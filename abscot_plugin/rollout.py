@@ -20,8 +20,9 @@ drawn from; the trainer recomputes them under the same constraint
 (:mod:`abscot_plugin.grpo_trainer`), so the two agree (tests/test_rollout.py).
 
 Extra keys reach the reward functions per completion: ``abscot_answer`` (the answer text, special
-tokens kept, stop token dropped), ``abscot_stopped`` (the answer ended with its stop token) and
-``abscot_trace_tokens`` (|z|). Backend: transformers generation in the training process
+tokens kept, stop token dropped), ``abscot_stopped`` (the answer ended with its stop token),
+``abscot_trace_tokens`` (|z|) and ``abscot_length`` (|z| + |y| over their most, m_max + the
+answer budget: the share of the token budget used, in [0, 1]). Backend: transformers generation in the training process
 (:class:`decode.HFDecoder`); a vLLM server backend is not implemented yet (docs/method.md).
 Seeds: rollout i of the c-th call on process p is seeded from (trainer seed, c, p, i, prompt ids),
 so the K rollouts of one prompt differ and a run is reproducible.
@@ -108,16 +109,17 @@ def rollout(
         answer_prompts, setup.trace.temperature, setup.answer_max_tokens, [stop],
         _seeds(setup.seed, tag + [2], prefixes),
     )
-    return _trl_layout(prefixes, traces, answers, newline, stop, tokenizer)
+    budget = setup.trace.m_max + setup.answer_max_tokens
+    return _trl_layout(prefixes, traces, answers, newline, stop, budget, tokenizer)
 
 
 def _trl_layout(
     prefixes: list[list[int]], traces: list[Sampled], answers: list[Sampled], newline: list[int], stop: int,
-    tokenizer: PreTrainedTokenizerBase,
+    budget: int, tokenizer: PreTrainedTokenizerBase,
 ) -> dict[str, list]:
     out: dict[str, list] = {k: [] for k in (
         "prompt_ids", "completion_ids", "logprobs", "env_mask", "abscot_answer", "abscot_stopped",
-        "abscot_trace_tokens",
+        "abscot_trace_tokens", "abscot_length",
     )}
     for prefix, z, y in zip(prefixes, traces, answers, strict=True):
         stopped = bool(y.ids) and y.ids[-1] == stop
@@ -129,6 +131,7 @@ def _trl_layout(
         out["abscot_answer"].append(tokenizer.decode(text_ids, skip_special_tokens=False))
         out["abscot_stopped"].append(stopped)
         out["abscot_trace_tokens"].append(len(z.ids) - 1)
+        out["abscot_length"].append((len(z.ids) - 1 + len(text_ids)) / budget)
     return out
 
 
