@@ -8,7 +8,8 @@ Each JSONL row is a math problem with a gold answer, MATH-style or GSM8K-style::
 and becomes ``{"prompt": <problem text>, "gold": <gold answer>}``: the rollout builds the
 evaluation prompt from ``prompt`` (:func:`abscot_plugin.rollout.rollout_func`) and the rewards read
 ``gold`` (:mod:`abscot_plugin.rewards`). A row without a problem or a gold answer, or whose gold
-answer math-verify cannot parse, stops data loading with an error naming the row (its index in
+answer math-verify cannot read as mathematics (:func:`~abscot_plugin.scoring.reads_math`), stops
+data loading with an error naming the row (its index in
 the file, and its ``id`` field if any): a reward that can never be earned is a data error. No
 torch, no axolotl.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .scoring import gsm8k_gold, parse_gold
+from .scoring import gsm8k_gold, parse_gold, reads_math
 
 PROMPT_FIELD = "prompt"  # what TRL hands to rollout_func
 GOLD_FIELD = "gold"  # what the rewards read (a keyword argument of each reward function)
@@ -49,9 +50,11 @@ def prompt_and_gold(row: dict[str, Any], index: int) -> dict[str, str]:
     if not isinstance(gold, str) or not gold.strip():
         raise ValueError(f"{_name(row, index)}: no gold answer (an 'answer' string is needed)")
     try:
-        parse_gold(gold)
+        parsed = parse_gold(gold)
     except ValueError as err:
         raise ValueError(f"{_name(row, index)}: {err}") from None
+    if not reads_math(parsed):
+        raise ValueError(f"{_name(row, index)}: math-verify reads no mathematical object from the gold answer {gold!r}")
     return {PROMPT_FIELD: problem, GOLD_FIELD: gold}
 
 
