@@ -347,6 +347,63 @@ class VLLMDecoder:
             for ids in self._run(prefixes, params)
         ]
 
+    def _sampled(self, prompts: list[list[int]], params: list[Any]) -> list[Sampled]:
+        if any(not p for p in prompts):
+            raise ValueError("empty prompt: every prefix needs at least one token")
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            ids = list(out.outputs[0].token_ids)
+            steps = out.outputs[0].logprobs or []
+            log_probs = [float(step[token].logprob) for step, token in zip(steps, ids, strict=True)]
+            results.append(Sampled(ids, log_probs))
+        return results
+
+    def sample_traces(
+        self, prefixes: list[list[int]], settings: TraceSettings, seeds: Sequence[int] | None = None
+    ) -> list[Sampled]:
+        """:meth:`HFDecoder.sample_traces` on vLLM: symbols then ``<endabstract>`` (appended with
+        log-probability 0 when m_max forced it). The log-probabilities are the sampled
+        distribution's only when the engine runs with ``logprobs_mode="processed_logprobs"``
+        (after ``allowed_token_ids``, ``min_tokens`` and temperature); vLLM's default reports the
+        raw model's."""
+        from vllm import SamplingParams
+
+        if seeds is None:
+            seeds = [prompt_seed(settings.seed, p) for p in prefixes]
+        params = [
+            SamplingParams(
+                n=1, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                repetition_penalty=1.0, min_tokens=settings.m_min, max_tokens=settings.m_max,
+                stop_token_ids=[self.vocab.end_id], ignore_eos=True,
+                allowed_token_ids=self.vocab.allowed_trace_ids, seed=seed, logprobs=0,
+            )
+            for seed in seeds
+        ]
+        results = []
+        for s in self._sampled(prefixes, params):
+            if not s.ids or s.ids[-1] != self.vocab.end_id:
+                s = Sampled(s.ids + [self.vocab.end_id], s.log_probs + [0.0])
+            check_trace(s.ids[:-1], self.vocab, settings)
+            results.append(s)
+        return results
+
+    def sample_answers(
+        self, prompts: list[list[int]], temperature: float, max_new_tokens: int, stop_ids: list[int],
+        seeds: Sequence[int],
+    ) -> list[Sampled]:
+        """:meth:`HFDecoder.sample_answers` on vLLM (full softmax at ``temperature``)."""
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=1, temperature=temperature, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=max_new_tokens,
+                stop_token_ids=list(stop_ids), ignore_eos=True, seed=seed, logprobs=0,
+            )
+            for seed in seeds
+        ]
+        return self._sampled(prompts, params)
+
     def complete(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
         """Stage 2: greedy (temperature 0); stops only at ``stop_ids`` (not the model's own EOS)."""
         from vllm import SamplingParams

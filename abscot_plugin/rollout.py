@@ -22,8 +22,11 @@ drawn from; the trainer recomputes them under the same constraint
 Extra keys reach the reward functions per completion: ``abscot_answer`` (the answer text, special
 tokens kept, stop token dropped), ``abscot_stopped`` (the answer ended with its stop token),
 ``abscot_trace_tokens`` (|z|) and ``abscot_length`` (|z| + |y| over their most, m_max + the
-answer budget: the share of the token budget used, in [0, 1]). Backend: transformers generation in the training process
-(:class:`decode.HFDecoder`); a vLLM server backend is not implemented yet (docs/method.md).
+answer budget: the share of the token budget used, in [0, 1]).
+
+Backends: :func:`rollout` runs on :class:`decode.HFDecoder` or :class:`decode.VLLMDecoder`
+(``sample_traces`` / ``sample_answers``); :func:`rollout_func`, what the trainer calls, uses
+transformers in the training process. TRL's vLLM server mode is not wired yet (docs/method.md).
 Seeds: rollout i of the c-th call on process p is seeded from (trainer seed, c, p, i, prompt ids),
 so the K rollouts of one prompt differ and a run is reproducible.
 """
@@ -35,12 +38,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .decode import HFDecoder, Sampled, prompt_seed, trace_log_probs
+from .decode import HFDecoder, Sampled, VLLMDecoder, prompt_seed, trace_log_probs
 from .traces import TraceSettings
 from .vocab import AbstractVocab
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
     from .sequences import SequenceBuilder
 
@@ -91,15 +94,15 @@ def _seeds(seed: int, tag: list[int], prefixes: list[list[int]]) -> list[int]:
 
 
 def rollout(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, setup: RLSetup, problems: list[str],
+    decoder: HFDecoder | VLLMDecoder, tokenizer: PreTrainedTokenizerBase, setup: RLSetup, problems: list[str],
     tag: list[int],
 ) -> dict[str, list]:
     """Two-stage sampled rollouts of ``problems`` (one per entry; TRL repeats each prompt K times),
-    in TRL's ``rollout_func`` layout (module doc). ``tag`` makes the seeds of this call distinct."""
+    in TRL's ``rollout_func`` layout (module doc), on either backend. ``tag`` makes the seeds of
+    this call distinct."""
     if any(not isinstance(p, str) or not p.strip() for p in problems):
         bad = next(i for i, p in enumerate(problems) if not isinstance(p, str) or not p.strip())
         raise ValueError(f"rollout prompt {bad} is not a non-empty problem string: {problems[bad]!r}")
-    decoder = HFDecoder(model, tokenizer, setup.vocab, setup.batch_size)
     prefixes = [setup.builder.problem_prefix(p, f"rl-prompt-{i}") for i, p in enumerate(problems)]
     traces = decoder.sample_traces(prefixes, setup.trace, _seeds(setup.seed, tag + [1], prefixes))
     newline = setup.builder.newline_ids
@@ -150,7 +153,8 @@ def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, list]:
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
     try:
-        return rollout(model, trainer.processing_class, setup, list(prompts), tag)
+        decoder = HFDecoder(model, trainer.processing_class, setup.vocab, setup.batch_size)
+        return rollout(decoder, trainer.processing_class, setup, list(prompts), tag)
     finally:
         model.train(was_training)
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from abscot_plugin.decode import check_trace
+from abscot_plugin.decode import HFDecoder, check_trace
 from abscot_plugin.fixtures import data_path
 from abscot_plugin.rollout import RLSetup, completion_log_probs, rollout
 
@@ -26,7 +26,7 @@ def tiny_rl(tiny_extended):
     setup = RLSetup.build(tok, 64, m_min=2, m_max=6, temperature=1.0, max_completion_length=20, seed=3, batch_size=4)
     rows = [json.loads(line) for line in data_path("math500_tiny.jsonl").read_text().splitlines()][:2]
     problems = [r["problem"] for r in rows for _ in range(K)]
-    return tok, model, setup, problems, rollout(model, tok, setup, problems, tag=[1, 0])
+    return tok, model, setup, problems, rollout(HFDecoder(model, tok, setup.vocab, 4), tok, setup, problems, tag=[1, 0])
 
 
 def test_rollout_layout_traces_and_seams(tiny_rl):
@@ -49,7 +49,7 @@ def test_rollout_layout_traces_and_seams(tiny_rl):
             assert logps[n] == 0.0  # <endabstract> forced at m_max: probability 1
     traces = [tuple(c[: out["abscot_trace_tokens"][i]]) for i, c in enumerate(out["completion_ids"])]
     assert len(set(traces[:K])) > 1, "the K rollouts of one prompt should differ"
-    again = rollout(model, tok, setup, problems, tag=[1, 0])
+    again = rollout(HFDecoder(model, tok, setup.vocab, 2), tok, setup, problems, tag=[1, 0])  # other batches
     assert again["completion_ids"] == out["completion_ids"]
 
 
