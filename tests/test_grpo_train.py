@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from abscot_plugin.fixtures import data_path
 from abscot_plugin.sequences import SequenceBuilder
+from abscot_plugin.traces import TraceSettings
 from abscot_plugin.vocab import AbstractVocab
 
 
@@ -49,7 +50,7 @@ def test_grpo_train_masks_kl_and_reward_logs(tiny_extended, tmp_path):
     proc = run_axolotl(cfg, tmp_path, "grpo", ABSCOT_PROBE_OUT=str(probe))
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert "abscot GRPO: traces of 2..16 symbols at temperature 1.0" in log
+    assert "abscot GRPO: traces of 16..128 symbols at temperature 1.0, answers up to 62 tokens" in log
     steps = logged_steps(log)
     assert len(steps) == cfg["max_steps"]
     for name in ("math_reward", "format_reward", "length_reward"):
@@ -65,7 +66,7 @@ def test_grpo_train_masks_kl_and_reward_logs(tiny_extended, tmp_path):
     symbols = set(vocab.symbol_ids)
     for row, ids in enumerate(seen["completion_ids"].tolist()):
         n = next(i for i, t in enumerate(ids) if t not in symbols)
-        assert cfg["abscot_rl_m_min"] <= n <= cfg["abscot_m_max"] and ids[n] == vocab.end_id
+        assert TraceSettings.m_min <= n <= cfg["abscot_m_max"] and ids[n] == vocab.end_id  # default m_min
         assert ids[n + 1 : n + 1 + len(newline)] == newline
         length = int(seen["completion_mask"][row].sum())
         expected = [1] * (n + 1) + [0] * len(newline) + [1] * (length - n - 1 - len(newline))
