@@ -81,11 +81,12 @@ def test_grpo_train_masks_kl_and_reward_logs(tiny_extended, tmp_path):
 def test_grpo_learns_short_traces_from_reward_alone(tiny_extended, tmp_path):
     """The length reward (1 - share of the token budget used) on the random tiny model: the
     constrained trace policy learns to close early, and the mean reward rises clearly (seen:
-    0.05 at step 1 to 0.30 by step 9, all traces at m_min; 40 steps in 96 s on 2 shared cores).
-    Every trace of every step passed the rollout's check_trace."""
+    0.05 at step 1 to 0.27-0.33 over steps 10-12). At learning rate 0.02 it rose faster but
+    twice collapsed to all rollouts at full length (reward 0: no advantage left to recover
+    with). Every trace of every step passed the rollout's check_trace."""
     cfg = grpo_config(
-        tiny_extended, tmp_path / "out", tmp_path, abscot_m_max=16, abscot_rl_m_min=2, learning_rate=0.02,
-        max_steps=10, micro_batch_size=8,
+        tiny_extended, tmp_path / "out", tmp_path, abscot_m_max=16, abscot_rl_m_min=2, learning_rate=0.005,
+        max_steps=12, micro_batch_size=8,
     )
     cfg["trl"].update(
         reward_funcs=["abscot_plugin.rewards.length_reward"], reward_weights=[1.0], max_completion_length=48,
@@ -94,6 +95,6 @@ def test_grpo_learns_short_traces_from_reward_alone(tiny_extended, tmp_path):
     proc = run_axolotl(cfg, tmp_path, "grpo_learn")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rewards = [s["rewards/length_reward/mean"] for s in logged_steps(proc.stdout + proc.stderr)]
-    assert len(rewards) == 10
+    assert len(rewards) == 12
     first, last = sum(rewards[:2]) / 2, sum(rewards[-3:]) / 3
     assert last > first + 0.15, rewards
