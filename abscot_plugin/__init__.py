@@ -7,7 +7,8 @@ Add to an axolotl config::
     datasets:
       - path: dolci.jsonl
         ds_type: json
-        type: abscot_plugin.bottleneck     # Phase A; abscot_plugin.self_distill for Phase B
+        type: abscot_plugin.bottleneck     # Phase A; abscot_plugin.self_distill for Phase B,
+                                           # abscot_plugin.rl_prompts for GRPO (rl: grpo)
 
 The plugin extends the tokenizer with V_abs (``tokenizer_prep``), initialises and trains the new
 rows (``vocab``), and swaps in the trainer (loss-only logits, ``loss_logits``; the bottleneck mask,
@@ -28,4 +29,8 @@ def __getattr__(name: str):
         from .args import AbsCoTArgs
 
         return AbsCoTArgs
+    if name == "rl_prompts":  # the RL prompts dataset type (axolotl looks it up as an attribute)
+        from .rl_data import rl_prompts
+
+        return rl_prompts
     raise AttributeError(f"module 'abscot_plugin' has no attribute {name!r}")

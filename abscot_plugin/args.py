@@ -24,6 +24,15 @@ INPUT_ARGS = f"{__name__}.AbsCoTArgs"
 # attention backends that cannot take the bottleneck mask (they only do causal/varlen masks)
 _MASKLESS_ATTN = ("flash_attention_2", "flash_attention_3", "flash", "sage", "xformers", "fp8")
 _MASKLESS_FLAGS = ("flash_attention", "sage_attention", "xformers_attention")
+# the RL stage (rl: grpo): the trainer and rollout a GRPO config must name, and its dataset type
+GRPO_TRAINER = "abscot_plugin.grpo_trainer.AbsCoTGRPOTrainer"
+GRPO_ROLLOUT = "abscot_plugin.rollout.rollout_func"
+RL_DATASET_TYPE = "abscot_plugin.rl_prompts"
+# sampling keys the rollout does not apply (it samples softmax(logits / temperature) in full, the
+# distribution the trainer's log-probs assume), with the values that mean "off"
+_GRPO_SAMPLING_OFF = {
+    "top_p": (None, 1.0), "top_k": (None, 0, -1), "min_p": (None, 0.0), "repetition_penalty": (None, 1.0),
+}
 
 
 class AbsCoTArgs(BaseModel):
@@ -59,6 +68,11 @@ class AbsCoTArgs(BaseModel):
         default=False, description="skip (and count) malformed rows instead of failing",
     )
     abscot_id_field: str = DEFAULT_ID_FIELD
+    abscot_rl_m_min: int = Field(
+        default=TraceSettings.m_min, ge=1,
+        description="RL (rl: grpo): fewest trace symbols a rollout samples (<endabstract> forbidden "
+        "before); the most is abscot_m_max",
+    )
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> AbsCoTArgs:
@@ -74,6 +88,8 @@ class AbsCoTArgs(BaseModel):
         unknown = sorted(k for k in data if k.startswith("abscot_") and k not in cls.model_fields)
         if unknown:
             raise ValueError(f"unknown abscot key(s) {unknown}; known: {sorted(cls.model_fields)}")
+        if is_grpo(data):
+            check_grpo(data)
         if not uses_bottleneck(data):
             return data
         if data.get("sample_packing"):
@@ -103,3 +119,35 @@ def dataset_types(cfg) -> list[str]:
 def uses_bottleneck(cfg) -> bool:
     """True when any training dataset uses the Phase A bottleneck format."""
     return BOTTLENECK_TYPE in dataset_types(cfg)
+
+
+def is_grpo(cfg) -> bool:
+    """True for a GRPO config (``rl: grpo``; a string or axolotl's ``RLType``)."""
+    rl = cfg.get("rl")
+    return getattr(rl, "value", rl) == "grpo"
+
+
+def check_grpo(cfg) -> None:
+    """The keys a GRPO config of the RL stage needs (docs/method.md, "RL stage"); ValueError naming
+    the key otherwise."""
+    trl = cfg.get("trl") or {}
+    trl = trl if isinstance(trl, dict) else trl.model_dump()
+    if cfg.get("trainer_cls") != GRPO_TRAINER:
+        raise ValueError(f"rl: grpo needs trainer_cls: {GRPO_TRAINER} (got {cfg.get('trainer_cls')!r})")
+    if trl.get("rollout_func") != GRPO_ROLLOUT:
+        raise ValueError(f"rl: grpo needs trl.rollout_func: {GRPO_ROLLOUT} (got {trl.get('rollout_func')!r})")
+    if trl.get("use_vllm"):
+        raise ValueError("trl.use_vllm: the abscot rollout samples with transformers only (no vLLM backend yet)")
+    for key, off in _GRPO_SAMPLING_OFF.items():
+        if trl.get(key) not in off:
+            raise ValueError(
+                f"trl.{key}={trl.get(key)!r}: the abscot rollout samples the full softmax at trl.temperature "
+                f"(the trainer's log-probabilities assume it); leave trl.{key} unset"
+            )
+    types = [t for t in dataset_types(cfg) if t != RL_DATASET_TYPE]
+    if types:
+        raise ValueError(f"rl: grpo datasets need type: {RL_DATASET_TYPE} (got {types})")
+    m_min = cfg.get("abscot_rl_m_min") or TraceSettings.m_min
+    m_max = cfg.get("abscot_m_max") or TraceSettings.m_max
+    if m_min > m_max:
+        raise ValueError(f"abscot_rl_m_min {m_min} > abscot_m_max {m_max}")

@@ -6,7 +6,8 @@ Stage 2 (:meth:`Decoder.complete`): greedy, unconstrained continuation up to a t
 stopping at stop ids. :func:`two_stage` chains them the way evaluation does (docs/method.md).
 
 Backends: :class:`HFDecoder` (transformers ``generate`` with :class:`TraceSampler`, a logits
-processor that samples each row itself; CPU and small runs) and :class:`VLLMDecoder`
+processor that samples each row itself and records each draw's log-probability; CPU and small
+runs; it also samples RL's free answers, :meth:`HFDecoder.sample_answers`) and :class:`VLLMDecoder`
 (``SamplingParams.allowed_token_ids``; GPU runs). Both return token ids and both pass every trace
 through :func:`check_trace`, so a backend that broke the constraint fails loudly instead of writing
 a bad trace. vLLM is imported lazily: the vLLM environment has no axolotl and this module never
@@ -123,33 +124,76 @@ def trace_log_probs(
     return allowed, scores.log_softmax(-1)
 
 
-class TraceSampler(LogitsProcessor):
-    """Samples stage-1 tokens per row, inside ``generate`` (which then runs greedy).
+class RowSampler(LogitsProcessor):
+    """Samples tokens per row inside ``generate`` (which then runs greedy over the forced scores).
 
-    Row r draws its step-k token from :func:`trace_log_probs` with the k-th uniform of a
-    generator seeded by ``seeds[r]`` (inverse CDF over the allowed ids) and returns scores that
-    leave only that token, so the draw depends on the row's own seed and logits alone. Positions
-    past ``prompt_len`` (the padded prompt width) are generated.
+    Row r draws its step-k token from :meth:`distribution` with the k-th uniform of a generator
+    seeded by ``seeds[r]`` (inverse CDF over the distribution's ids) and returns scores that leave
+    only that token, so the draw depends on the row's own seed and logits alone. Positions past
+    ``prompt_len`` (the padded prompt width) are generated. ``chosen[r][k]`` is the float32
+    log-probability of row r's step-k token under the distribution it was drawn from (what RL
+    needs as the sampler's log-probabilities).
     """
 
-    def __init__(self, vocab: AbstractVocab, prompt_len: int, settings: TraceSettings, seeds: Sequence[int]):
-        self.vocab = vocab
+    def __init__(self, prompt_len: int, seeds: Sequence[int], steps: int):
         self.prompt_len = prompt_len
-        self.settings = settings
         self.uniforms = torch.stack([  # [step, row]
-            torch.rand(settings.m_max + 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+            torch.rand(steps, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
             for seed in seeds
         ], dim=1)
+        self.chosen: list[list[float]] = [[] for _ in seeds]
+
+    def distribution(self, scores: torch.Tensor, generated: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids [k], log_probs [batch, k])`` of the step after ``generated`` tokens."""
+        raise NotImplementedError
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids.shape[1] - self.prompt_len
-        allowed, log_probs = trace_log_probs(scores, generated, self.vocab, self.settings)
+        allowed, log_probs = self.distribution(scores, generated)
         cdf = log_probs.double().exp().cpu().cumsum(-1)
         cdf = cdf / cdf[:, -1:]  # ends at exactly 1.0, above every uniform in [0, 1)
         pick = torch.searchsorted(cdf, self.uniforms[generated, :, None], right=True).squeeze(-1)
-        tokens = allowed[pick.to(allowed.device)]
+        pick = pick.to(allowed.device)
+        for row, value in enumerate(log_probs.gather(-1, pick[:, None]).squeeze(-1).tolist()):
+            self.chosen[row].append(value)
         forced = torch.full_like(scores, float("-inf"))
-        return forced.scatter_(-1, tokens[:, None], 0.0)
+        return forced.scatter_(-1, allowed[pick][:, None], 0.0)
+
+
+class TraceSampler(RowSampler):
+    """Stage 1: draws from :func:`trace_log_probs` (V_abs, ``<endabstract>`` between m_min and
+    m_max, temperature, top-p)."""
+
+    def __init__(self, vocab: AbstractVocab, prompt_len: int, settings: TraceSettings, seeds: Sequence[int]):
+        super().__init__(prompt_len, seeds, settings.m_max + 1)
+        self.vocab = vocab
+        self.settings = settings
+
+    def distribution(self, scores: torch.Tensor, generated: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return trace_log_probs(scores, generated, self.vocab, self.settings)
+
+
+class AnswerSampler(RowSampler):
+    """Free sampling (RL's stage 2): softmax of logits / ``temperature`` over the whole vocabulary,
+    no top-p/top-k (what a GRPO trainer's log-probabilities assume)."""
+
+    def __init__(self, prompt_len: int, temperature: float, seeds: Sequence[int], steps: int):
+        if temperature <= 0:
+            raise ValueError(f"sampling temperature must be > 0, got {temperature}")
+        super().__init__(prompt_len, seeds, steps)
+        self.temperature = temperature
+
+    def distribution(self, scores: torch.Tensor, generated: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.arange(scores.shape[-1], device=scores.device)
+        return ids, (scores.float() / self.temperature).log_softmax(-1)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """Sampled token ids and the log-probability of each under the distribution it came from."""
+
+    ids: list[int]
+    log_probs: list[float]
 
 
 # -- transformers ----------------------------------------------------------------------------
@@ -197,20 +241,59 @@ class HFDecoder:
         )
         return out[:, ids.shape[1] :].tolist()
 
-    def traces(self, prefixes: list[list[int]], settings: TraceSettings) -> list[list[int]]:
-        """Stage 1: greedy ``generate`` over the tokens :class:`TraceSampler` draws, each prompt
-        seeded by :func:`prompt_seed` (the same trace in any batch, modulo float rounding)."""
-        results: list[list[int]] = [[] for _ in prefixes]
+    def _sample(
+        self, prompts: list[list[int]], make_sampler, max_new_tokens: int, stop_ids: list[int]
+    ) -> list[Sampled]:
+        """``generate`` under the row sampler ``make_sampler(prompt_len, seeds of the batch)``;
+        each row up to and including its first stop id."""
+        results: list[Sampled] = [Sampled([], []) for _ in prompts]
         config = GenerationConfig(
-            do_sample=False, max_new_tokens=settings.m_max + 1, eos_token_id=self.vocab.end_id,
+            do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=list(stop_ids),
             pad_token_id=self.pad_id, repetition_penalty=1.0,
         )
-        for idx, ids, mask in self._batches(prefixes):
-            seeds = [prompt_seed(settings.seed, prefixes[i]) for i in idx]
-            sampler = TraceSampler(self.vocab, ids.shape[1], settings, seeds)
-            for i, row in zip(idx, self._generate(ids, mask, config, [sampler]), strict=True):
-                results[i] = check_trace(_cut_at_stop(row, [self.vocab.end_id]), self.vocab, settings)
+        for idx, ids, mask in self._batches(prompts):
+            sampler = make_sampler(ids.shape[1], idx)
+            rows = self._generate(ids, mask, config, [sampler])
+            for r, (i, row) in enumerate(zip(idx, rows, strict=True)):
+                n = min(len(_cut_at_stop(row, stop_ids)) + 1, len(row))
+                results[i] = Sampled(row[:n], sampler.chosen[r][:n])
         return results
+
+    def sample_traces(
+        self, prefixes: list[list[int]], settings: TraceSettings, seeds: Sequence[int] | None = None
+    ) -> list[Sampled]:
+        """Stage 1 with log-probabilities: each trace's symbols then ``<endabstract>`` (always
+        there: forced at m_max). Row i is seeded by ``seeds[i]``, by default
+        :func:`prompt_seed` of ``settings.seed`` and its prefix (the same trace in any batch,
+        modulo float rounding); checked by :func:`check_trace`."""
+        if seeds is None:
+            seeds = [prompt_seed(settings.seed, p) for p in prefixes]
+        seeds = list(seeds)
+
+        def make(prompt_len: int, idx: list[int]) -> TraceSampler:
+            return TraceSampler(self.vocab, prompt_len, settings, [seeds[i] for i in idx])
+
+        out = self._sample(prefixes, make, settings.m_max + 1, [self.vocab.end_id])
+        for s in out:
+            check_trace(s.ids[:-1], self.vocab, settings)
+        return out
+
+    def traces(self, prefixes: list[list[int]], settings: TraceSettings) -> list[list[int]]:
+        """Stage 1: the symbols of :meth:`sample_traces` (``<endabstract>`` dropped)."""
+        return [s.ids[:-1] for s in self.sample_traces(prefixes, settings)]
+
+    def sample_answers(
+        self, prompts: list[list[int]], temperature: float, max_new_tokens: int, stop_ids: list[int],
+        seeds: Sequence[int],
+    ) -> list[Sampled]:
+        """Free sampling at ``temperature`` (:class:`AnswerSampler`), row i seeded by
+        ``seeds[i]``; each row ends with its stop id unless it ran out of ``max_new_tokens``."""
+        seeds = list(seeds)
+
+        def make(prompt_len: int, idx: list[int]) -> AnswerSampler:
+            return AnswerSampler(prompt_len, temperature, [seeds[i] for i in idx], max_new_tokens)
+
+        return self._sample(prompts, make, max_new_tokens, stop_ids)
 
     def complete(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
         """Stage 2: greedy ``generate`` stopping at ``stop_ids``."""
@@ -263,6 +346,63 @@ class VLLMDecoder:
             check_trace(_cut_at_stop(ids, [self.vocab.end_id]), self.vocab, settings)
             for ids in self._run(prefixes, params)
         ]
+
+    def _sampled(self, prompts: list[list[int]], params: list[Any]) -> list[Sampled]:
+        if any(not p for p in prompts):
+            raise ValueError("empty prompt: every prefix needs at least one token")
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        results = []
+        for out in outputs:
+            ids = list(out.outputs[0].token_ids)
+            steps = out.outputs[0].logprobs or []
+            log_probs = [float(step[token].logprob) for step, token in zip(steps, ids, strict=True)]
+            results.append(Sampled(ids, log_probs))
+        return results
+
+    def sample_traces(
+        self, prefixes: list[list[int]], settings: TraceSettings, seeds: Sequence[int] | None = None
+    ) -> list[Sampled]:
+        """:meth:`HFDecoder.sample_traces` on vLLM: symbols then ``<endabstract>`` (appended with
+        log-probability 0 when m_max forced it). The log-probabilities are the sampled
+        distribution's only when the engine runs with ``logprobs_mode="processed_logprobs"``
+        (after ``allowed_token_ids``, ``min_tokens`` and temperature); vLLM's default reports the
+        raw model's."""
+        from vllm import SamplingParams
+
+        if seeds is None:
+            seeds = [prompt_seed(settings.seed, p) for p in prefixes]
+        params = [
+            SamplingParams(
+                n=1, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                repetition_penalty=1.0, min_tokens=settings.m_min, max_tokens=settings.m_max,
+                stop_token_ids=[self.vocab.end_id], ignore_eos=True,
+                allowed_token_ids=self.vocab.allowed_trace_ids, seed=seed, logprobs=0,
+            )
+            for seed in seeds
+        ]
+        results = []
+        for s in self._sampled(prefixes, params):
+            if not s.ids or s.ids[-1] != self.vocab.end_id:
+                s = Sampled(s.ids + [self.vocab.end_id], s.log_probs + [0.0])
+            check_trace(s.ids[:-1], self.vocab, settings)
+            results.append(s)
+        return results
+
+    def sample_answers(
+        self, prompts: list[list[int]], temperature: float, max_new_tokens: int, stop_ids: list[int],
+        seeds: Sequence[int],
+    ) -> list[Sampled]:
+        """:meth:`HFDecoder.sample_answers` on vLLM (full softmax at ``temperature``)."""
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=1, temperature=temperature, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=max_new_tokens,
+                stop_token_ids=list(stop_ids), ignore_eos=True, seed=seed, logprobs=0,
+            )
+            for seed in seeds
+        ]
+        return self._sampled(prompts, params)
 
     def complete(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
         """Stage 2: greedy (temperature 0); stops only at ``stop_ids`` (not the model's own EOS)."""

@@ -355,7 +355,9 @@ def load_decoder(args: argparse.Namespace):
             model=args.model, tokenizer=args.model, dtype=args.dtype, max_model_len=max_len,
             tensor_parallel_size=args.tensor_parallel_size, seed=args.seed,
             gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
-            **cpu_only,
+            # reported log-probs are the sampled distribution's (constraint, temperature), as RL
+            # rollouts need them (VLLMDecoder.sample_traces)
+            logprobs_mode="processed_logprobs", **cpu_only,
         )
         return VLLMDecoder(llm, vocab), tokenizer, max_len
     import torch

@@ -7,7 +7,7 @@ lm-eval cannot run a two-stage decode inside a task, so the decode lives here. B
 
 Each request's context is the problem text (the tasks use ``doc_to_text: problem``). The prompt is
 built here, from token ids, exactly as training builds it: ``tokenization.prompt_ids(tok,
-math_messages(problem))`` then ``<beginabstract>`` (:meth:`SequenceBuilder.phase_b_prefix`). The
+math_messages(problem))`` then ``<beginabstract>`` (:meth:`SequenceBuilder.problem_prefix`). The
 problem is plain text: a literal ``<TOKEN_A>`` or ``<|im_end|>`` in it is never that token's id.
 The task's ``generation_kwargs`` choose the mode and settings (:class:`DecodeSpec`). The response
 handed back to lm-eval is a :class:`~abscot_plugin.scoring.DecodeRecord` as JSON: trace and
@@ -35,7 +35,6 @@ from . import tokenization
 from .choices import DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_HF_BATCH_SIZE
 from .decode import Decoder, HFDecoder, VLLMDecoder, two_stage
 from .prompts import math_messages
-from .rows import ReasoningRow
 from .scoring import DECODE_MODES, DecodeMode, DecodeRecord
 from .sequences import SequenceBuilder
 from .symbols import DEFAULT_NUM_SYMBOLS
@@ -146,15 +145,14 @@ class AbsCoTLM(LM):
     # -- prompts -----------------------------------------------------------------------------
     def prompt_ids(self, problem: str, mode: DecodeMode, row_id: str = "<prompt>") -> list[int]:
         """Decode prompt ids: x (verbal) or x <beginabstract> (abstract), as in training."""
-        row = ReasoningRow(row_id, math_messages(problem), "", "")
         if mode == "verbal":
-            return tokenization.prompt_ids(self.tok, row.messages, row_id)
+            return tokenization.prompt_ids(self.tok, math_messages(problem), row_id)
         if self.builder is None:
             raise ValueError(
                 f"{self.info['pretrained']}: the tokenizer has no abstract vocabulary "
                 f"(M={self.info['num_symbols']}); abstract tasks need an Abstract-CoT checkpoint"
             )
-        return self.builder.phase_b_prefix(row)
+        return self.builder.problem_prefix(problem, row_id)
 
     def stop_ids(self, stop: tuple[str, ...]) -> list[int]:
         """Token ids of the stop strings; each must be one token."""

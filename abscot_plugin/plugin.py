@@ -7,7 +7,9 @@
   for Phase A: ``trainer``); other formats train with axolotl's own;
 * ``get_collator_cls_and_kwargs``: Phase A's segment collator (``collator``); Phase B uses
   axolotl's;
-* ``post_trainer_create``: the data summary: skipped rows by kind, CoT cuts (``dataset_strategy``).
+* ``post_trainer_create``: the data summary: skipped rows by kind, CoT cuts (``dataset_strategy``);
+  under ``rl: grpo``, the RL setup the rollout and the trainer's log-probs share (``rollout``,
+  ``grpo_trainer``; the trainer comes from the YAML's ``trainer_cls``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
-from .args import INPUT_ARGS, AbsCoTArgs, dataset_types, uses_bottleneck
+from .args import GRPO_TRAINER, INPUT_ARGS, AbsCoTArgs, dataset_types, is_grpo, uses_bottleneck
 from .choices import Phase
 
 LOG = get_logger("axolotl.integrations.abscot")
@@ -94,6 +96,27 @@ class AbsCoTPlugin(BasePlugin):
         return SegmentCollator, {}
 
     def post_trainer_create(self, cfg, trainer):
+        if is_grpo(cfg):
+            self._setup_grpo(cfg, trainer)
+            return
         from .dataset_strategy import log_data_summary
 
         log_data_summary(cfg, trainer.train_dataset)
+
+    def _setup_grpo(self, cfg, trainer):
+        from .choices import DEFAULT_HF_BATCH_SIZE
+        from .grpo_trainer import AbsCoTGRPOTrainer
+        from .rollout import RLSetup
+
+        if not isinstance(trainer, AbsCoTGRPOTrainer):
+            raise RuntimeError(f"rl: grpo needs trainer_cls: {GRPO_TRAINER} (the trainer is {type(trainer).__name__})")
+        trainer.abscot_rl = RLSetup.build(
+            trainer.processing_class, cfg.abscot_num_symbols, cfg.abscot_rl_m_min, cfg.abscot_m_max,
+            trainer.temperature, trainer.args.max_completion_length, trainer.args.seed, DEFAULT_HF_BATCH_SIZE,
+        )
+        setup = trainer.abscot_rl
+        LOG.info(
+            "abscot GRPO: traces of %d..%d symbols at temperature %s, answers up to %d tokens, %d prompts",
+            setup.trace.m_min, setup.trace.m_max, setup.trace.temperature, setup.answer_max_tokens,
+            len(trainer.train_dataset),
+        )

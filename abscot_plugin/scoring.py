@@ -132,6 +132,11 @@ def parse_gold(gold: str) -> list:
     return parsed
 
 
+def reads_math(parsed: list) -> bool:
+    """Whether a math-verify parse holds a mathematical object (not only the raw string it keeps)."""
+    return any(not isinstance(item, str) for item in parsed)
+
+
 def is_equivalent(gold: str, prediction: str) -> bool:
     """Whether ``prediction`` is mathematically equivalent to ``gold`` (both LaTeX answer strings)."""
     gold_parsed = parse_gold(gold)
@@ -159,8 +164,7 @@ def score_answer(response: str, gold: str) -> Score:
     if extracted is None:
         return Score(None, False, False)
     correct = is_equivalent(gold, extracted)
-    readable = any(not isinstance(item, str) for item in _parse_math(extracted))
-    return Score(extracted, readable or correct, correct)
+    return Score(extracted, reads_math(_parse_math(extracted)) or correct, correct)
 
 
 @dataclass(frozen=True)

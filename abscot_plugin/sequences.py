@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from . import segments as seg
 from . import tokenization
 from .choices import DEFAULT_COT_KEEP, CotKeep, Phase
+from .prompts import math_messages
 from .rows import BadRowError, ReasoningRow, cot_steps, cot_text
 from .traces import TraceSettings, random_trace
 from .vocab import AbstractVocab
@@ -94,6 +95,11 @@ class SequenceBuilder:
     def phase_b_prefix(self, row: ReasoningRow) -> list[int]:
         """x <beginabstract> (never cut: a prompt too long for its budget is the caller's error)."""
         return self.prompt_ids(row) + [self.vocab.begin_id]
+
+    def problem_prefix(self, problem: str, row_id: str = "<prompt>") -> list[int]:
+        """x <beginabstract> for a math problem: the evaluation prompt (:func:`.prompts.math_messages`),
+        which RL rollouts use too; ``row_id`` names the problem in errors."""
+        return self.phase_b_prefix(ReasoningRow(row_id, math_messages(problem), "", ""))
 
     def answer_prefix_suffix(self, trace_ids: list[int]) -> list[int]:
         """What follows x <beginabstract> before the answer: z <endabstract> \\n."""

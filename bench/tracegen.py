@@ -51,14 +51,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def reexec_in_vllm_env(argv: list[str]) -> None:
-    """Replace this process by the same command under .venv-vllm's python."""
+def reexec_in_vllm_env(argv: list[str], script: str = __file__) -> None:
+    """Replace this process by the same command (``script`` with ``argv``) under .venv-vllm's python."""
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     env.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries the table
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    os.execve(str(VLLM_PYTHON), [str(VLLM_PYTHON), __file__, *argv, "--in-vllm-env"], env)
+    os.execve(str(VLLM_PYTHON), [str(VLLM_PYTHON), script, *argv, "--in-vllm-env"], env)
 
 
 def tiny_model() -> Path:

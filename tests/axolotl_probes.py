@@ -79,3 +79,27 @@ class ZeroOnCpu(BasePlugin):
         }
         with open(os.environ["ABSCOT_PROBE_OUT"], "w", encoding="utf-8") as fh:
             json.dump(seen, fh)
+
+
+class GRPOProbe(BasePlugin):
+    """Records the first GRPO loss batch (``torch.save`` of a dict): completion ids, the loss mask's
+    two factors (``completion_mask``, ``tool_mask`` = the rollout's env_mask), the reference
+    log-probs and the policy's own log-probs of that batch, computed before its optimizer step."""
+
+    def post_trainer_create(self, cfg, trainer):
+        compute_loss = trainer._compute_loss
+
+        def recording(model, inputs):
+            if not os.path.exists(os.environ["ABSCOT_PROBE_OUT"]):
+                ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+                mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+                with torch.no_grad():
+                    policy, _, _ = trainer._get_per_token_logps_and_entropies(
+                        model, ids, mask, inputs["completion_ids"].size(1)
+                    )
+                keys = ("completion_ids", "completion_mask", "tool_mask", "ref_per_token_logps")
+                seen = {k: inputs[k].detach().cpu() for k in keys}
+                torch.save(seen | {"policy_per_token_logps": policy.cpu()}, os.environ["ABSCOT_PROBE_OUT"])
+            return compute_loss(model, inputs)
+
+        trainer._compute_loss = recording

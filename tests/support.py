@@ -105,3 +105,6 @@ def batch_of(rows: list[dict]) -> dict[str, list]:
 VLLM_SAMPLED = [dict(m_min=3, m_max=12, temperature=1.5), dict(m_min=5, m_max=5)]
 VLLM_GREEDY = dict(m_min=2, m_max=6, temperature=0.0)
 VLLM_GENERATE = dict(limit=12, max_model_len=256, m_min=4, m_max=16)
+VLLM_ROLLOUT = dict(
+    problems=["What is $2+3$?", "Compute $7\\times 6$."], k=3, m_min=2, m_max=8, max_completion_length=30,
+)

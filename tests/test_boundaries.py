@@ -18,9 +18,12 @@ import abscot_plugin
 import abscot_plugin.orchestration
 
 # the modules that run inside axolotl's processes (the plugin, its dataset formats, trainer, collator)
-AXOLOTL_SIDE = {"plugin", "dataset_strategy", "bottleneck", "self_distill", "trainer", "collator"}
+AXOLOTL_SIDE = {"plugin", "dataset_strategy", "bottleneck", "self_distill", "trainer", "collator", "grpo_trainer"}
 # what the orchestrator imports, and the pure modules it builds on
-TORCH_FREE = {"args", "choices", "data_counts", "eval_cli", "fileio", "judge", "report", "rows", "symbols", "traces"}
+TORCH_FREE = {
+    "args", "choices", "data_counts", "eval_cli", "fileio", "judge", "report", "rewards", "rl_data", "rows", "symbols",
+    "traces",
+}
 
 BLOCK = """
 import importlib.abc, sys

@@ -88,6 +88,31 @@ def test_bad_settings_fail_validation(change, message, tiny_dir, tmp_path):
         validate(cfg, (None, None))
 
 
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"trainer_cls": None}, "rl: grpo needs trainer_cls: abscot_plugin.grpo_trainer.AbsCoTGRPOTrainer"),
+        ({"trl": {"rollout_func": None}}, "rl: grpo needs trl.rollout_func: abscot_plugin.rollout.rollout_func"),
+        ({"trl": {"top_p": 0.9}}, "trl.top_p=0.9: the abscot rollout samples the full softmax"),
+        ({"trl": {"top_k": 50}}, "trl.top_k=50"),
+        ({"trl": {"use_vllm": True}}, "no vLLM backend yet"),
+        ({"datasets": [{"path": "x.jsonl", "ds_type": "json", "type": "abscot_plugin.self_distill"}]},
+         "rl: grpo datasets need type: abscot_plugin.rl_prompts"),
+        ({"abscot_rl_m_min": 200}, "abscot_rl_m_min 200 > abscot_m_max 128"),
+    ],
+)
+def test_bad_grpo_settings_fail_validation(change, message, tiny_dir, tmp_path):
+    raw = yaml.safe_load((REPO / "axolotl_configs" / "tiny_grpo.yml").read_text())
+    cfg = localise(raw, tiny_dir, tmp_path)
+    for key, value in change.items():
+        if key == "trl":
+            cfg["trl"] = {**cfg["trl"], **value}
+        else:
+            cfg[key] = value
+    with pytest.raises(Exception, match=message):
+        validate(cfg, (None, None))
+
+
 def test_data_settings_change_the_prepared_dataset_fingerprint(tiny_dir, tmp_path):
     """axolotl's dataset cache hash ignores plugin keys; the tokenizer folder name carries them."""
     raw = yaml.safe_load((REPO / "axolotl_configs" / "tiny_phase_a.yml").read_text())

@@ -5,10 +5,12 @@
 
 REQUEST: {"prefixes": [[ids]], "settings": [{TraceSettings kwargs}, ...], "greedy_settings":
 {...}, "answer_max_tokens": N, "generate": {"data", "out", "limit", "max_model_len", "m_min",
-"m_max"}}. The engine is built by the generate CLI's own loader (``load_decoder``) from its
-arguments; the Phase A generation is for a training of sequence_len = max_model_len (the CLI's
-default). RESULT: {"traces": [[[ids]] per settings], "greedy": [[ids]], "two_stage": [{"trace",
-"answer"}], "generate_summary": "<the CLI's summary line>"} (a file: vLLM prints to stdout).
+"m_max"}, "rollout": {"problems", "k", "m_min", "m_max", "max_completion_length"}}. The engine is
+built by the generate CLI's own loader (``load_decoder``) from its arguments; the Phase A
+generation is for a training of sequence_len = max_model_len (the CLI's default). RESULT:
+{"traces": [[[ids]] per settings], "greedy": [[ids]], "two_stage": [{"trace", "answer"}],
+"generate_summary": "<the CLI's summary line>", "rollout": <abscot_plugin.rollout.rollout's output
+for each problem K times, temperature 1>} (a file: vLLM prints to stdout).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 def main() -> None:
     from abscot_plugin.decode import TraceSettings, two_stage
     from abscot_plugin.generate import generate_traces, load_decoder, parse_args, train_layout
+    from abscot_plugin.rollout import RLSetup, rollout
     from abscot_plugin.rows import read_rows
     from abscot_plugin.sequences import SequenceBuilder
 
@@ -48,6 +51,11 @@ def main() -> None:
         "two_stage": [{"trace": o.trace, "answer": o.answer} for o in outs],
         "generate_summary": summary.line(),
     }
+    rl = request["rollout"]
+    setup = RLSetup.build(tokenizer, len(decoder.vocab.symbol_ids), rl["m_min"], rl["m_max"], 1.0,
+                          rl["max_completion_length"], seed=0, batch_size=1)
+    problems = [p for p in rl["problems"] for _ in range(rl["k"])]
+    result["rollout"] = rollout(decoder, tokenizer, setup, problems, tag=[1])
     with open(result_path, "w", encoding="utf-8") as fh:
         json.dump(result, fh)
 

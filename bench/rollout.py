@@ -1,0 +1,164 @@
+"""RL rollout rate (prompts/s, tokens/s): ``abscot_plugin.rollout.rollout`` (the sampled two-stage
+decode GRPO trains on) with the HF backend and, where ``.venv-vllm`` exists, the vLLM backend, on
+the same model and the same prompts, interleaved in one process.
+
+    python bench/rollout.py [--model DIR] [--problems 6] [--k 4] [--answer-tokens 64]
+
+Each call decodes ``--problems`` MATH problems × K rollouts (trace at m_min 16..m_max 128, then the
+answer, both at temperature 1.0, as axolotl_configs/tiny_grpo.yml samples), on problems no other
+call has seen ("Case k." openings, so vLLM's prefix cache cannot replay earlier work). Both engines
+are built as the trace-generation CLI builds them (vLLM with ``logprobs_mode="processed_logprobs"``,
+eager, float32); the notes give the largest gap between its sampled
+log-probabilities and the trainer's (``rollout.completion_log_probs`` of the HF model) over the
+last call's loss positions. Like ``bench/tracegen.py``, the script re-runs itself under
+``.venv-vllm`` so that both backends run in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.tracegen import VLLM_PYTHON, reexec_in_vllm_env, tiny_model  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder whose tokenizer has V_abs (default: tiny)")
+    parser.add_argument("--backends", default="hf,vllm", help="vllm is dropped when .venv-vllm is missing")
+    parser.add_argument("--problems", type=int, default=6, help="problems per timed call")
+    parser.add_argument("--k", type=int, default=4, help="rollouts per problem")
+    parser.add_argument("--answer-tokens", type=int, default=64, help="answer budget")
+    parser.add_argument("--batch-size", type=int, default=8, help="hf backend: sequences per generate call")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="rollout", help="JSON name under build/bench/")
+    parser.add_argument("--in-vllm-env", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.backends = args.backends.split(",")
+    if bad := [b for b in args.backends if b not in ("hf", "vllm")]:
+        parser.error(f"unknown backend(s) {bad}: hf, vllm")
+    return args
+
+
+def problem_sets(count: int, calls: int) -> list[list[str]]:
+    """``calls`` disjoint sets of ``count`` MATH problems from the shipped tiny file."""
+    import json
+
+    from abscot_plugin.fixtures import data_path
+
+    base = [json.loads(line)["problem"] for line in data_path("math500_tiny.jsonl").read_text().splitlines()]
+    return [[f"Case {c * count + i}. {base[(c * count + i) % len(base)]}" for i in range(count)] for c in range(calls)]
+
+
+def decoders(backends: list[str], model: Path, setup, batch_size: int) -> dict:
+    """The backends, each built by the generation CLI's own loader (``bench/tracegen.py``'s
+    ``load``); HF always (it also scores vLLM's log-probabilities)."""
+    from bench.tracegen import load
+
+    opts = argparse.Namespace(batch_size=batch_size, max_model_len=1024, dtype="float32", enforce_eager=True)
+    return {b: load(b, model, opts)[0] for b in ["hf"] + [b for b in backends if b == "vllm"]}
+
+
+def logprob_gap(out: dict, hf_model, setup) -> float:
+    """Largest |vLLM log-prob - trainer log-prob| over the loss positions of ``out``."""
+    import torch
+
+    from abscot_plugin.rollout import completion_log_probs
+
+    worst = 0.0
+    for prompt, completion, logps, mask in zip(out["prompt_ids"], out["completion_ids"], out["logprobs"],
+                                               out["env_mask"], strict=True):
+        with torch.no_grad():
+            logits = hf_model(torch.tensor([prompt + completion])).logits[:, len(prompt) - 1 : -1]
+            ours = completion_log_probs(logits, torch.tensor([completion]), setup)[0]
+        for pos, on in enumerate(mask):
+            if on:
+                worst = max(worst, abs(float(ours[pos]) - logps[pos]))
+    return worst
+
+
+def run(args, notes: list[str]) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from abscot_plugin.rollout import RLSetup, rollout
+    from bench.common import interleaved, machine, paired_ratio, report
+
+    info = machine()
+    model = Path(args.model) if args.model else tiny_model()
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    setup = RLSetup.build(tokenizer, 64, m_min=16, m_max=128, temperature=1.0,
+                          max_completion_length=128 + 2 + args.answer_tokens, seed=0, batch_size=args.batch_size)
+    decs = decoders(args.backends, model, setup, args.batch_size)
+    sets = problem_sets(args.problems, args.repeats + 1)
+    done: dict[str, list[dict]] = {}
+
+    def variant(backend: str):
+        calls = done.setdefault(backend, [])
+
+        def call() -> None:
+            problems = [p for p in sets[len(calls)] for _ in range(args.k)]  # call 0 is the warm-up
+            out = rollout(decs[backend], tokenizer, setup, problems, tag=[len(calls)])
+            calls.append({"rollouts": len(problems), "out": out,
+                          "trace_tokens": sum(t + 1 for t in out["abscot_trace_tokens"]),
+                          "tokens": sum(map(len, out["completion_ids"]))})
+        return call
+
+    backends = [b for b in args.backends if b in decs]
+    samples = interleaved({b: variant(b) for b in backends}, args.repeats, 1, torch.device("cpu"), "rollouts",
+                          memory=False)
+    rows = []
+    for backend in backends:
+        res, calls = samples[backend], done[backend][1:]
+        secs = sum(res.seconds)
+        speed = paired_ratio(samples["hf"], res) if "hf" in samples else None
+        rows.append(dict(
+            backend=backend, rollouts=calls[0]["rollouts"], median_s=res.median_s,
+            prompts_s=args.problems / res.median_s, rollouts_s=calls[0]["rollouts"] / res.median_s,
+            tokens_s=sum(c["tokens"] for c in calls) / secs,
+            mean_trace_tokens=sum(c["trace_tokens"] for c in calls) / sum(c["rollouts"] for c in calls),
+            mean_completion_tokens=sum(c["tokens"] for c in calls) / sum(c["rollouts"] for c in calls),
+            speedup_text=speed["text"] if speed else None, samples=res.summary(),
+        ))
+    if "vllm" in done:
+        gap = logprob_gap(done["vllm"][-1]["out"], decs["hf"].model, setup)
+        notes.append(f"vLLM's sampled log-probs vs the trainer's, last call's loss positions: max gap {gap:.2e}")
+    columns = [
+        ("backend", "backend", ""), ("rollouts", "rollouts/call", "d"), ("median_s", "s/call", ".2f"),
+        ("prompts_s", "prompts/s", ".2f"), ("rollouts_s", "rollouts/s", ".1f"), ("tokens_s", "tokens/s", ".0f"),
+        ("mean_trace_tokens", "mean trace tokens", ".0f"), ("mean_completion_tokens", "mean completion tokens", ".0f"),
+        ("speedup_text", "speed vs hf [range]", ""),
+    ]
+    notes = [
+        f"medians of {args.repeats} interleaved calls after one warm-up, each on unseen problems; {args.problems} "
+        f"problems × K={args.k}; m_min 16, m_max 128, answer budget {args.answer_tokens}, temperature 1.0; "
+        f"float32; hf batch {args.batch_size}",
+        "tokens: completion tokens (trace, <endabstract>, \\n, answer); a random model's answers run to the budget",
+        *notes,
+    ]
+    report(args.out, "RL rollouts: prompts/s and tokens/s per backend", info, rows, columns, notes,
+           extra={"args": vars(args)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    notes: list[str] = []
+    if "vllm" in args.backends and not args.in_vllm_env:
+        if VLLM_PYTHON.exists():
+            reexec_in_vllm_env(argv, __file__)
+        args.backends.remove("vllm")
+        notes.append("vllm skipped: no .venv-vllm (bash scripts/setup_vllm.sh creates it)")
+    if args.in_vllm_env:
+        sys.argv.remove("--in-vllm-env")
+        notes.append(f"both backends ran under {VLLM_PYTHON.relative_to(REPO)} (vLLM cannot share the training venv)")
+    run(args, notes)
+
+
+if __name__ == "__main__":  # the guard vLLM's spawned workers need
+    main()
