@@ -54,6 +54,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .rl_data import ANSWER_COLUMN, GOLD_FIELD
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_RUBRIC = Path(__file__).resolve().parent / "data" / "judge_rubric.md"
@@ -93,8 +95,8 @@ class JudgeSettings(BaseModel):
     on_failure: Literal["error", "zero"] = Field(default="zero", description="a failed judgment: raise, or reward 0")
     max_failure_rate: float = Field(default=0.5, ge=0, le=1, description="more failures in a batch: JudgeError")
     check_on_start: bool = Field(default=True, description="first call: the server must list `model`")
-    reference_field: str = Field(default="gold", description="the column of the gold answer")
-    response_field: str = Field(default="abscot_answer", description="the rollout's answer column, if present")
+    reference_field: str = Field(default=GOLD_FIELD, description="the column of the gold answer")
+    response_field: str = Field(default=ANSWER_COLUMN, description="the rollout's answer column, if present")
 
     @field_validator("rubric")
     @classmethod

@@ -9,8 +9,9 @@ and becomes ``{"prompt": <problem text>, "gold": <gold answer>}``: the rollout b
 evaluation prompt from ``prompt`` (:func:`abscot_plugin.rollout.rollout_func`) and the rewards read
 ``gold`` (:mod:`abscot_plugin.rewards`). A row without a problem or a gold answer, or whose gold
 answer math-verify cannot read as mathematics (:func:`~abscot_plugin.scoring.reads_math`), stops
-data loading with an error naming the row (its index in
-the file, and its ``id`` field if any): a reward that can never be earned is a data error. No
+data loading with an error naming the row (its 0-based index among the file's rows, as
+``datasets`` counts them, and its ``id`` field if any); the orchestrator runs the same check
+while planning: a reward that can never be earned is a data error. No
 torch, no axolotl.
 """
 
@@ -23,6 +24,7 @@ from .scoring import gsm8k_gold, parse_gold, reads_math
 
 PROMPT_FIELD = "prompt"  # what TRL hands to rollout_func
 GOLD_FIELD = "gold"  # what the rewards read (a keyword argument of each reward function)
+ANSWER_COLUMN = "abscot_answer"  # the rollout's answer text (special tokens kept), read by the rewards and the judge
 
 
 def _name(row: dict[str, Any], index: int) -> str:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .decode import HFDecoder, Sampled, VLLMDecoder, prompt_seed, trace_log_probs
+from .rl_data import ANSWER_COLUMN
 from .traces import TraceSettings
 from .vocab import AbstractVocab
 
@@ -121,7 +122,7 @@ def _trl_layout(
     budget: int, tokenizer: PreTrainedTokenizerBase,
 ) -> dict[str, list]:
     out: dict[str, list] = {k: [] for k in (
-        "prompt_ids", "completion_ids", "logprobs", "env_mask", "abscot_answer", "abscot_stopped",
+        "prompt_ids", "completion_ids", "logprobs", "env_mask", ANSWER_COLUMN, "abscot_stopped",
         "abscot_trace_tokens", "abscot_length",
     )}
     for prefix, z, y in zip(prefixes, traces, answers, strict=True):
@@ -131,7 +132,7 @@ def _trl_layout(
         out["logprobs"].append(z.log_probs + [0.0] * len(newline) + y.log_probs)
         out["env_mask"].append([1] * len(z.ids) + [0] * len(newline) + [1] * len(y.ids))
         text_ids = y.ids[:-1] if stopped else y.ids
-        out["abscot_answer"].append(tokenizer.decode(text_ids, skip_special_tokens=False))
+        out[ANSWER_COLUMN].append(tokenizer.decode(text_ids, skip_special_tokens=False))
         out["abscot_stopped"].append(stopped)
         out["abscot_trace_tokens"].append(len(z.ids) - 1)
         out["abscot_length"].append((len(z.ids) - 1 + len(text_ids)) / budget)

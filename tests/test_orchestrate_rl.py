@@ -62,10 +62,13 @@ def test_bad_rl_section_is_one_line(tmp_path, capsys, rl, message):
 def test_rl_plan_errors(tmp_path):
     rows = tmp_path / "rl.jsonl"
     rows.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n" + json.dumps({"problem": "2+2?"}) + "\n")
-    with pytest.raises(PlanError, match=r"rl.jsonl, row 2: no gold answer: needs a non-empty string 'answer'"):
+    with pytest.raises(PlanError, match=r"rl.jsonl: RL prompts row 1: no gold answer"):
         rl_plan(tmp_path, {"data": str(rows), "num_rows": None})
     rows.write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n")
-    with pytest.raises(PlanError, match=r"row 1: no problem text: needs a non-empty string 'problem' or 'question'"):
+    with pytest.raises(PlanError, match=r"rl.jsonl: RL prompts row 0: needs 'problem' \(MATH\) or 'question' \(GSM8K\)"):
+        rl_plan(tmp_path, {"data": str(rows), "num_rows": None})
+    rows.write_text(json.dumps({"problem": "1+1?", "answer": "\\frac{"}) + "\n")  # the plan reads gold as training
+    with pytest.raises(PlanError, match=r"rl.jsonl: RL prompts row 0: math-verify reads no mathematical object"):
         rl_plan(tmp_path, {"data": str(rows), "num_rows": None})
     with pytest.raises(PlanError, match="math500_tiny.jsonl has 20 rows; rl.num_rows is 21"):
         rl_plan(tmp_path, {"num_rows": 21})

@@ -21,6 +21,7 @@ import yaml
 
 from ..fileio import file_digest
 from ..judge import CONFIG_ENV, JUDGE_REWARD, load_settings
+from ..rl_data import prompt_and_gold
 from .run_config import MANAGED_KEYS, PlanError, RunConfig
 from .schedule import CONSTANT_SCHEDULERS, GRPOSchedule
 from .slices import DataSlice
@@ -28,26 +29,6 @@ from .training import abscot_args
 
 # learning-rate schedules the RL stage's check knows (:mod:`.checks`): warm-up + cosine, constant
 RL_SCHEDULERS = ("cosine", *CONSTANT_SCHEDULERS)
-# RL prompt rows: MATH-style problem/answer or GSM8K-style question/answer (the GRPO dataset type
-# reads them so; it also checks that math-verify reads the gold answer)
-PROBLEM_FIELDS = ("problem", "question")
-ANSWER_FIELD = "answer"
-
-
-def check_rl_row(row: Any, where: str) -> None:
-    """PlanError naming the row (``where``) unless ``row`` is an object with a non-empty problem
-    text and gold answer (:data:`PROBLEM_FIELDS`, :data:`ANSWER_FIELD`)."""
-    if not isinstance(row, dict):
-        raise PlanError(f"{where}: not a JSON object")
-    problem = next((row[f] for f in PROBLEM_FIELDS if row.get(f) is not None), None)
-    if not isinstance(problem, str) or not problem.strip():
-        fields = " or ".join(repr(f) for f in PROBLEM_FIELDS)
-        raise PlanError(f"{where}: no problem text: needs a non-empty string {fields}")
-    answer = row.get(ANSWER_FIELD)
-    if not isinstance(answer, str) or not answer.strip():
-        raise PlanError(f"{where}: no gold answer: needs a non-empty string {ANSWER_FIELD!r}")
-
-
 def rl_slice(cfg: RunConfig) -> DataSlice:
     """The prompt slice ``OUT/data/rl.jsonl``: the first ``rl.num_rows`` rows of ``rl.data`` (all
     without it), each checked for a problem and a gold answer (PlanError naming the row); read as
@@ -66,9 +47,11 @@ def rl_slice(cfg: RunConfig) -> DataSlice:
             offset = start if offset is None else offset
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            check_rl_row(row, f"rl.data {rl.data}, row {count}")
+                if not isinstance(row, dict):
+                    raise ValueError(f"RL prompts row {count - 1}: not a JSON object")
+                prompt_and_gold(row, count - 1)  # as the GRPO dataset type reads it (0-based index)
+            except ValueError as err:  # JSONDecodeError included
+                raise PlanError(f"rl.data {rl.data}: {err}") from None
             digest.update(line.rstrip(b"\r\n") + b"\n")
     if offset is None:
         raise PlanError(f"rl.data {rl.data} has no rows")
