@@ -196,7 +196,7 @@ def test_judge_against_vllm_server(judge_server):
 
 
 @pytest.mark.slow
-def test_judge_reward_in_axolotl_grpo(request, tmp_path):
+def test_judge_reward_in_axolotl_grpo(judge_server, tiny_extended, tmp_path):
     """The judge named in a GRPO YAML (trl.reward_funcs) during `axolotl train` on the tiny model:
     its settings come from $ABSCOT_JUDGE_CONFIG, TRL logs rewards/judge/mean and the failure rate."""
     import ast
@@ -207,10 +207,6 @@ def test_judge_reward_in_axolotl_grpo(request, tmp_path):
     from abscot_plugin.fixtures import data_path
 
     template = ROOT / "axolotl_configs" / "tiny_grpo.yml"
-    if not template.exists():
-        pytest.skip("axolotl_configs/tiny_grpo.yml comes with the GRPO core (issue 11, its other half)")
-    judge_server = request.getfixturevalue("judge_server")  # after the skip: it takes a minute to start
-    tiny_extended = request.getfixturevalue("tiny_extended")
     cfg = yaml.safe_load(template.read_text())
     cfg.update(base_model=str(tiny_extended), output_dir=str(tmp_path / "out"),
                dataset_prepared_path=str(tmp_path / "prep"), max_steps=2)
