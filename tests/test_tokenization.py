@@ -37,13 +37,13 @@ def test_shipped_rows_keep_their_ids(tok):
     builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok))
     files = sorted(data_path("dolci_tiny.jsonl").parent.glob("*.jsonl"))
     rows = [row for path in files for row in read_jsonl(path)]
-    assert len(files) == 3 and len(rows) == 78
+    assert len(files) == 4 and len(rows) == 86  # Dolci, MATH-500, GSM8K, RL prompts
     for row in rows:
         if "messages" in row:  # Dolci-Think
             parsed = parse_chat_row(row, row["id"])
             messages, texts = parsed.messages, [parsed.answer]
             assert builder.cot_ids(parsed) == _old_text_ids(tok, cot_text(parsed.cot))
-        else:  # MATH-500 (problem, solution, answer) or GSM8K (question, answer)
+        else:  # MATH-500 (problem, solution, answer), RL prompts (problem, answer) or GSM8K (question, answer)
             messages = math_messages(row.get("problem") or row["question"])
             texts = [row[key] for key in ("solution", "answer") if key in row]
         assert prompt_ids(tok, messages) == _whole_string_ids(tok, messages)
