@@ -37,7 +37,7 @@ from .commands import eval_command, generation_layout_args, merge_command, trace
 from .manifest import Manifest, fingerprint
 from .rl import judge_env_and_inputs, rl_schedule, rl_slice, rl_yaml
 from .run_config import RunConfig
-from .schedule import GRPOSchedule, Schedule
+from .schedule import Schedule
 from .slices import DataSlice, data_slices
 from .training import cpu_multiprocess_fix, phase_yaml, short_context_note, training_schedule
 
@@ -65,7 +65,7 @@ class Stage:
     yaml_path: Path | None = None
     yaml: dict[str, Any] | None = None
     fingerprint: str = ""
-    schedule: Schedule | GRPOSchedule | None = None
+    schedule: Schedule | None = None  # a GRPOSchedule for the RL stage
     resumable: bool = False
 
     def shell(self) -> str:

@@ -120,8 +120,9 @@ TRL_DEFAULT_NUM_GENERATIONS = 8
 
 
 @dataclass(frozen=True)
-class GRPOSchedule:
-    """The optimizer steps and warm-up of a GRPO stage (axolotl ``rl: grpo``) for ``rows`` prompts.
+class GRPOSchedule(Schedule):
+    """The optimizer steps and warm-up of a GRPO stage (axolotl ``rl: grpo``) for ``rows`` prompts
+    (a :class:`Schedule` whose batch counts completions, with GRPO's epoch and warm-up).
 
     Axolotl 0.19 computes no step count for GRPO; TRL 1.9 and transformers derive it from the
     dataloader. Each optimizer step trains on ``micro_batch_size × gradient_accumulation_steps ×
@@ -140,17 +141,9 @@ class GRPOSchedule:
     (8, 2, 50, 2)
     """
 
-    rows: int
-    micro_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    world_size: int = 1
     num_generations: int = TRL_DEFAULT_NUM_GENERATIONS
     generation_batch_size: int | None = None
     num_iterations: int = 1
-    num_epochs: float = 1.0
-    max_steps: int | None = None
-    warmup_steps: int | None = None
-    warmup_ratio: float | None = None
     lr_scheduler: str = "cosine"
 
     def __post_init__(self) -> None:
@@ -164,11 +157,6 @@ class GRPOSchedule:
                 f"trl.generation_batch_size {self.generation} is not a multiple of micro_batch_size × processes "
                 f"{self.micro_batch_size * self.world_size}"
             )
-
-    @property
-    def batch(self) -> int:
-        """Completions per optimizer step."""
-        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
 
     @property
     def steps_per_generation(self) -> int:
@@ -190,15 +178,6 @@ class GRPOSchedule:
     def _data_steps(self, rows: int) -> int:
         micro = rows // self.prompts_per_generation * self.num_iterations * self.steps_per_generation
         return math.ceil(self.num_epochs * max(math.ceil(micro / self.gradient_accumulation_steps), 1))
-
-    def steps_for(self, rows: int) -> int:
-        """The optimizer steps for ``rows`` prompts."""
-        return self.max_steps or self._data_steps(rows)
-
-    @property
-    def steps(self) -> int:
-        """The optimizer steps for all ``rows`` prompts."""
-        return self.steps_for(self.rows)
 
     @property
     def warmup(self) -> int:
