@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.tracegen import VLLM_PYTHON, reexec_in_vllm_env, tiny_model  # noqa: E402
+from bench.tracegen import tiny_model, vllm_env_backends  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -148,15 +148,7 @@ def run(args, notes: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    notes: list[str] = []
-    if "vllm" in args.backends and not args.in_vllm_env:
-        if VLLM_PYTHON.exists():
-            reexec_in_vllm_env(argv, __file__)
-        args.backends.remove("vllm")
-        notes.append("vllm skipped: no .venv-vllm (bash scripts/setup_vllm.sh creates it)")
-    if args.in_vllm_env:
-        sys.argv.remove("--in-vllm-env")
-        notes.append(f"both backends ran under {VLLM_PYTHON.relative_to(REPO)} (vLLM cannot share the training venv)")
+    notes = vllm_env_backends(args, argv, __file__)
     run(args, notes)
 
 

@@ -51,6 +51,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def vllm_env_backends(args: argparse.Namespace, argv: list[str], script: str) -> list[str]:
+    """Where the backends run: with ``vllm`` wanted outside .venv-vllm, re-run ``script`` there
+    (this process is replaced) or drop ``vllm`` when that venv is missing; returns the notes to
+    record. Needs ``args.backends`` and ``args.in_vllm_env``."""
+    notes: list[str] = []
+    if "vllm" in args.backends and not args.in_vllm_env:
+        if VLLM_PYTHON.exists():
+            reexec_in_vllm_env(argv, script)
+        args.backends.remove("vllm")
+        notes.append("vllm skipped: no .venv-vllm (bash scripts/setup_vllm.sh creates it)")
+    if args.in_vllm_env:
+        sys.argv.remove("--in-vllm-env")  # the recorded command is the one the user typed
+        notes.append(f"both backends ran under {VLLM_PYTHON.relative_to(REPO)} (vLLM cannot share the training venv)")
+    return notes
+
+
 def reexec_in_vllm_env(argv: list[str], script: str = __file__) -> None:
     """Replace this process by the same command (``script`` with ``argv``) under .venv-vllm's python."""
     env = dict(os.environ)
@@ -188,17 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     """Re-run under .venv-vllm when vLLM is wanted and there, else run the HF backend alone."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    notes: list[str] = []
-    if "vllm" in args.backends and not args.in_vllm_env:
-        if VLLM_PYTHON.exists():
-            reexec_in_vllm_env(argv)
-        args.backends.remove("vllm")
-        notes.append("vllm skipped: no .venv-vllm (bash scripts/setup_vllm.sh creates it)")
+    notes = vllm_env_backends(args, argv, __file__)
     if not args.backends:
         raise SystemExit("no backend left to run (vllm needs .venv-vllm)")
-    if args.in_vllm_env:
-        sys.argv.remove("--in-vllm-env")  # the recorded command is the one the user typed
-        notes.append(f"both backends ran under {VLLM_PYTHON.relative_to(REPO)} (vLLM cannot share the training venv)")
     sys.path.insert(0, str(REPO))
     run(args, notes)
 
