@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from support import ROOT, offline_env, run_axolotl, tiny_config
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from abscot_plugin.vocab import AbstractVocab, check_tied, init_new_rows
 
@@ -79,11 +79,17 @@ def test_new_rows_land_in_every_ranks_shard_and_the_tie_is_checked_gathered(tiny
     lm_head that is not tied although the config says so."""
     ids = list(vocab.all_ids)
     (tmp_path / "ids.json").write_text(json.dumps(ids))
+    config = AutoConfig.from_pretrained(tiny_dir)
+    config.tie_word_embeddings = False
+    untied = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        untied.get_output_embeddings().weight.copy_(torch.randn(untied.get_output_embeddings().weight.shape))
+    untied.save_pretrained(tmp_path / "untied")
     env = offline_env(**dist_env(WORLD_SIZE="2"))
     procs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "zero3_worker.py"), str(tiny_dir),
-             str(tmp_path / "ids.json"), str(tmp_path)],
+             str(tmp_path / "untied"), str(tmp_path / "ids.json"), str(tmp_path)],
             cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )

@@ -1,12 +1,13 @@
 """One rank of test_zero3's multi-rank check (run with RANK, WORLD_SIZE, MASTER_ADDR/PORT set):
 
-    python tests/zero3_worker.py MODEL_DIR IDS_JSON OUT_DIR
+    python tests/zero3_worker.py MODEL_DIR UNTIED_DIR IDS_JSON OUT_DIR
 
 Loads MODEL_DIR partitioned by DeepSpeed ZeRO-3 (``zero.Init``, gloo backend on CPU), runs the
 plugin's vocabulary helpers on it, and saves to OUT_DIR/rank<r>.pt what this rank saw: the
 embedding's local shape and ``embedding_rows``, this rank's shard of the embedding after
 ``init_new_rows`` (its context exited), and whether ``check_tied`` passed on the tied model and
-caught a model whose config claims a tie its lm_head (filled with other values) does not have.
+caught a model whose config claims a tie its lm_head does not have (UNTIED_DIR: the same model
+saved untied, its lm_head filled with other values, loaded partitioned like MODEL_DIR).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import torch
 
 
 def main() -> None:
-    model_dir, ids_path, out_dir = sys.argv[1:4]
+    model_dir, untied_dir, ids_path, out_dir = sys.argv[1:5]
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
     from abscot_plugin.vocab import check_tied, embedding_rows, init_new_rows
@@ -40,17 +41,11 @@ def main() -> None:
     check_tied(model, ids)
     seen["tied_ok"] = True
 
-    config = AutoConfig.from_pretrained(model_dir)
-    config.tie_word_embeddings = False
-    untied = AutoModelForCausalLM.from_config(config)
+    # built from saved weights, not from_config: zero.Init may leave a from_config model's weights as
+    # allocated, and a write under GatheredParameters to one of two gathered matrices did not always
+    # persist (the CI flake of this test)
+    untied = AutoModelForCausalLM.from_pretrained(untied_dir)
     untied.config.tie_word_embeddings = True  # claims a tie its separate lm_head does not have
-    # zero.Init may leave a from_config model's weights as they were allocated (zeros, or whatever the
-    # memory held): both matrices could then score alike and pass. Fill both, distinct, on rank 0.
-    pair = [untied.get_input_embeddings().weight, untied.get_output_embeddings().weight]
-    with deepspeed.zero.GatheredParameters(pair, modifier_rank=0), torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        for param in pair:
-            param.copy_(torch.randn(param.shape, generator=generator))
     try:
         check_tied(untied, ids)
         seen["untied_error"] = None
