@@ -19,11 +19,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: venv venv-vllm fixtures demo lint test test-fast bench clean
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml constraints-cpu.txt
+$(STAMP): pyproject.toml constraints-cpu.txt scripts/pip_install.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[train,eval,dev]"
+	bash scripts/pip_install.sh $(VENV) torch==2.13.0
+	bash scripts/pip_install.sh $(VENV) -c constraints-cpu.txt -e ".[train,eval,dev]"
 	$(BIN)/pip check
 	touch $(STAMP)
 

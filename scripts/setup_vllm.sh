@@ -39,8 +39,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" != "$PACKAGE" ]]; then
 fi
 rm -f "$STAMP"
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/pip" install -q)
-"${PIP[@]}" --upgrade pip
+PIP=(bash scripts/pip_install.sh "$VENV")
 "${PIP[@]}" torch==2.13.0
 # keep that torch: every later install is constrained to it
 constraints=$(mktemp)
