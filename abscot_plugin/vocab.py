@@ -8,6 +8,8 @@ produces.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -114,7 +116,7 @@ def init_new_rows(
         embeddings.append(output.weight)
     index = torch.tensor(sorted(ids), dtype=torch.long)
     for weight in embeddings:
-        with _gathered([weight], modifier_rank=0):
+        with gathered([weight], modifier_rank=0):
             old = torch.ones(weight.shape[0], dtype=torch.bool)
             old[index] = False
             # padding rows past the tokenizer are often zeros: take statistics from real rows
@@ -130,19 +132,23 @@ def init_new_rows(
             weight[index.to(weight.device)] = rows.to(weight.device, weight.dtype)
 
 
-def _gathered(params: list[torch.Tensor], modifier_rank: int | None = None):
+@contextmanager
+def gathered(params: list[torch.Tensor], modifier_rank: int | None = None) -> Iterator[None]:
     """Context that materialises ZeRO-3 partitioned parameters (a no-op for ordinary ones).
 
     Collective: every rank must enter it. ``modifier_rank``: the rank whose changes are kept
-    (broadcast to all ranks on exit); ``None`` for a read-only gather.
+    (broadcast to all ranks on exit); ``None`` for a read-only gather. The parameters are gathered
+    one at a time (nested contexts), never in one ``GatheredParameters`` call: with several
+    parameters at once on gloo, rank 0 has been seen reading rows of one matrix filled with
+    another's (tests/test_zero3.py, two ranks, about one run in three).
     """
-    if any(hasattr(p, "ds_id") for p in params):
-        import deepspeed
+    with ExitStack() as stack:
+        if any(hasattr(p, "ds_id") for p in params):
+            import deepspeed
 
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
-    from contextlib import nullcontext
-
-    return nullcontext()
+            for param in params:
+                stack.enter_context(deepspeed.zero.GatheredParameters([param], modifier_rank=modifier_rank))
+        yield
 
 
 def is_tied(model: PreTrainedModel) -> bool:
@@ -166,7 +172,7 @@ def check_tied(model: PreTrainedModel, ids: list[int]) -> None:
         return
     emb, out = model.get_input_embeddings(), model.get_output_embeddings()
     params = list({id(p): p for p in (*emb.parameters(), *out.parameters())}.values())
-    with _gathered(params):
+    with gathered(params):
         weight = next(emb.parameters())
         index = torch.tensor(ids, device=weight.device)
         h = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(0)).to(weight)

@@ -75,8 +75,10 @@ def test_full_finetune_with_zero3_initialises_rows_and_keeps_the_tie(tiny_dir, t
 @pytest.mark.slow
 def test_new_rows_land_in_every_ranks_shard_and_the_tie_is_checked_gathered(tiny_dir, vocab, tmp_path):
     """Two ranks under zero.Init: embedding_rows sees the full size; after init_new_rows each
-    rank's shard holds its part of the initialised weight; check_tied gathers and catches an
-    lm_head that is not tied although the config says so."""
+    rank's shard holds its part of the initialised weight; on an untied model init_new_rows fills
+    both matrices and `gathered` reads them back on every rank (gathering both in one DeepSpeed
+    call, rank 0 read lm_head's rows in place of the embedding's in about one run in three);
+    check_tied gathers and catches an lm_head that is not tied although the config says so."""
     ids = list(vocab.all_ids)
     (tmp_path / "ids.json").write_text(json.dumps(ids))
     config = AutoConfig.from_pretrained(tiny_dir)
@@ -85,6 +87,8 @@ def test_new_rows_land_in_every_ranks_shard_and_the_tie_is_checked_gathered(tiny
     with torch.no_grad():
         untied.get_output_embeddings().weight.copy_(torch.randn(untied.get_output_embeddings().weight.shape))
     untied.save_pretrained(tmp_path / "untied")
+    init_new_rows(untied, ids, "random", seed=0)
+    untied_rows = [untied.get_input_embeddings().weight[ids], untied.get_output_embeddings().weight[ids]]
     env = offline_env(**dist_env(WORLD_SIZE="2"))
     procs = [
         subprocess.Popen(
@@ -106,6 +110,8 @@ def test_new_rows_land_in_every_ranks_shard_and_the_tie_is_checked_gathered(tiny
         seen = torch.load(tmp_path / f"rank{rank}.pt")
         assert seen["zero3"] and seen["shape"] == (0,) and seen["rows"] == model.config.vocab_size
         assert seen["tied_ok"]
+        # an untied model's two matrices, gathered together on each rank, hold its new rows
+        assert all(torch.equal(a, b) for a, b in zip(seen["untied_rows"], untied_rows, strict=True)), rank
         assert "no longer tied" in (seen["untied_error"] or "the untied head passed check_tied"), seen["untied_error"]
         shards.append(seen["shard"])
     # rank r holds elements [r·n, (r+1)·n) of the flattened weight (the last shard zero-padded)

@@ -7,7 +7,8 @@ plugin's vocabulary helpers on it, and saves to OUT_DIR/rank<r>.pt what this ran
 embedding's local shape and ``embedding_rows``, this rank's shard of the embedding after
 ``init_new_rows`` (its context exited), and whether ``check_tied`` passed on the tied model and
 caught a model whose config claims a tie its lm_head does not have (UNTIED_DIR: the same model
-saved untied, its lm_head filled with other values, loaded partitioned like MODEL_DIR).
+saved untied, its lm_head filled with other values, loaded partitioned like MODEL_DIR; after
+``init_new_rows``, the new rows of both its matrices as ``gathered`` reads them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    from abscot_plugin.vocab import check_tied, embedding_rows, init_new_rows
+    from abscot_plugin.vocab import check_tied, embedding_rows, gathered, init_new_rows
 
     deepspeed.init_distributed(dist_backend="gloo")
     # from_pretrained builds under zero.Init while this lives (transformers holds it weakly)
@@ -45,6 +46,10 @@ def main() -> None:
     # allocated, and a write under GatheredParameters to one of two gathered matrices did not always
     # persist (the CI flake of this test)
     untied = AutoModelForCausalLM.from_pretrained(untied_dir)
+    init_new_rows(untied, ids, "random", seed=0)  # writes the embedding's rows, then lm_head's
+    pair = [untied.get_input_embeddings().weight, untied.get_output_embeddings().weight]
+    with gathered(pair):  # both read in one context, as check_tied does
+        seen["untied_rows"] = [param[ids].detach().clone() for param in pair]
     untied.config.tie_word_embeddings = True  # claims a tie its separate lm_head does not have
     try:
         check_tied(untied, ids)
