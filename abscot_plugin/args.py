@@ -12,7 +12,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .choices import DEFAULT_COT_KEEP, DEFAULT_INIT, DEFAULT_INIT_SEED, CotKeep, InitMethod, Phase
+from .choices import (
+    DEFAULT_COT_KEEP,
+    DEFAULT_INIT,
+    DEFAULT_INIT_SEED,
+    DEFAULT_ROLLOUT_TIMEOUT_S,
+    CotKeep,
+    InitMethod,
+    Phase,
+)
 from .rows import DEFAULT_ID_FIELD
 from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
 from .traces import TraceSettings
@@ -72,6 +80,16 @@ class AbsCoTArgs(BaseModel):
         default=TraceSettings.m_min, ge=1,
         description="RL (rl: grpo): fewest trace symbols a rollout samples (<endabstract> forbidden "
         "before); the most is abscot_m_max",
+    )
+    abscot_rollout_server: str | None = Field(
+        default=None,
+        description="RL: URL of an abscot rollout server (python -m abscot_plugin.rollout_server, in the vLLM "
+        "environment) that samples the rollouts, its weights synced from the policy each step; unset: "
+        "transformers in the training process",
+    )
+    abscot_rollout_timeout_s: float = Field(
+        default=DEFAULT_ROLLOUT_TIMEOUT_S, gt=0,
+        description="RL: seconds one request to the rollout server (a batch of rollouts, a weight sync) may take",
     )
 
     @classmethod
@@ -137,7 +155,13 @@ def check_grpo(cfg) -> None:
     if trl.get("rollout_func") != GRPO_ROLLOUT:
         raise ValueError(f"rl: grpo needs trl.rollout_func: {GRPO_ROLLOUT} (got {trl.get('rollout_func')!r})")
     if trl.get("use_vllm"):
-        raise ValueError("trl.use_vllm: the abscot rollout samples with transformers only (no vLLM backend yet)")
+        raise ValueError(
+            "trl.use_vllm: the abscot rollout does not use TRL's vLLM modes (they cannot apply the trace "
+            "constraint); for vLLM rollouts set abscot_rollout_server to an abscot rollout server's URL"
+        )
+    server = cfg.get("abscot_rollout_server")
+    if server is not None and not str(server).startswith(("http://", "https://")):
+        raise ValueError(f"abscot_rollout_server {server!r}: needs an http:// URL, e.g. http://127.0.0.1:8765")
     for key, off in _GRPO_SAMPLING_OFF.items():
         if trl.get(key) not in off:
             raise ValueError(

@@ -26,18 +26,17 @@ from urllib.parse import urlsplit
 
 import torch
 
+from .choices import DEFAULT_ROLLOUT_TIMEOUT_S
 from .decode import Sampled, prompt_seed
 from .traces import TraceSettings
 from .weight_sync import address_towards, check_unsharded, hf_weights, host_store, open_group, send, tensor_meta
-
-DEFAULT_TIMEOUT_S = 1800.0  # one HTTP call: a whole rollout batch of a large model, or one sync
 
 
 class RolloutServerError(RuntimeError):
     """The rollout server could not be reached or refused a request."""
 
 
-def call(url: str, path: str, body: dict | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+def call(url: str, path: str, body: dict | None = None, timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S) -> dict:
     """``GET url+path`` (``body`` None) or ``POST`` ``body`` as JSON; the JSON reply."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url.rstrip("/") + path, data=data, headers={"Content-Type": "application/json"})
@@ -65,7 +64,7 @@ def _sampled(reply: dict) -> list[Sampled]:
 class RemoteDecoder:
     """The sampling half of :class:`~abscot_plugin.decode.HFDecoder`, served by the rollout server."""
 
-    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S):
         self.url = url
         self.timeout_s = timeout_s
 
@@ -117,7 +116,7 @@ class _Background(threading.Thread):
 class WeightPush:
     """Rank 0 of the weight sync: joins the server's workers in a sync group on the first push."""
 
-    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S):
         self.url = url
         self.timeout_s = timeout_s
         self.group = None
@@ -149,7 +148,7 @@ class WeightPush:
 class ServerRollouts:
     """``rollout_func``'s backend under ``abscot_rollout_server`` (module doc)."""
 
-    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S):
         self.decoder = RemoteDecoder(url, timeout_s)
         self.weights = WeightPush(url, timeout_s)
         self.synced_step: int | None = None
