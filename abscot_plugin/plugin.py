@@ -119,7 +119,9 @@ class AbsCoTPlugin(BasePlugin):
             from .rollout_client import ServerRollouts
 
             trainer.abscot_server = ServerRollouts(cfg.abscot_rollout_server, cfg.abscot_rollout_timeout_s)
-            LOG.info("abscot GRPO: rollouts from the server at %s (weights synced each step)", cfg.abscot_rollout_server)
+            LOG.info(
+                "abscot GRPO: rollouts from the server at %s (weights synced each step)", cfg.abscot_rollout_server
+            )
         LOG.info(
             "abscot GRPO: traces of %d..%d symbols at temperature %s, answers up to %d tokens, %d prompts",
             setup.trace.m_min, setup.trace.m_max, setup.trace.temperature, setup.answer_max_tokens,

@@ -16,6 +16,7 @@ Every failure to reach the server is a :class:`RolloutServerError` naming the UR
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.error
@@ -45,10 +46,8 @@ def call(url: str, path: str, body: dict | None = None, timeout_s: float = DEFAU
             return json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        try:
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # the server's {"error": ...}, else the body
             detail = json.loads(detail)["error"]
-        except (ValueError, KeyError, TypeError):
-            pass
         raise RolloutServerError(f"rollout server {url}{path}: HTTP {exc.code}: {detail}") from None
     except TimeoutError:
         raise RolloutServerError(f"rollout server {url}{path}: no reply within {timeout_s:g} s") from None

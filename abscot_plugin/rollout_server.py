@@ -15,7 +15,8 @@ stage-1 constraint is the one evaluation and trace generation use. A worker exte
 HTTP (JSON in and out; engine calls are serialised by one lock; errors are ``{"error": ...}``
 with status 400 for a bad request, 500 otherwise)::
 
-    GET  /health          -> {"model", "workers"}            (workers: sync ranks 1..workers)
+    GET  /health          -> {"model", "workers", "updates"}  (workers: sync ranks 1..workers;
+                                                                updates: weight updates loaded)
     POST /sample_traces   {"prefixes", "settings": TraceSettings fields, "seeds"} -> {"samples"}
     POST /sample_answers  {"prompts", "temperature", "max_tokens", "stop_ids", "seeds"} -> {"samples"}
     POST /weights/init    {"host", "port", "world_size", "timeout_s", "backend"} -> {}  (joins the group)
@@ -107,9 +108,10 @@ class RolloutEngine:
         self.model = model
         self.lock = threading.Lock()
         self.workers = int(llm.llm_engine.vllm_config.parallel_config.world_size)
+        self.updates = 0  # weight updates loaded so far
 
     def health(self, _: dict) -> dict:
-        return {"model": self.model, "workers": self.workers}
+        return {"model": self.model, "workers": self.workers, "updates": self.updates}
 
     def sample_traces(self, body: dict) -> dict:
         settings = TraceSettings(**body["settings"])
@@ -136,6 +138,7 @@ class RolloutEngine:
         with self.lock:
             counts = self.llm.collective_rpc("abscot_load", args=(body["meta"],))
             self.llm.reset_prefix_cache()
+            self.updates += 1
         return {"tensors": counts[0]}
 
     def close(self, _: dict) -> dict:

@@ -173,3 +173,20 @@ def test_sync_makes_the_server_sample_the_new_weights(server, tiny_extended):
                 p.copy_(value)
         assert max(new_gaps) < 1e-5, (step, new_gaps)
         assert max(old_gaps) > 1e-2, (step, old_gaps)
+
+
+@pytest.mark.slow
+def test_axolotl_grpo_with_the_rollout_server(server, tiny_extended, tmp_path):
+    """`axolotl train` on tiny_grpo.yml with abscot_rollout_server: the steps complete with the
+    server's rollouts, and the LoRA policy's weights are pushed once per optimizer step."""
+    from support import run_axolotl
+    from test_grpo_train import grpo_config, logged_steps
+
+    before = call(server, "/health")["updates"]
+    cfg = grpo_config(tiny_extended, tmp_path / "out", tmp_path, max_steps=2, abscot_rollout_server=server)
+    proc = run_axolotl(cfg, tmp_path, "grpo_server")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert f"abscot GRPO: rollouts from the server at {server}" in log
+    assert len(logged_steps(log)) == 2
+    assert call(server, "/health")["updates"] == before + 2
