@@ -49,6 +49,7 @@ from .vocab import AbstractVocab
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from .rollout_client import RemoteDecoder
     from .sequences import SequenceBuilder
 
 STOP_TOKEN = "<|im_end|>"  # the answer's stop token, as in training rows and the eval tasks
@@ -98,7 +99,8 @@ def _seeds(seed: int, tag: list[int], prefixes: list[list[int]]) -> list[int]:
 
 
 def rollout(
-    decoder: HFDecoder | VLLMDecoder, tokenizer: PreTrainedTokenizerBase, setup: RLSetup, problems: list[str],
+    decoder: HFDecoder | VLLMDecoder | RemoteDecoder, tokenizer: PreTrainedTokenizerBase, setup: RLSetup,
+    problems: list[str],
     tag: list[int],
 ) -> dict[str, list]:
     """Two-stage sampled rollouts of ``problems`` (one per entry; TRL repeats each prompt K times),

@@ -135,12 +135,12 @@ class WeightPush:
     def push(self, model: torch.nn.Module) -> int:
         """Send ``model``'s weights (:func:`~abscot_plugin.weight_sync.hf_weights`); the number of
         tensors the server loaded."""
-        weights = hf_weights(model)
-        device = weights[0][1].device
+        meta = tensor_meta(hf_weights(model))
+        device = next(model.parameters()).device
         if self.group is None or device != self.device:
             self._open(device)
-        loaded = _Background(lambda: call(self.url, "/weights/update", {"meta": tensor_meta(weights)}, self.timeout_s))
-        send(self.group, (t for _, t in weights), self.device, loaded.check)
+        loaded = _Background(lambda: call(self.url, "/weights/update", {"meta": meta}, self.timeout_s))
+        send(self.group, (t for _, t in hf_weights(model)), self.device, loaded.check)
         return int(loaded.result()["tensors"])
 
 

@@ -72,7 +72,7 @@ def address_towards(host: str) -> str:
         return sock.getsockname()[0]
 
 
-def tensor_meta(weights: list[tuple[str, torch.Tensor]]) -> list[dict[str, Any]]:
+def tensor_meta(weights: Iterable[tuple[str, torch.Tensor]]) -> list[dict[str, Any]]:
     """``[{"name", "dtype", "shape"}]`` of the tensors, in sending order (JSON-able)."""
     return [
         {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for name, t in weights
@@ -120,35 +120,38 @@ def check_unsharded(model: torch.nn.Module) -> None:
             )
 
 
+def _is_tuner(module: torch.nn.Module) -> bool:
+    """A peft tuner layer (LoRA, trainable tokens): it wraps ``base_layer`` and has adapters."""
+    return hasattr(module, "base_layer") and hasattr(module, "active_adapters")
+
+
 def _merged(module: torch.nn.Module) -> torch.Tensor | None:
-    """The merged weight of a peft tuner layer (LoRA or trainable tokens), or None for another
-    module. Raises for adapters whose merge this does not cover."""
-    base = getattr(module, "base_layer", None)
-    if base is None or not hasattr(module, "active_adapters") or getattr(module, "merged", False):
+    """The merged weight of a peft tuner layer, or None when its base weight already is (merged
+    in place, or adapters disabled). Raises for adapters whose merge this does not cover."""
+    if getattr(module, "merged", False) or getattr(module, "disable_adapters", False):
         return None
-    if getattr(module, "disable_adapters", False):
-        return base.weight.detach()
+    weight = module.base_layer.weight.detach()
     if hasattr(module, "get_merged_weights"):  # peft TrainableTokensLayer
         return module.get_merged_weights(module.active_adapters).detach()
-    if hasattr(module, "get_delta_weight"):  # peft LoRA layers
-        if any(getattr(module, "use_dora", {}).get(a) for a in module.active_adapters):
+    if not hasattr(module, "get_delta_weight"):
+        raise NotImplementedError(f"weight sync cannot merge a {type(module).__name__} adapter")
+    for adapter in module.active_adapters:  # peft LoRA layers
+        if getattr(module, "use_dora", {}).get(adapter):
             raise NotImplementedError("weight sync does not merge DoRA adapters")
-        weight = base.weight.detach()
-        for adapter in module.active_adapters:
-            if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
-                weight = weight + module.get_delta_weight(adapter).detach().to(weight.dtype)
-        return weight
-    return None
+        if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+            weight = weight + module.get_delta_weight(adapter).detach().to(weight.dtype)
+    return weight
 
 
 @torch.no_grad()
-def hf_weights(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The policy's weights under their Hugging Face names, adapters merged (module doc)."""
+def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under their Hugging Face names, adapters merged (module doc). Lazy:
+    one merged tensor exists at a time, so iterating twice (metadata, then sending) costs two
+    merges per adapter layer but never a second copy of the model."""
     check_unsharded(model)
-    merged = {f"{name}.base_layer.weight": w for name, m in model.named_modules() if (w := _merged(m)) is not None}
-    out = []
+    tuners = {f"{name}.base_layer.weight": m for name, m in model.named_modules() if _is_tuner(m)}
     for name, param in model.named_parameters():  # a tied weight appears once
         if ".lora_" in name or ".original_module." in name or "trainable_tokens_" in name:
             continue
-        out.append((hf_name(name), merged.get(name, param.detach())))
-    return out
+        merged = _merged(tuners[name]) if name in tuners else None
+        yield hf_name(name), param.detach() if merged is None else merged

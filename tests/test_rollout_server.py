@@ -71,7 +71,7 @@ def test_sharded_parameters_are_refused(tiny_extended):
     _, model = load(tiny_extended)
     model.model.norm.weight.ds_shape = (128,)  # what a DeepSpeed ZeRO-3 partition carries
     with pytest.raises(NotImplementedError, match="model.norm.weight is a DeepSpeed ZeRO-3 partition"):
-        hf_weights(model)
+        list(hf_weights(model))
 
 
 def test_unreachable_server_is_named():
@@ -148,7 +148,10 @@ def test_server_rollouts_score_as_the_trainer_scores_them(server, tiny_extended)
 @pytest.mark.slow
 def test_sync_makes_the_server_sample_the_new_weights(server, tiny_extended):
     """A PEFT policy's trainable V_abs rows, then its LoRA weights, change; after each sync (a
-    new step) the server's log-probs equal the new weights' and differ from the old ones'."""
+    new step) the server's log-probs equal the new weights' and differ from the old ones'.
+    Tolerance 1e-4, not 1e-5: the server runs the merged weight W + BA, the trainer W x + B(A x),
+    so float32 rounding differs (seen up to 2.1e-5 nats at an answer position); a missed sync is
+    off by 1 to 70 nats."""
     from abscot_plugin.vocab import AbstractVocab
 
     tok, model = load(tiny_extended)
@@ -171,7 +174,7 @@ def test_sync_makes_the_server_sample_the_new_weights(server, tiny_extended):
             old_gaps = gaps(setup, policy, out, tok)
             for p, value in zip(changed, saved, strict=True):
                 p.copy_(value)
-        assert max(new_gaps) < 1e-5, (step, new_gaps)
+        assert max(new_gaps) < 1e-4, (step, new_gaps)
         assert max(old_gaps) > 1e-2, (step, old_gaps)
 
 
@@ -183,7 +186,9 @@ def test_axolotl_grpo_with_the_rollout_server(server, tiny_extended, tmp_path):
     from test_grpo_train import grpo_config, logged_steps
 
     before = call(server, "/health")["updates"]
-    cfg = grpo_config(tiny_extended, tmp_path / "out", tmp_path, max_steps=2, abscot_rollout_server=server)
+    cfg = grpo_config(tiny_extended, tmp_path / "out", tmp_path, max_steps=2, abscot_rollout_server=server,
+                      abscot_m_max=16, abscot_rl_m_min=2)
+    cfg["trl"]["max_completion_length"] = 48  # short rollouts: this test is about the wiring
     proc = run_axolotl(cfg, tmp_path, "grpo_server")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
