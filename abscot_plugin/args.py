@@ -8,6 +8,8 @@ Each default is read from the module that owns the concept (:mod:`.symbols`, :mo
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -145,6 +147,19 @@ def is_grpo(cfg) -> bool:
     return getattr(rl, "value", rl) == "grpo"
 
 
+def zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a config's ``deepspeed`` value (a dict or a JSON file path; None when
+    unset or unreadable: axolotl reports a missing file itself)."""
+    if isinstance(deepspeed, (str, Path)):
+        try:
+            deepspeed = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    if not isinstance(deepspeed, dict):
+        return None
+    return (deepspeed.get("zero_optimization") or {}).get("stage")
+
+
 def check_grpo(cfg) -> None:
     """The keys a GRPO config of the RL stage needs (docs/method.md, "RL stage"); ValueError naming
     the key otherwise."""
@@ -162,6 +177,11 @@ def check_grpo(cfg) -> None:
     server = cfg.get("abscot_rollout_server")
     if server is not None and not str(server).startswith(("http://", "https://")):
         raise ValueError(f"abscot_rollout_server {server!r}: needs an http:// URL, e.g. http://127.0.0.1:8765")
+    if server is not None and (zero_stage(cfg.get("deepspeed")) == 3 or cfg.get("fsdp") or cfg.get("fsdp_config")):
+        raise ValueError(
+            "abscot_rollout_server: the weight sync does not support sharded parameters (DeepSpeed ZeRO-3, "
+            "FSDP) yet; train with LoRA/DDP or ZeRO-1/2, or leave abscot_rollout_server unset"
+        )
     for key, off in _GRPO_SAMPLING_OFF.items():
         if trl.get(key) not in off:
             raise ValueError(
