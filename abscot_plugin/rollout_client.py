@@ -9,7 +9,9 @@ torch only, so the training environment never imports vLLM.
   (:mod:`abscot_plugin.weight_sync`);
 * :class:`ServerRollouts`: what ``rollout_func`` holds under ``abscot_rollout_server``: before
   sampling, a sync whenever the optimizer stepped since the last one (the first call included):
-  the main process pushes, every process waits for it, then each asks for its own prompts.
+  the main process pushes, every process waits for it, then each asks for its own prompts;
+* :func:`started_server`: a server process for the length of a ``with`` block (tests, bench; what
+  an orchestrator stage would use).
 
 Every failure to reach the server is a :class:`RolloutServerError` naming the URL.
 """
@@ -18,10 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +43,50 @@ from .weight_sync import address_towards, check_unsharded, hf_weights, host_stor
 
 class RolloutServerError(RuntimeError):
     """The rollout server could not be reached or refused a request."""
+
+
+@contextlib.contextmanager
+def started_server(
+    python: str | Path, model: str | Path, args: Sequence[str] = (), log: Path | None = None,
+    env: dict[str, str] | None = None, start_timeout_s: float = 600.0,
+) -> Iterator[str]:
+    """Run ``python -m abscot_plugin.rollout_server MODEL *args`` on a free port of 127.0.0.1
+    (``python``: the vLLM environment's interpreter; output to ``log``), wait until it answers,
+    yield its URL, and stop its process group on exit. RolloutServerError (with the log's end)
+    if it exits or does not answer within ``start_timeout_s``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (the server writes it until exit)
+    proc = subprocess.Popen(
+        [str(python), "-m", "abscot_plugin.rollout_server", str(model), "--port", str(port), *args],
+        env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = Path(log).read_text(errors="replace")[-3000:] if log else ""
+                state = f"exited with {proc.returncode}" if proc.returncode is not None else "did not answer in time"
+                raise RolloutServerError(f"rollout server of {model} {state}: {tail}")
+            try:
+                call(url, "/health", timeout_s=2)
+                break
+            except RolloutServerError:
+                time.sleep(2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if log:
+            out.close()
 
 
 def call(url: str, path: str, body: dict | None = None, timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S) -> dict:

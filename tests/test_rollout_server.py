@@ -6,20 +6,16 @@ sample from the trainer's new weights (plain, LoRA and the trainable V_abs rows)
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
-from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
+from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
 from test_judge import free_port
 from test_rollout import check_rollouts, max_gaps, trainer_logps
 
 from abscot_plugin.rollout import RLSetup, rollout
-from abscot_plugin.rollout_client import RemoteDecoder, RolloutServerError, ServerRollouts, call
+from abscot_plugin.rollout_client import RemoteDecoder, RolloutServerError, ServerRollouts, call, started_server
 from abscot_plugin.weight_sync import hf_weights
 
 PROBLEMS = ["What is $2+3$?", "Compute $7\\times 6$."]
@@ -86,35 +82,13 @@ def server(tiny_extended, tmp_path_factory):
     a minute to start on CPU)."""
     if not VLLM_READY.exists():
         pytest.skip(VLLM_SKIP)
-    port, log_path = free_port(), tmp_path_factory.mktemp("rollout_server") / "server.log"
-    log = open(log_path, "w")  # noqa: SIM115 (the server writes it until teardown)
-    proc = subprocess.Popen(
-        [str(VLLM_PYTHON), "-m", "abscot_plugin.rollout_server", str(tiny_extended), "--port", str(port),
-         "--dtype", "float32", "--max-model-len", "512"],
-        cwd=ROOT, env=offline_env(PYTHONPATH=str(ROOT)), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("rollout_server") / "server.log"
     try:
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"rollout server exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
-            try:
-                call(url, "/health", timeout_s=2)
-                break
-            except RolloutServerError:
-                if time.time() > deadline:
-                    pytest.fail("rollout server did not start in 300 s")
-                time.sleep(2)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        with started_server(VLLM_PYTHON, tiny_extended, ["--dtype", "float32", "--max-model-len", "512"], log,
+                            offline_env(), start_timeout_s=300) as url:
+            yield url
+    except RolloutServerError as exc:
+        pytest.fail(str(exc))
 
 
 def fake_trainer(model, step: int) -> SimpleNamespace:
@@ -143,6 +117,8 @@ def test_server_rollouts_score_as_the_trainer_scores_them(server, tiny_extended)
     check_rollouts(out, setup, problems, K, 30)
     trace, answer = gaps(setup, model, out, tok)
     assert trace < 1e-5 and answer < 1e-5, (trace, answer)
+    with pytest.raises(RolloutServerError, match=f"rollout server {server}/sample_traces: HTTP 400: KeyError"):
+        call(server, "/sample_traces", {"prefixes": [[1]]})
 
 
 @pytest.mark.slow
