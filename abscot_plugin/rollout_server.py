@@ -24,7 +24,9 @@ with status 400 for a bad request, 500 otherwise)::
     POST /close           -> {}                                                (leaves the group)
 
 ``samples`` is one ``{"ids", "log_probs"}`` per prompt (:class:`~abscot_plugin.decode.Sampled`).
-After an update the prefix cache is reset (cached keys/values are the old weights'). The client
+After an update the prefix cache is reset (cached keys/values are the old weights'). vLLM logs
+"RotaryEmbedding / ParallelLMHead: Failed to load weights" at each update: the first has no
+weights, the second is a tied head (loaded through the embedding, then reprocessed). The client
 is :mod:`abscot_plugin.rollout_client`. Imports no axolotl and no trl (tests/test_boundaries.py);
 vLLM only in :func:`build_engine` and the worker extension's process.
 """
