@@ -8,11 +8,21 @@ Each default is read from the module that owns the concept (:mod:`.symbols`, :mo
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .choices import DEFAULT_COT_KEEP, DEFAULT_INIT, DEFAULT_INIT_SEED, CotKeep, InitMethod, Phase
+from .choices import (
+    DEFAULT_COT_KEEP,
+    DEFAULT_INIT,
+    DEFAULT_INIT_SEED,
+    DEFAULT_ROLLOUT_TIMEOUT_S,
+    CotKeep,
+    InitMethod,
+    Phase,
+)
 from .rows import DEFAULT_ID_FIELD
 from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
 from .traces import TraceSettings
@@ -73,6 +83,16 @@ class AbsCoTArgs(BaseModel):
         description="RL (rl: grpo): fewest trace symbols a rollout samples (<endabstract> forbidden "
         "before); the most is abscot_m_max",
     )
+    abscot_rollout_server: str | None = Field(
+        default=None,
+        description="RL: URL of an abscot rollout server (python -m abscot_plugin.rollout_server, in the vLLM "
+        "environment) that samples the rollouts, its weights synced from the policy each step; unset: "
+        "transformers in the training process",
+    )
+    abscot_rollout_timeout_s: float = Field(
+        default=DEFAULT_ROLLOUT_TIMEOUT_S, gt=0,
+        description="RL: seconds one request to the rollout server (a batch of rollouts, a weight sync) may take",
+    )
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> AbsCoTArgs:
@@ -127,6 +147,19 @@ def is_grpo(cfg) -> bool:
     return getattr(rl, "value", rl) == "grpo"
 
 
+def zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a config's ``deepspeed`` value (a dict or a JSON file path; None when
+    unset or unreadable: axolotl reports a missing file itself)."""
+    if isinstance(deepspeed, (str, Path)):
+        try:
+            deepspeed = json.loads(Path(deepspeed).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+    if not isinstance(deepspeed, dict):
+        return None
+    return (deepspeed.get("zero_optimization") or {}).get("stage")
+
+
 def check_grpo(cfg) -> None:
     """The keys a GRPO config of the RL stage needs (docs/method.md, "RL stage"); ValueError naming
     the key otherwise."""
@@ -137,7 +170,18 @@ def check_grpo(cfg) -> None:
     if trl.get("rollout_func") != GRPO_ROLLOUT:
         raise ValueError(f"rl: grpo needs trl.rollout_func: {GRPO_ROLLOUT} (got {trl.get('rollout_func')!r})")
     if trl.get("use_vllm"):
-        raise ValueError("trl.use_vllm: the abscot rollout samples with transformers only (no vLLM backend yet)")
+        raise ValueError(
+            "trl.use_vllm: the abscot rollout does not use TRL's vLLM modes (they cannot apply the trace "
+            "constraint); for vLLM rollouts set abscot_rollout_server to an abscot rollout server's URL"
+        )
+    server = cfg.get("abscot_rollout_server")
+    if server is not None and not str(server).startswith(("http://", "https://")):
+        raise ValueError(f"abscot_rollout_server {server!r}: needs an http:// URL, e.g. http://127.0.0.1:8765")
+    if server is not None and (zero_stage(cfg.get("deepspeed")) == 3 or cfg.get("fsdp") or cfg.get("fsdp_config")):
+        raise ValueError(
+            "abscot_rollout_server: the weight sync does not support sharded parameters (DeepSpeed ZeRO-3, "
+            "FSDP) yet; train with LoRA/DDP or ZeRO-1/2, or leave abscot_rollout_server unset"
+        )
     for key, off in _GRPO_SAMPLING_OFF.items():
         if trl.get(key) not in off:
             raise ValueError(

@@ -60,3 +60,4 @@ Backend = Literal["hf", "vllm"]
 DEFAULT_BACKEND: Backend = "hf"
 DEFAULT_HF_BATCH_SIZE = 8  # prompts per transformers ``generate`` call
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's share of GPU memory
+DEFAULT_ROLLOUT_TIMEOUT_S = 1800.0  # one request to the rollout server: a large model's rollout batch, or a sync

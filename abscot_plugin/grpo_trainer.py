@@ -15,6 +15,7 @@ from axolotl.core.trainers.grpo.trainer import AxolotlGRPOTrainer
 from trl.trainer.utils import entropy_from_logits
 
 from .rollout import RLSetup, completion_log_probs
+from .rollout_client import ServerRollouts
 
 _MULTIMODAL = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "image_sizes", "image_position_ids")
 
@@ -23,6 +24,7 @@ class AbsCoTGRPOTrainer(AxolotlGRPOTrainer):
     """GRPO over the constrained trace and the free answer (module doc)."""
 
     abscot_rl: RLSetup | None = None
+    abscot_server: ServerRollouts | None = None  # abscot_rollout_server set: rollout_func samples there
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,

@@ -115,6 +115,13 @@ class AbsCoTPlugin(BasePlugin):
             trainer.temperature, trainer.args.max_completion_length, trainer.args.seed, DEFAULT_HF_BATCH_SIZE,
         )
         setup = trainer.abscot_rl
+        if cfg.abscot_rollout_server:
+            from .rollout_client import ServerRollouts
+
+            trainer.abscot_server = ServerRollouts(cfg.abscot_rollout_server, cfg.abscot_rollout_timeout_s)
+            LOG.info(
+                "abscot GRPO: rollouts from the server at %s (weights synced each step)", cfg.abscot_rollout_server
+            )
         LOG.info(
             "abscot GRPO: traces of %d..%d symbols at temperature %s, answers up to %d tokens, %d prompts",
             setup.trace.m_min, setup.trace.m_max, setup.trace.temperature, setup.answer_max_tokens,

@@ -24,9 +24,12 @@ tokens kept, stop token dropped), ``abscot_stopped`` (the answer ended with its 
 ``abscot_trace_tokens`` (|z|) and ``abscot_length`` (|z| + |y| over their most, m_max + the
 answer budget: the share of the token budget used, in [0, 1]).
 
-Backends: :func:`rollout` runs on :class:`decode.HFDecoder` or :class:`decode.VLLMDecoder`
-(``sample_traces`` / ``sample_answers``); :func:`rollout_func`, what the trainer calls, uses
-transformers in the training process. TRL's vLLM server mode is not wired yet (docs/method.md).
+Backends: :func:`rollout` runs on :class:`decode.HFDecoder`, :class:`decode.VLLMDecoder` or
+:class:`rollout_client.RemoteDecoder` (``sample_traces`` / ``sample_answers``). :func:`rollout_func`,
+what the trainer calls, uses transformers in the training process by default; with
+``abscot_rollout_server`` set, a vLLM engine in its own process (:mod:`abscot_plugin.rollout_server`,
+the vLLM environment) whose weights the trainer syncs before each step's first rollout. TRL's own
+vLLM modes are not used (they cannot apply the stage-1 constraint; docs/method.md).
 Seeds: rollout i of the c-th call on process p is seeded from (trainer seed, c, p, i, prompt ids),
 so the K rollouts of one prompt differ and a run is reproducible.
 """
@@ -46,6 +49,7 @@ from .vocab import AbstractVocab
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from .rollout_client import RemoteDecoder
     from .sequences import SequenceBuilder
 
 STOP_TOKEN = "<|im_end|>"  # the answer's stop token, as in training rows and the eval tasks
@@ -95,7 +99,8 @@ def _seeds(seed: int, tag: list[int], prefixes: list[list[int]]) -> list[int]:
 
 
 def rollout(
-    decoder: HFDecoder | VLLMDecoder, tokenizer: PreTrainedTokenizerBase, setup: RLSetup, problems: list[str],
+    decoder: HFDecoder | VLLMDecoder | RemoteDecoder, tokenizer: PreTrainedTokenizerBase, setup: RLSetup,
+    problems: list[str],
     tag: list[int],
 ) -> dict[str, list]:
     """Two-stage sampled rollouts of ``problems`` (one per entry; TRL repeats each prompt K times),
@@ -142,7 +147,9 @@ def _trl_layout(
 def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, list]:
     """TRL's ``rollout_func(prompts, trainer)`` (axolotl: ``trl.rollout_func:
     abscot_plugin.rollout.rollout_func``). Needs the trainer the plugin configured
-    (``trainer_cls: abscot_plugin.grpo_trainer.AbsCoTGRPOTrainer``)."""
+    (``trainer_cls: abscot_plugin.grpo_trainer.AbsCoTGRPOTrainer``). Samples with the rollout
+    server when the plugin attached one (``abscot_rollout_server``: weights synced first when the
+    optimizer stepped since the last sync), else with transformers on the policy itself."""
     setup = getattr(trainer, "abscot_rl", None)
     if setup is None:
         raise RuntimeError(
@@ -151,6 +158,10 @@ def rollout_func(prompts: list[Any], trainer: Any) -> dict[str, list]:
         )
     setup.calls += 1
     tag = [setup.calls, int(trainer.accelerator.process_index)]
+    server = getattr(trainer, "abscot_server", None)
+    if server is not None:
+        server.sync(trainer)
+        return rollout(server.decoder, trainer.processing_class, setup, list(prompts), tag)
     model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = model.training
     try:

@@ -1,8 +1,12 @@
 """RL rollout rate (prompts/s, tokens/s): ``abscot_plugin.rollout.rollout`` (the sampled two-stage
-decode GRPO trains on) with the HF backend and, where ``.venv-vllm`` exists, the vLLM backend, on
-the same model and the same prompts, interleaved in one process.
+decode GRPO trains on) with the HF backend and, where ``.venv-vllm`` exists, the vLLM backend and
+the rollout server, on the same model and the same prompts, interleaved in one process.
 
-    python bench/rollout.py [--model DIR] [--problems 6] [--k 4] [--answer-tokens 64]
+    python bench/rollout.py [--model DIR] [--backends hf,vllm,server] [--problems 6] [--k 4] [--answer-tokens 64]
+
+The ``server`` backend is ``python -m abscot_plugin.rollout_server`` in its own process, reached
+over HTTP by ``rollout_client.RemoteDecoder``; each of its calls first pushes the HF model's weights
+to it (``WeightPush``, as a GRPO step does), so its time is sync + rollouts.
 
 Each call decodes ``--problems`` MATH problems × K rollouts (trace at m_min 16..m_max 128, then the
 answer, both at temperature 1.0, as axolotl_configs/tiny_grpo.yml samples), on problems no other
@@ -17,6 +21,7 @@ last call's loss positions. Like ``bench/tracegen.py``, the script re-runs itsel
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -30,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder whose tokenizer has V_abs (default: tiny)")
-    parser.add_argument("--backends", default="hf,vllm", help="vllm is dropped when .venv-vllm is missing")
+    parser.add_argument("--backends", default="hf,vllm,server",
+                        help="vllm and server are dropped when .venv-vllm is missing")
     parser.add_argument("--problems", type=int, default=6, help="problems per timed call")
     parser.add_argument("--k", type=int, default=4, help="rollouts per problem")
     parser.add_argument("--answer-tokens", type=int, default=64, help="answer budget")
@@ -40,8 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-vllm-env", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.backends = args.backends.split(",")
-    if bad := [b for b in args.backends if b not in ("hf", "vllm")]:
-        parser.error(f"unknown backend(s) {bad}: hf, vllm")
+    if bad := [b for b in args.backends if b not in ("hf", "vllm", "server")]:
+        parser.error(f"unknown backend(s) {bad}: hf, vllm, server")
     return args
 
 
@@ -55,17 +61,24 @@ def problem_sets(count: int, calls: int) -> list[list[str]]:
     return [[f"Case {c * count + i}. {base[(c * count + i) % len(base)]}" for i in range(count)] for c in range(calls)]
 
 
-def decoders(backends: list[str], model: Path, setup, batch_size: int) -> dict:
+def decoders(backends: list[str], model: Path, setup, batch_size: int, stack: contextlib.ExitStack) -> dict:
     """The backends, each built by the generation CLI's own loader (``bench/tracegen.py``'s
-    ``load``); HF always (it also scores vLLM's log-probabilities)."""
-    from bench.tracegen import load
+    ``load``); HF always (it also scores vLLM's log-probabilities); ``server``: a rollout server
+    started for the length of ``stack`` (float32, as the others)."""
+    from abscot_plugin.rollout_client import RemoteDecoder, started_server
+    from bench.tracegen import VLLM_PYTHON, load
 
     opts = argparse.Namespace(batch_size=batch_size, max_model_len=1024, dtype="float32", enforce_eager=True)
-    return {b: load(b, model, opts)[0] for b in ["hf"] + [b for b in backends if b == "vllm"]}
+    decs = {b: load(b, model, opts)[0] for b in ["hf"] + [b for b in backends if b == "vllm"]}
+    if "server" in backends:
+        log = REPO / "build" / "bench" / "rollout_server.log"
+        args = ["--dtype", "float32", "--max-model-len", "1024"]
+        decs["server"] = RemoteDecoder(stack.enter_context(started_server(VLLM_PYTHON, model, args, log)))
+    return decs
 
 
 def logprob_gap(out: dict, hf_model, setup) -> float:
-    """Largest |vLLM log-prob - trainer log-prob| over the loss positions of ``out``."""
+    """Largest |sampled log-prob - trainer log-prob| over the loss positions of ``out``."""
     import torch
 
     from abscot_plugin.rollout import completion_log_probs
@@ -87,6 +100,7 @@ def run(args, notes: list[str]) -> None:
     from transformers import AutoTokenizer
 
     from abscot_plugin.rollout import RLSetup, rollout
+    from abscot_plugin.rollout_client import WeightPush
     from bench.common import interleaved, machine, paired_ratio, report
 
     info = machine()
@@ -94,7 +108,9 @@ def run(args, notes: list[str]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model)
     setup = RLSetup.build(tokenizer, 64, m_min=16, m_max=128, temperature=1.0,
                           max_completion_length=128 + 2 + args.answer_tokens, seed=0, batch_size=args.batch_size)
-    decs = decoders(args.backends, model, setup, args.batch_size)
+    stack = contextlib.ExitStack()
+    decs = decoders(args.backends, model, setup, args.batch_size, stack)
+    pushes = {"server": WeightPush(decs["server"].url)} if "server" in decs else {}
     sets = problem_sets(args.problems, args.repeats + 1)
     done: dict[str, list[dict]] = {}
 
@@ -102,6 +118,8 @@ def run(args, notes: list[str]) -> None:
         calls = done.setdefault(backend, [])
 
         def call() -> None:
+            if backend in pushes:  # a GRPO step's sync before its rollouts
+                pushes[backend].push(decs["hf"].model)
             problems = [p for p in sets[len(calls)] for _ in range(args.k)]  # call 0 is the warm-up
             out = rollout(decs[backend], tokenizer, setup, problems, tag=[len(calls)])
             calls.append({"rollouts": len(problems), "out": out,
@@ -110,8 +128,9 @@ def run(args, notes: list[str]) -> None:
         return call
 
     backends = [b for b in args.backends if b in decs]
-    samples = interleaved({b: variant(b) for b in backends}, args.repeats, 1, torch.device("cpu"), "rollouts",
-                          memory=False)
+    with stack:
+        samples = interleaved({b: variant(b) for b in backends}, args.repeats, 1, torch.device("cpu"), "rollouts",
+                              memory=False)
     rows = []
     for backend in backends:
         res, calls = samples[backend], done[backend][1:]
@@ -125,9 +144,9 @@ def run(args, notes: list[str]) -> None:
             mean_completion_tokens=sum(c["tokens"] for c in calls) / sum(c["rollouts"] for c in calls),
             speedup_text=speed["text"] if speed else None, samples=res.summary(),
         ))
-    if "vllm" in done:
-        gap = logprob_gap(done["vllm"][-1]["out"], decs["hf"].model, setup)
-        notes.append(f"vLLM's sampled log-probs vs the trainer's, last call's loss positions: max gap {gap:.2e}")
+    for backend in [b for b in ("vllm", "server") if b in done]:
+        gap = logprob_gap(done[backend][-1]["out"], decs["hf"].model, setup)
+        notes.append(f"{backend}: sampled log-probs vs the trainer's, last call's loss positions: max gap {gap:.2e}")
     columns = [
         ("backend", "backend", ""), ("rollouts", "rollouts/call", "d"), ("median_s", "s/call", ".2f"),
         ("prompts_s", "prompts/s", ".2f"), ("rollouts_s", "rollouts/s", ".1f"), ("tokens_s", "tokens/s", ".0f"),
@@ -149,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     notes = vllm_env_backends(args, argv, __file__)
+    from bench.tracegen import VLLM_PYTHON
+
+    if "server" in args.backends and not VLLM_PYTHON.exists():
+        args.backends.remove("server")
+        notes.append("server skipped: no .venv-vllm (the rollout server runs there)")
     run(args, notes)
 
 

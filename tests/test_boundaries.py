@@ -1,7 +1,8 @@
 """The environment boundaries, each checked in a clean interpreter whose imports of the packages
 that environment lacks fail (a meta-path finder raises ModuleNotFoundError for them):
 
-* the vLLM environment has no axolotl: every module but the axolotl side imports without it;
+* the vLLM environment has no axolotl and no trl: every module but the axolotl side imports
+  without them (the generate CLI, the lm-eval models, the rollout server among them);
 * the orchestrator imports neither torch nor transformers (nor axolotl), also while it plans a
   multi-process run (``orchestrate.py --dry-run``)."""
 
@@ -60,9 +61,10 @@ def _modules(package) -> list[str]:
 
 def test_the_vllm_side_imports_without_axolotl():
     modules = [m for m in _modules(abscot_plugin) if m.split(".")[1] not in AXOLOTL_SIDE]
-    assert {"abscot_plugin.generate", "abscot_plugin.lm_eval_models", "abscot_plugin.decode"} <= set(modules)
-    proc = _python(BLOCK.format(blocked={"axolotl"}) + IMPORT_ALL.format(modules=modules))
-    assert proc.returncode == 0, f"imports axolotl:\n{proc.stdout}{proc.stderr[-2000:]}"
+    vllm_side = {"generate", "lm_eval_models", "decode", "rollout_server", "weight_sync"}
+    assert {f"abscot_plugin.{name}" for name in vllm_side} <= set(modules)
+    proc = _python(BLOCK.format(blocked={"axolotl", "trl"}) + IMPORT_ALL.format(modules=modules))
+    assert proc.returncode == 0, f"imports axolotl or trl:\n{proc.stdout}{proc.stderr[-2000:]}"
 
 
 def test_the_orchestrator_imports_and_plans_without_torch(tiny_dir, tmp_path):

@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO
 
 CONFIGS = sorted((REPO / "axolotl_configs").glob("*.yml"))
+ZERO3_JSON = REPO / "axolotl_configs" / "deepspeed" / "zero3_bf16.json"
 GPU = ({"bf16": True, "fp8": False, "tf32": True, "n_gpu": 2, "compute_capability": "sm_90"},
        {"torch_version": "2.13.0"})
 
@@ -95,7 +96,10 @@ def test_bad_settings_fail_validation(change, message, tiny_dir, tmp_path):
         ({"trl": {"rollout_func": None}}, "rl: grpo needs trl.rollout_func: abscot_plugin.rollout.rollout_func"),
         ({"trl": {"top_p": 0.9}}, "trl.top_p=0.9: the abscot rollout samples the full softmax"),
         ({"trl": {"top_k": 50}}, "trl.top_k=50"),
-        ({"trl": {"use_vllm": True}}, "no vLLM backend yet"),
+        ({"trl": {"use_vllm": True}}, "for vLLM rollouts set abscot_rollout_server"),
+        ({"abscot_rollout_server": "127.0.0.1:8765"}, "abscot_rollout_server '127.0.0.1:8765': needs an http:// URL"),
+        ({"abscot_rollout_server": "http://127.0.0.1:8765", "deepspeed": str(ZERO3_JSON)},
+         "abscot_rollout_server: the weight sync does not support sharded parameters"),
         ({"datasets": [{"path": "x.jsonl", "ds_type": "json", "type": "abscot_plugin.self_distill"}]},
          "rl: grpo datasets need type: abscot_plugin.rl_prompts"),
         ({"abscot_rl_m_min": 200}, "abscot_rl_m_min 200 > abscot_m_max 128"),

@@ -70,7 +70,7 @@ def _trl_batch(out, pad_id: int):
     return torch.tensor(ids), torch.tensor(mask), length
 
 
-def _trainer_logps(trainer_cls, setup, model, out, pad_id):
+def trainer_logps(trainer_cls, setup, model, out, pad_id):
     ids, mask, length = _trl_batch(out, pad_id)
     fake = SimpleNamespace(
         abscot_rl=setup, temperature=setup.trace.temperature, model_kwarg_keys={"logits_to_keep"},
@@ -101,9 +101,9 @@ def test_trainer_log_probs_equal_the_samplers(tiny_rl):
     from abscot_plugin.grpo_trainer import AbsCoTGRPOTrainer
 
     tok, model, setup, _, out = tiny_rl
-    trace, answer = max_gaps(_trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
+    trace, answer = max_gaps(trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
     assert trace < 1e-5 and answer < 1e-5, (trace, answer)
-    stock_trace, stock_answer = max_gaps(_trainer_logps(GRPOTrainer, setup, model, out, tok.pad_token_id), out)
+    stock_trace, stock_answer = max_gaps(trainer_logps(GRPOTrainer, setup, model, out, tok.pad_token_id), out)
     assert stock_answer < 1e-5 and stock_trace > 1e-2, (stock_trace, stock_answer)
 
 
@@ -120,7 +120,7 @@ def test_vllm_rollouts_are_valid_and_score_as_the_trainer_scores_them(tiny_rl, v
     setup = RLSetup.build(tok, 64, spec["m_min"], spec["m_max"], 1.0, spec["max_completion_length"], 0, 1)
     out = vllm_run["rollout"]
     check_rollouts(out, setup, spec["problems"], spec["k"], spec["max_completion_length"])
-    trace, answer = max_gaps(_trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
+    trace, answer = max_gaps(trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
     assert trace < 1e-5 and answer < 1e-5, (trace, answer)
 
 
