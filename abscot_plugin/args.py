@@ -177,10 +177,15 @@ def check_grpo(cfg) -> None:
     server = cfg.get("abscot_rollout_server")
     if server is not None and not str(server).startswith(("http://", "https://")):
         raise ValueError(f"abscot_rollout_server {server!r}: needs an http:// URL, e.g. http://127.0.0.1:8765")
-    if server is not None and (zero_stage(cfg.get("deepspeed")) == 3 or cfg.get("fsdp") or cfg.get("fsdp_config")):
+    if server is not None and (cfg.get("fsdp") or cfg.get("fsdp_config")):
         raise ValueError(
-            "abscot_rollout_server: the weight sync does not support sharded parameters (DeepSpeed ZeRO-3, "
-            "FSDP) yet; train with LoRA/DDP or ZeRO-1/2, or leave abscot_rollout_server unset"
+            "abscot_rollout_server: the weight sync does not support FSDP-sharded parameters yet; train with "
+            "DDP or DeepSpeed, or leave abscot_rollout_server unset"
+        )
+    if server is not None and cfg.get("adapter") and zero_stage(cfg.get("deepspeed")) == 3:
+        raise ValueError(
+            "abscot_rollout_server: the weight sync does not merge LoRA under DeepSpeed ZeRO-3 yet; train LoRA "
+            "with DDP or ZeRO-1/2 (full fine-tuning under ZeRO-3 is supported), or leave abscot_rollout_server unset"
         )
     for key, off in _GRPO_SAMPLING_OFF.items():
         if trl.get(key) not in off:

@@ -38,7 +38,16 @@ import torch
 from .choices import DEFAULT_ROLLOUT_TIMEOUT_S
 from .decode import Sampled, prompt_seed
 from .traces import TraceSettings
-from .weight_sync import address_towards, check_unsharded, hf_weights, host_store, open_group, send, tensor_meta
+from .weight_sync import (
+    address_towards,
+    check_syncable,
+    hf_weights,
+    host_store,
+    is_partitioned,
+    open_group,
+    send,
+    tensor_meta,
+)
 
 
 class RolloutServerError(RuntimeError):
@@ -187,7 +196,7 @@ class WeightPush:
     def push(self, model: torch.nn.Module) -> int:
         """Send ``model``'s weights (:func:`~abscot_plugin.weight_sync.hf_weights`); the number of
         tensors the server loaded."""
-        meta = tensor_meta(hf_weights(model))
+        meta = tensor_meta(hf_weights(model, gather=False))
         device = next(model.parameters()).device
         if self.group is None or device != self.device:
             self._open(device)
@@ -206,14 +215,17 @@ class ServerRollouts:
 
     def sync(self, trainer: Any) -> None:
         """Push the policy's weights if the optimizer stepped since the last push (main process;
-        the others wait at a barrier)."""
+        the others wait at a barrier, after joining each parameter's gather under ZeRO-3)."""
         step = int(trainer.state.global_step)
         if step == self.synced_step:
             return
         accelerator = trainer.accelerator
         model = accelerator.unwrap_model(trainer.model)
-        check_unsharded(model)  # on every process: a refusal on the main one alone would hang the others
+        check_syncable(model)  # on every process: a refusal on the main one alone would hang the others
         if accelerator.is_main_process:
             self.weights.push(model)
+        elif is_partitioned(model):
+            for _ in hf_weights(model):  # ZeRO-3: enter each parameter's gather with the main process
+                pass
         accelerator.wait_for_everyone()
         self.synced_step = step

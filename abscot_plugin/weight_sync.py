@@ -24,7 +24,10 @@ What is sent (:func:`hf_weights`): the policy's weights as a plain checkpoint wo
       base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight  -> model.layers.0.self_attn.q_proj.weight
       base_model.model.model.embed_tokens.token_adapter.base_layer.weight -> model.embed_tokens.weight
 
-* sharded parameters (DeepSpeed ZeRO-3, FSDP) are refused with an error: not supported yet.
+* DeepSpeed ZeRO-3 (full fine-tuning): each parameter is gathered in turn (collective: every
+  training process iterates :func:`hf_weights` in step, only the main one sends); the metadata
+  comes from the partitions' ``ds_shape`` without gathering. ZeRO-3 under PEFT and FSDP are
+  refused with an error (:func:`check_syncable`): not supported yet.
 """
 
 from __future__ import annotations
@@ -73,9 +76,11 @@ def address_towards(host: str) -> str:
 
 
 def tensor_meta(weights: Iterable[tuple[str, torch.Tensor]]) -> list[dict[str, Any]]:
-    """``[{"name", "dtype", "shape"}]`` of the tensors, in sending order (JSON-able)."""
+    """``[{"name", "dtype", "shape"}]`` of the tensors, in sending order (JSON-able); a ZeRO-3
+    partition gives its full shape (``ds_shape``)."""
     return [
-        {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)} for name, t in weights
+        {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(getattr(t, "ds_shape", t.shape))}
+        for name, t in weights
     ]
 
 
@@ -109,15 +114,26 @@ def hf_name(name: str) -> str:
     return name
 
 
-def check_unsharded(model: torch.nn.Module) -> None:
-    """Raise NotImplementedError if ``model`` has sharded (ZeRO-3 or FSDP) parameters."""
+def is_partitioned(model: torch.nn.Module) -> bool:
+    """Whether ``model`` holds DeepSpeed ZeRO-3 partitions (then :func:`hf_weights` is collective)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def check_syncable(model: torch.nn.Module) -> None:
+    """Raise NotImplementedError for parameters :func:`hf_weights` cannot send: FSDP shards, and
+    ZeRO-3 partitions of a PEFT model (full fine-tuning under ZeRO-3 is supported)."""
+    peft = any(_is_tuner(m) for m in model.modules())
     for name, param in model.named_parameters():
-        if hasattr(param, "ds_shape") or type(param).__name__ in ("DTensor", "FlatParameter"):
-            raise NotImplementedError(
-                f"weight sync to the rollout server does not support sharded parameters yet ({name} is "
-                f"{'a DeepSpeed ZeRO-3 partition' if hasattr(param, 'ds_shape') else 'FSDP-sharded'}): "
-                "train with DDP or ZeRO-1/2, or unset abscot_rollout_server"
-            )
+        if type(param).__name__ in ("DTensor", "FlatParameter"):
+            kind = "FSDP-sharded"
+        elif hasattr(param, "ds_shape") and peft:
+            kind = "a DeepSpeed ZeRO-3 partition of a PEFT model (LoRA under ZeRO-3)"
+        else:
+            continue
+        raise NotImplementedError(
+            f"weight sync to the rollout server does not support {name}: it is {kind}; train LoRA with "
+            "DDP or ZeRO-1/2 or full fine-tuning with ZeRO-3, or unset abscot_rollout_server"
+        )
 
 
 def _is_tuner(module: torch.nn.Module) -> bool:
@@ -144,14 +160,25 @@ def _merged(module: torch.nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def hf_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def hf_weights(model: torch.nn.Module, gather: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights under their Hugging Face names, adapters merged (module doc). Lazy:
     one merged tensor exists at a time, so iterating twice (metadata, then sending) costs two
-    merges per adapter layer but never a second copy of the model."""
-    check_unsharded(model)
+    merges per adapter layer but never a second copy of the model. Under ZeRO-3 each tensor is
+    yielded gathered (valid until the next one is asked for; collective: every process must
+    iterate), or as its partition with ``gather=False`` (enough for :func:`tensor_meta`)."""
+    check_syncable(model)
     tuners = {f"{name}.base_layer.weight": m for name, m in model.named_modules() if _is_tuner(m)}
     for name, param in model.named_parameters():  # a tied weight appears once
         if ".lora_" in name or ".original_module." in name or "trainable_tokens_" in name:
+            continue
+        if hasattr(param, "ds_id") and not gather:
+            yield hf_name(name), param  # the partition itself: a detached view loses its ds_shape
+            continue
+        if hasattr(param, "ds_id"):
+            from .vocab import gathered
+
+            with gathered([param]):
+                yield hf_name(name), param.detach()
             continue
         merged = _merged(tuners[name]) if name in tuners else None
         yield hf_name(name), param.detach() if merged is None else merged

@@ -99,7 +99,7 @@ def test_bad_settings_fail_validation(change, message, tiny_dir, tmp_path):
         ({"trl": {"use_vllm": True}}, "for vLLM rollouts set abscot_rollout_server"),
         ({"abscot_rollout_server": "127.0.0.1:8765"}, "abscot_rollout_server '127.0.0.1:8765': needs an http:// URL"),
         ({"abscot_rollout_server": "http://127.0.0.1:8765", "deepspeed": str(ZERO3_JSON)},
-         "abscot_rollout_server: the weight sync does not support sharded parameters"),
+         "abscot_rollout_server: the weight sync does not merge LoRA under DeepSpeed ZeRO-3"),
         ({"datasets": [{"path": "x.jsonl", "ds_type": "json", "type": "abscot_plugin.self_distill"}]},
          "rl: grpo datasets need type: abscot_plugin.rl_prompts"),
         ({"abscot_rl_m_min": 200}, "abscot_rl_m_min 200 > abscot_m_max 128"),

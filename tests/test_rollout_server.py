@@ -63,11 +63,16 @@ def test_peft_weights_are_the_merged_checkpoints(tiny_extended):
     assert not torch.equal(sent["model.embed_tokens.weight"][rows], plain["model.embed_tokens.weight"][rows])
 
 
-def test_sharded_parameters_are_refused(tiny_extended):
-    _, model = load(tiny_extended)
-    model.model.norm.weight.ds_shape = (128,)  # what a DeepSpeed ZeRO-3 partition carries
-    with pytest.raises(NotImplementedError, match="model.norm.weight is a DeepSpeed ZeRO-3 partition"):
-        list(hf_weights(model))
+def test_zero3_partitions_of_a_peft_model_are_refused(tiny_extended):
+    """LoRA under ZeRO-3 is not merged by the sync: refused, naming the parameter (full fine-tuning
+    under ZeRO-3 is synced: test_zero3_full_finetune_pushes_the_gathered_weights)."""
+    from abscot_plugin.vocab import AbstractVocab
+
+    tok, model = load(tiny_extended)
+    policy = peft_policy(model, AbstractVocab.from_tokenizer(tok, 64))
+    policy.base_model.model.model.norm.weight.ds_shape = (128,)  # what a DeepSpeed ZeRO-3 partition carries
+    with pytest.raises(NotImplementedError, match="model.norm.weight: it is a DeepSpeed ZeRO-3 partition of a PEFT"):
+        list(hf_weights(policy))
 
 
 def test_unreachable_server_is_named():
@@ -171,3 +176,37 @@ def test_axolotl_grpo_with_the_rollout_server(server, tiny_extended, tmp_path):
     assert f"abscot GRPO: rollouts from the server at {server}" in log
     assert len(logged_steps(log)) == 2
     assert call(server, "/health")["updates"] == before + 2
+
+
+@pytest.mark.slow
+def test_zero3_full_finetune_pushes_the_gathered_weights(server, tiny_extended, tmp_path):
+    """Full fine-tuning under the shipped ZeRO-3 config (one CPU process) with the rollout server:
+    every push sends the gathered parameters, so the run logs the same loss, gradient norm and
+    rewards at each step as the same run without DeepSpeed (step 2 samples from the weights
+    pushed after step 1)."""
+    from support import run_axolotl
+    from test_grpo_train import grpo_config, logged_steps
+    from test_zero3 import ZERO3, dist_env
+
+    logs = {}
+    for name in ("plain", "zero3"):
+        before = call(server, "/health")["updates"]
+        cfg = grpo_config(tiny_extended, tmp_path / name, tmp_path / name, max_steps=2, abscot_rollout_server=server,
+                          abscot_m_max=16, abscot_rl_m_min=2, learning_rate=0.005, micro_batch_size=8)
+        cfg["trl"].update(reward_funcs=["abscot_plugin.rewards.length_reward"], reward_weights=[1.0],
+                          max_completion_length=48, num_generations=8)  # rewards with spread: the policy moves
+        for key in [k for k in cfg if k.startswith("lora_")] + ["adapter", "abscot_lora_embeddings"]:
+            cfg.pop(key)
+        env = {}
+        if name == "zero3":
+            cfg.update(deepspeed=str(ZERO3), plugins=cfg["plugins"] + ["axolotl_probes.ZeroOnCpu"])
+            env = dist_env(ABSCOT_PROBE_OUT=str(tmp_path / "probe.json"))
+        (tmp_path / name).mkdir()
+        proc = run_axolotl(cfg, tmp_path / name, "grpo", **env)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        assert call(server, "/health")["updates"] == before + 2
+        steps = logged_steps(proc.stdout + proc.stderr)
+        logs[name] = [{k: s[k] for k in ("loss", "grad_norm", "rewards/length_reward/mean")} for s in steps]
+    assert '"partitioned": true' in (tmp_path / "probe.json").read_text()
+    assert len(logs["plain"]) == 2 and logs["zero3"] == logs["plain"]
+    assert logs["plain"][0] != logs["plain"][1]
