@@ -1,24 +1,23 @@
 """The toy task (abscot_plugin.toy): deterministic data in the pipeline's formats, prompts equal to
-the evaluation's, the study's split-pass ablation layout, and one short warm-up round on the task
-through orchestrate.py."""
+the evaluation's, gold answers scored 100 % by the lm-eval tasks' scorer, configs/runs/toy.yml
+planned on the task's files, clear errors on bad arguments, and the study's trace statistics.
+Fast only: the study itself (training) runs from bench/toy/study.py, not in CI."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from support import ROOT, offline_env, read_jsonl
 
-from abscot_plugin import segments as seg
 from abscot_plugin import toy
-from abscot_plugin.prompts import math_messages, parse_chat_row
+from abscot_plugin.prompts import math_messages
+from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.scoring import score_answer
-from abscot_plugin.sequences import IGNORE
 from abscot_plugin.tokenization import prompt_ids
 
 
@@ -88,42 +87,73 @@ def test_toy_model_and_sft_rows_match_the_evaluation_prompt(tmp_path, toy_model)
             assert target["text"] == (problem.cot() + "\n" if with_cot else "") + problem.boxed() + "<|im_end|>"
 
 
-def test_split_ablation_drops_the_cot_from_the_answer_pass():
-    from bench.toy.split import split_batch
+def test_the_tasks_scorer_scores_the_gold_answers_100_percent(tmp_path):
+    """Through eval_tasks/utils.py as lm-eval calls it: the MATH-500 docs, the filter that scores a
+    decode record, the per-sample metrics."""
+    from abscot_plugin.scoring import DecodeRecord
+    from eval_tasks import utils
 
-    P, C, A, Y, PAD = seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER, seg.PAD
-    segments = torch.tensor([[P, P, C, C, A, A, A, Y, Y], [P, C, A, A, A, Y, Y, PAD, PAD]])
-    ids = torch.tensor([[10, 11, 20, 21, 30, 31, 32, 40, 41], [12, 22, 30, 33, 32, 42, 43, 0, 0]])
-    labels = torch.tensor([[IGNORE] * 5 + [31, 32, 40, 41], [IGNORE] * 3 + [33, 32, 42, 43, IGNORE, IGNORE]])
-    first, second = split_batch(ids, labels, segments, pad_id=0)
-    assert torch.equal(first["input_ids"], ids)
-    assert first["attention_mask"].tolist() == [[1] * 9, [1] * 7 + [0, 0]]
-    assert first["labels"].tolist() == [[IGNORE] * 5 + [31, 32, IGNORE, IGNORE], [IGNORE] * 3 + [33, 32] + [IGNORE] * 4]
-    assert second["input_ids"].tolist() == [[10, 11, 30, 31, 32, 40, 41], [12, 30, 33, 32, 42, 43, 0]]
-    assert second["attention_mask"].tolist() == [[1] * 7, [1] * 6 + [0]]
-    assert second["labels"].tolist() == [[IGNORE] * 5 + [40, 41], [IGNORE] * 4 + [42, 43, IGNORE]]
+    files = toy.write_data(tmp_path, 6, {"train": 4, "test": 30}, seed=1)
+    docs = utils.process_math500(utils.load_docs("unused", "test", "math500_file",
+                                                 math500_file=str(files["test"]))["test"])
+    problems = [toy.Problem.from_text(d["problem"]) for d in docs]
+
+    def accuracy(answers: list[str]) -> float:
+        resps = [[DecodeRecord("verbal", "", 0, False, text, 3, False).to_json()] for text in answers]
+        scored = utils.score_responses(resps, list(docs))
+        return sum(utils.process_results(d, s)["accuracy"] for d, s in zip(docs, scored, strict=True)) / len(docs)
+
+    assert accuracy([p.boxed() for p in problems]) == 1.0
+    assert accuracy(["\\boxed{1234}"] * len(docs)) == sum(p.answer == "1234" for p in problems) / len(docs)
 
 
-@pytest.mark.slow
-def test_one_round_on_the_toy_task_through_orchestrate(tmp_path, toy_model):
-    """configs/runs/toy.yml at T=1 with tiny budgets, from a random toy model: Phase A, Phase B
-    traces, Phase B and the abstract evaluation run on the task's files unchanged."""
-    data = toy.write_data(tmp_path / "data", 8, {"train": 16, "test": 4})
+def test_the_toy_run_config_plans_on_the_tasks_files(tmp_path, toy_model):
+    """configs/runs/toy.yml, pointed at a generated data set: T rounds of Phase A/B with the
+    shipped toy phase configs, traces and evaluation as configured (no training)."""
+    from abscot_plugin.orchestration.plan import build_plan
+    from abscot_plugin.orchestration.run_config import load_run_config
+
+    data = toy.write_data(tmp_path / "data", 8, {"train": 40, "test": 4})
     cfg = yaml.safe_load((ROOT / "configs" / "runs" / "toy.yml").read_text())
-    cfg.update(output_dir=str(tmp_path / "run"), base_model=str(toy_model), rounds=1)
-    cfg["data"].update(path=str(data["dolci"]), num_rows=16)
-    cfg["training"]["overrides"].update(max_steps=2, warmup_steps=1, micro_batch_size=8)
-    cfg["evaluation"].update(baseline_tasks=[], data_files={"math500_file": str(data["test"])})
-    config = tmp_path / "toy.yml"
-    config.write_text(yaml.safe_dump(cfg))
-    done = subprocess.run([sys.executable, "orchestrate.py", str(config)], cwd=ROOT, env=offline_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    run = tmp_path / "run"
-    traces = read_jsonl(run / "round1" / "phase_b" / "traces.jsonl")
-    assert len(traces) == 16 and all(8 <= t["length"] <= 32 for t in traces)
-    (samples,) = (run / "eval" / "final").rglob("samples_math500_abscot_*.jsonl")
-    for sample in read_jsonl(samples):
-        record = json.loads(sample["resps"][0][0])
-        assert 8 <= record["abstract_tokens"] <= 32
-    assert "| math500_abscot | 4 |" in (run / "eval" / "report.md").read_text()
+    cfg.update(output_dir=str(tmp_path / "run"), base_model=str(toy_model))
+    cfg["data"].update(path=str(data["dolci"]), num_rows=10)
+    cfg["evaluation"]["data_files"] = {"math500_file": str(data["test"])}
+    path = tmp_path / "toy.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    plan = build_plan(load_run_config(path))
+    names = [s.name for s in plan.stages]
+    assert names[0] == "eval_base" and names[-1] == "eval"
+    assert names.count("r3_b_train") == 1 and "r2_a_traces" in names
+    traces = plan.stage("r1_b_traces").command
+    assert traces[traces.index("--m-min") + 1] == "8" and traces[traces.index("--m-max") + 1] == "32"
+    phase_a = plan.stage("r1_a_train").yaml
+    assert phase_a["abscot_m_max"] == 32 and phase_a["datasets"][0]["type"] == "abscot_plugin.bottleneck"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--k", "2", "--train", "100", "--valid", "0", "--test", "0"], "k=2 has 36 problems"),
+        (["--k", "0"], "1..26 swaps"),
+        (["--k", "27"], "1..26 swaps"),
+        (["--train", "-1"], "must not be negative, got {'train': -1}"),
+    ],
+)
+def test_bad_data_arguments_fail_with_one_clear_line(tmp_path, args, message):
+    done = subprocess.run([sys.executable, "-m", "abscot_plugin.toy", "data", str(tmp_path), *args], cwd=ROOT,
+                          env=offline_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_trace_statistics_of_the_study():
+    from bench.toy.measure import entropy_bits, trace_stats
+
+    assert entropy_bits(Counter("aabb")) == 1.0
+    stats = trace_stats(["<TOKEN_A><TOKEN_B>", "<TOKEN_A><TOKEN_A><TOKEN_C><TOKEN_D>"], 64, 32)
+    assert stats["trace_len"] == 3.0 and stats["trace_len_sd"] == 1.0 and stats["distinct"] == 1.0
+    assert stats["symbol_entropy"] == pytest.approx(entropy_bits(Counter("AAABCD")))
+    assert stats["collapsed"] == 0.0
+    assert trace_stats(["<TOKEN_A>"] * 20, 64, 32)["collapsed"] == 1.0
+    with pytest.raises(ValueError, match="no traces"):
+        trace_stats([], 64, 32)
