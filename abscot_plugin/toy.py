@@ -20,6 +20,8 @@ Rows come out in the formats the pipeline already reads, so it runs on them unch
   ``<think>CoT</think>`` and the boxed answer) for Phase A/B and ``orchestrate.py``;
 * ``valid.jsonl``, ``test.jsonl`` — MATH-500 rows (``problem``, ``answer``, ``unique_id``) for the
   lm-eval tasks (``evaluation.data_files.math500_file``), disjoint from the training problems;
+* ``oracle_traces.jsonl`` — a trace file (``id``, ``trace``) of the training rows holding the ideal
+  trace (:meth:`Problem.oracle_trace`): the study's upper reference for Phase B;
 * ``verbal.jsonl``, ``nocot.jsonl`` — axolotl ``input_output`` rows (with ``--tokenizer``): the
   prompt exactly as evaluation builds it (:func:`~abscot_plugin.prompts.prompt_text`, thinking
   off), then the CoT and the answer, or the answer alone; these train the verbal-CoT base model
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .prompts import MATH_SYSTEM_PROMPT, math_messages
+from .symbols import symbol_name
 
 START = (1, 2, 3, 4)
 SWAPS = tuple((a, b) for a in START for b in START if a < b)  # the 6 transpositions of values
@@ -111,6 +114,11 @@ class Problem:
     def boxed(self) -> str:
         """The assistant's final answer y."""
         return f"\\boxed{{{self.answer}}}"
+
+    def oracle_trace(self) -> str:
+        """The ideal abstract trace: one symbol per swap naming the arrangement after it (the i-th
+        of :data:`STATES` is the i-th abstract symbol), e.g. ``<TOKEN_O><TOKEN_Q>`` for 3214, 3412."""
+        return "".join(symbol_name(STATES.index(state)) for state in self.states())
 
 
 def draw(k: int, rng: random.Random) -> Problem:
@@ -197,8 +205,10 @@ def write_data(
     problems = splits(k, sizes, seed)
     ids = {name: [f"toy-{name}-{i:06d}" for i in range(len(rows))] for name, rows in problems.items()}
     train = list(zip(problems["train"], ids["train"], strict=True))
-    files = {"dolci": out / "dolci.jsonl", "valid": out / "valid.jsonl", "test": out / "test.jsonl"}
+    files = {"dolci": out / "dolci.jsonl", "oracle": out / "oracle_traces.jsonl",
+             "valid": out / "valid.jsonl", "test": out / "test.jsonl"}
     _write_jsonl(files["dolci"], [dolci_row(p, i) for p, i in train])
+    _write_jsonl(files["oracle"], [{"id": i, "trace": p.oracle_trace()} for p, i in train])
     for name in ("valid", "test"):
         _write_jsonl(files[name], [math500_row(p, i) for p, i in zip(problems[name], ids[name], strict=True)])
     if tokenizer is not None:
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     model.add_argument("out_dir")
     model.add_argument("--layers", type=int, default=2)
     model.add_argument("--seed", type=int, default=0)
-    data = sub.add_parser("data", help="the task's files: dolci.jsonl, valid/test.jsonl "
+    data = sub.add_parser("data", help="the task's files: dolci.jsonl, oracle_traces.jsonl, valid/test.jsonl "
                           "(+ verbal/nocot.jsonl)")
     data.add_argument("out_dir")
     data.add_argument("--k", type=int, default=8, help="swaps per problem")

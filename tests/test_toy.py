@@ -18,6 +18,7 @@ from abscot_plugin import toy
 from abscot_plugin.prompts import math_messages
 from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.scoring import score_answer
+from abscot_plugin.traces import load_trace_file
 from abscot_plugin.tokenization import prompt_ids
 
 
@@ -27,6 +28,7 @@ def test_problem_states_cot_answer_and_text_round_trip():
     assert problem.text() == "Swap the values in 1234: a13 b24 c12."
     assert problem.cot() == "a13 3214\nb24 3412\nc12 3421"
     assert problem.boxed() == "\\boxed{3421}"
+    assert problem.oracle_trace() == "<TOKEN_O><TOKEN_Q><TOKEN_R>"  # 3214, 3412, 3421: STATES 14, 16, 17
     assert toy.Problem.from_text(problem.text()) == problem
     for bad in ("Swap the values in 1234: a13 b25.", "Swap the values in 1234: b13.", "What is 2+2?"):
         with pytest.raises(ValueError):
@@ -40,7 +42,7 @@ def test_data_is_deterministic_disjoint_and_in_the_pipeline_formats(tmp_path):
     files = toy.write_data(tmp_path / "a", 5, sizes, seed=3)
     again = toy.write_data(tmp_path / "b", 5, sizes, seed=3)
     other = toy.write_data(tmp_path / "c", 5, sizes, seed=4)
-    for name in ("dolci", "valid", "test"):
+    for name in ("dolci", "oracle", "valid", "test"):
         assert files[name].read_bytes() == again[name].read_bytes()
         assert files[name].read_bytes() != other[name].read_bytes()
     # a split's problems do not depend on how many later splits draw
@@ -60,6 +62,9 @@ def test_data_is_deterministic_disjoint_and_in_the_pipeline_formats(tmp_path):
     for doc in test:  # the project's scorer reads the boxed arrangement as the gold answer
         assert score_answer(toy.Problem.from_text(doc["problem"]).boxed(), doc["answer"]).correct
         assert not score_answer("\\boxed{1234}", "4321").correct
+    # the ideal traces are a trace file the Phase B format reads: one symbol per swap, every row
+    traces = load_trace_file(files["oracle"], 64, m_max=5)
+    assert set(traces) == {r["id"] for r in dolci} and all(t.count("<TOKEN_") == 5 for t in traces.values())
 
 
 @pytest.fixture(scope="module")

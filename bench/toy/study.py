@@ -38,6 +38,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SFT_CONFIG = ROOT / "axolotl_configs" / "toy_sft.yml"
+PHASE_B_CONFIG = ROOT / "axolotl_configs" / "toy_phase_b.yml"
 RUN_CONFIG = ROOT / "configs" / "runs" / "toy.yml"
 NUM_SYMBOLS = 64  # abscot_num_symbols of axolotl_configs/toy_phase_{a,b}.yml
 
@@ -62,7 +63,10 @@ CELL_TITLES = {
     "m_min_off": "ablation: m_min off (1)",
     "mean_init": "ablation: mean init of new rows",
 }
-BASELINES = {"nocot": "no-CoT (answer only)", "verbal": "verbal CoT (base model)"}
+BASELINES = {
+    "nocot": "no-CoT (answer only)", "verbal": "verbal CoT (base model)",
+    "oracle": "reference: Phase B on ideal traces (one symbol per state)",
+}
 
 
 def log(msg: str) -> None:
@@ -141,6 +145,26 @@ class Study:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
         seconds = self.run(f"base_{kind}_s{seed}", [Path(sys.executable).parent / "axolotl", "train", path])
+        write_json(out / ".done", {"seconds": seconds})
+        return out
+
+    def train_oracle(self, seed: int) -> Path:
+        """Phase B alone (``axolotl train axolotl_configs/toy_phase_b.yml``) from the verbal base
+        model on the ideal traces (oracle_traces.jsonl), with the base models' step budget: what
+        an abstract trace that names each intermediate state gives this model."""
+        out = self.out / "oracle" / f"s{seed}"
+        if (out / ".done").exists():
+            return out
+        cfg = yaml.safe_load(PHASE_B_CONFIG.read_text(encoding="utf-8"))
+        steps = yaml.safe_load(SFT_CONFIG.read_text(encoding="utf-8"))["max_steps"]
+        cfg.update(base_model=str(self.base_dir("verbal", seed)), output_dir=str(out), seed=seed, max_steps=steps,
+                   abscot_trace_file=str(self.data_dir() / "oracle_traces.jsonl"),
+                   dataset_prepared_path=str(self.out / "prepared" / "oracle"))
+        cfg["datasets"][0]["path"] = str(self.data_dir() / "dolci.jsonl")
+        path = self.out / "oracle" / f"s{seed}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+        seconds = self.run(f"oracle_s{seed}", [Path(sys.executable).parent / "axolotl", "train", path])
         write_json(out / ".done", {"seconds": seconds})
         return out
 
@@ -298,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--split", choices=["test", "valid"], default="test",
                         help="the evaluation split (valid: for design choices, never tuned on test)")
+    parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the ideal-trace reference")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--publish", type=Path, default=None, help="also copy the report to this folder")
     args = parser.parse_args(argv)
@@ -311,9 +336,12 @@ def main(argv: list[str] | None = None) -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         for seed in seeds:
             study.prepare(seed)
-            for kind in BASELINES:
+            for kind in ("nocot", "verbal"):
                 study.measure(f"{kind}_s{seed}", study.train_base(kind, seed), "math500_verbal", "one_pass",
                               {"seed": seed, "cell": kind})
+            if args.oracle:
+                study.measure(f"oracle_s{seed}", study.train_oracle(seed), "math500_abscot", "one_pass",
+                              {"seed": seed, "cell": "oracle"})
         for cell in cells:
             for seed in seeds:
                 study.warm_up(cell, seed)
