@@ -18,8 +18,8 @@ from abscot_plugin import toy
 from abscot_plugin.prompts import math_messages
 from abscot_plugin.rows import parse_chat_row
 from abscot_plugin.scoring import score_answer
-from abscot_plugin.traces import load_trace_file
 from abscot_plugin.tokenization import prompt_ids
+from abscot_plugin.traces import load_trace_file
 
 
 def test_problem_states_cot_answer_and_text_round_trip():
@@ -162,3 +162,20 @@ def test_trace_statistics_of_the_study():
     assert trace_stats(["<TOKEN_A>"] * 20, 64, 32)["collapsed"] == 1.0
     with pytest.raises(ValueError, match="no traces"):
         trace_stats([], 64, 32)
+
+
+def test_oracle_agreement_reads_symbols_as_states():
+    from abscot_plugin.scoring import DecodeRecord
+    from bench.toy.measure import oracle_agreement
+
+    def record(trace: str, answer: str) -> DecodeRecord:
+        return DecodeRecord("abstract", trace, trace.count("<"), False, answer, 7, False)
+
+    problems = ["Swap the values in 1234: a13 b24."] * 3  # ideal trace <TOKEN_O><TOKEN_Q>: 3214, 3412
+    decoded = [
+        record("<TOKEN_O><TOKEN_A>", "\\boxed{1234}"),      # half right; the answer reads the last symbol
+        record("<TOKEN_O><TOKEN_Q><TOKEN_BL>", "\\boxed{3412}"),  # both right; last symbol names no state
+        record("<TOKEN_A>", "\\boxed{3412}"),               # none right; answer ignores the trace
+    ]
+    got = oracle_agreement(problems, decoded, 64, 32)
+    assert got == {"oracle_symbols_right": pytest.approx((0.5 + 1 + 0) / 3), "answer_reads_trace": pytest.approx(1 / 3)}

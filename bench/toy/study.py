@@ -212,7 +212,8 @@ class Study:
                               gen_kwargs=gen_kwargs, batch_size=ev["batch_size"])
         seconds = self.run(f"eval_{name}", cmd)
         result = {"cell": cell, **extra, "model": str(model), "task": task, "gen_kwargs": gen_kwargs,
-                  "seconds": seconds, **summarize(out, task, NUM_SYMBOLS, gen_kwargs["m_max"])}
+                  "seconds": seconds,
+                  **summarize(out, task, NUM_SYMBOLS, gen_kwargs["m_max"], oracle=extra.get("cell") == "oracle")}
         write_json(path, result)
         log(f"{name}: accuracy {result['accuracy']:.3f}, tokens {result['total_tokens']:.1f}")
 
@@ -253,8 +254,9 @@ def report(out: Path, publish: Path | None) -> Path:
     stats = aggregate(results)
     lines = [
         "| model | round | seeds | accuracy % | generated tokens | trace length | symbol entropy (bits) "
-        "| distinct traces % | collapsed share |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| distinct traces % | collapsed share | distinct answers | symbols naming the true state % "
+        "| answer = state of last symbol % |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     order = [*BASELINES, *CELLS]
     for (cell, t), s in sorted(stats.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
@@ -262,7 +264,8 @@ def report(out: Path, publish: Path | None) -> Path:
         lines.append("| " + " | ".join([
             title, str(t) if t else "–", str(s["accuracy"][2]), _cell(s, "accuracy", 100), _cell(s, "total_tokens"),
             _cell(s, "trace_len"), _cell(s, "symbol_entropy", digits=2), _cell(s, "distinct", 100),
-            _cell(s, "collapsed", digits=2),
+            _cell(s, "collapsed", digits=2), _cell(s, "distinct_answers"), _cell(s, "oracle_symbols_right", 100),
+            _cell(s, "answer_reads_trace", 100),
         ]) + " |")
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
