@@ -12,7 +12,7 @@ wrote into the study's numbers:
   how many of its trace symbols name the right state, and how often its answer is the state its
   last symbol names (does the answer read the trace?).
 
-``distinct_answers`` counts the different answers a model gives over the test problems: a model
+``distinct_answers`` counts the different final boxed answers a model gives over the test problems: a model
 that ignores its trace (or its input) answers the same arrangement to every problem.
 """
 
@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 from abscot_plugin.report import find_results, rows_of
-from abscot_plugin.scoring import DecodeRecord
+from abscot_plugin.scoring import DecodeRecord, last_boxed
 from abscot_plugin.symbols import symbol_names
 from abscot_plugin.toy import STATES, Problem
 from abscot_plugin.traces import parse_trace
@@ -78,7 +78,7 @@ def summarize(
     (row,) = [r for r in rows_of(find_results(out_dir)[-1]) if r.task == task]
     out = {"n": float(row.n or 0), **{k: v for k, v in row.metrics.items() if v is not None}}
     docs, decoded = zip(*samples(out_dir, task), strict=True)
-    out["distinct_answers"] = float(len({r.answer for r in decoded}))
+    out["distinct_answers"] = float(len({last_boxed(r.answer) for r in decoded}))
     traces = [r.trace for r in decoded if r.mode == "abstract"]
     if traces:
         out.update(trace_stats(traces, num_symbols, m_max))
@@ -102,5 +102,5 @@ def oracle_agreement(
         expected = parse_trace(Problem.from_text(text).oracle_trace(), num_symbols, m_max)
         right.append(sum(a == b for a, b in zip(symbols, expected, strict=False)) / len(expected))
         last = names.index(symbols[-1]) if symbols and symbols[-1] in names else None
-        reads.append(last is not None and record.answer == f"\\boxed{{{STATES[last]}}}")
+        reads.append(last is not None and last_boxed(record.answer) == STATES[last])
     return {"oracle_symbols_right": statistics.fmean(right), "answer_reads_trace": statistics.fmean(reads)}

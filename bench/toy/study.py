@@ -217,6 +217,17 @@ class Study:
         write_json(path, result)
         log(f"{name}: accuracy {result['accuracy']:.3f}, tokens {result['total_tokens']:.1f}")
 
+    def resummarize(self) -> None:
+        """Recompute every ``results/*.json`` from its kept lm-eval output (``eval/<name>``), e.g.
+        after :mod:`bench.toy.measure` gained a statistic; the evaluation is not rerun."""
+        from bench.toy.measure import summarize
+
+        for path in sorted((self.out / "results").glob("*.json")):
+            result = json.loads(path.read_text(encoding="utf-8"))
+            result.update(summarize(self.out / "eval" / path.stem, result["task"], NUM_SYMBOLS,
+                                    result["gen_kwargs"]["m_max"], oracle=result["cell"] == "oracle"))
+            write_json(path, result)
+
     def measure_round(self, cell: str, seed: int, t: int) -> None:
         self.measure(f"{cell}_s{seed}_r{t}", self.run_dir(cell, seed) / f"round{t}" / "phase_b" / "train",
                      "math500_abscot", cell, {"seed": seed, "round": t})
@@ -327,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the evaluation split (valid: for design choices, never tuned on test)")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false", help="skip the ideal-trace reference")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="with --report-only: first recompute results/*.json from the kept lm-eval outputs")
     parser.add_argument("--publish", type=Path, default=None, help="also copy the report to this folder")
     args = parser.parse_args(argv)
     study = Study(args)
@@ -350,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                 study.warm_up(cell, seed)
                 for t in range(1, args.rounds + 1):
                     study.measure_round(cell, seed, t)
+    elif args.resummarize:
+        study.resummarize()
     report(study.out, args.publish)
 
 
