@@ -56,6 +56,9 @@ EOS_TEXT = "<|im_end|>"  # end of the assistant turn in the SFT targets (Qwen3's
 TOY_BPE_VOCAB = 384  # byte alphabet + the task's words: enough merges for every word to be one token
 SPLITS = ("test", "valid", "train")  # drawn in this order: earlier splits are held out of later ones
 STATES = tuple("".join(map(str, p)) for p in itertools.permutations(START))  # the 24 arrangements, sorted
+# accuracy of a uniform guess among the reachable answers: k swaps (transpositions) give a
+# permutation of k's parity, so only 12 of the 24 arrangements can be the answer
+CHANCE = 2 / len(STATES)
 
 
 def _digits(state: tuple[int, ...]) -> str:

@@ -5,6 +5,7 @@ Fast only: the study itself (training) runs from bench/toy/study.py, not in CI."
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections import Counter
@@ -28,6 +29,10 @@ def test_problem_states_cot_answer_and_text_round_trip():
     assert problem.text() == "Swap the values in 1234: a13 b24 c12."
     assert problem.cot() == "a13 3214\nb24 3412\nc12 3421"
     assert problem.boxed() == "\\boxed{3421}"
+    # k swaps reach exactly the arrangements of k's parity: 12 of 24 (the chance level is 1/12)
+    for k in (3, 4):
+        reached = {toy.Problem(swaps).answer for swaps in itertools.product(toy.SWAPS, repeat=k)}
+        assert len(reached) == round(1 / toy.CHANCE) == 12
     assert problem.oracle_trace() == "<TOKEN_O><TOKEN_Q><TOKEN_R>"  # 3214, 3412, 3421: STATES 14, 16, 17
     assert toy.Problem.from_text(problem.text()) == problem
     for bad in ("Swap the values in 1234: a13 b25.", "Swap the values in 1234: b13.", "What is 2+2?"):

@@ -313,6 +313,9 @@ def plot(stats: dict, path: Path) -> None:
         for (t, _), x, y in zip(points, xs, ys, strict=True):
             if t:
                 ax.annotate(f"T{t}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    from abscot_plugin.toy import CHANCE
+
+    ax.axhline(100 * CHANCE, color="grey", linestyle=":", label=f"chance ({100 * CHANCE:.1f} %: 12 reachable answers)")
     ax.set_xscale("log")
     ax.set_xlabel("mean generated tokens per problem (abstract + answer)")
     ax.set_ylabel("test accuracy (%)")
