@@ -12,8 +12,9 @@ wrote into the study's numbers:
   how many of its trace symbols name the right state, and how often its answer is the state its
   last symbol names (does the answer read the trace?).
 
-``distinct_answers`` counts the different final boxed answers a model gives over the test problems: a model
-that ignores its trace (or its input) answers the same arrangement to every problem.
+``distinct_answers`` counts the different final boxed answers a model gives over the test
+problems (a missing answer is not one): a model that ignores its trace (or its input) answers
+the same arrangement to every problem.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def summarize(
     (row,) = [r for r in rows_of(find_results(out_dir)[-1]) if r.task == task]
     out = {"n": float(row.n or 0), **{k: v for k, v in row.metrics.items() if v is not None}}
     docs, decoded = zip(*samples(out_dir, task), strict=True)
-    out["distinct_answers"] = float(len({last_boxed(r.answer) for r in decoded}))
+    out["distinct_answers"] = float(len({last_boxed(r.answer) for r in decoded} - {None}))
     traces = [r.trace for r in decoded if r.mode == "abstract"]
     if traces:
         out.update(trace_stats(traces, num_symbols, m_max))
