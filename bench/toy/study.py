@@ -3,13 +3,14 @@ state-tracking task of :mod:`abscot_plugin.toy`, with ablations, through the rea
 
     python bench/toy/study.py                          # every cell and seed (resumes; long on 2 cores)
     python bench/toy/study.py --seeds 0 --cells one_pass   # one seed of the main comparison
-    python bench/toy/study.py --report-only --publish docs/toy_study  # tables and figure again
+    python bench/toy/study.py --report-only --resummarize --publish docs/toy_study  # table and figure
 
 Per seed: a random tiny Qwen3 (``python -m abscot_plugin.toy model``), the verbal-CoT base model
 and the no-CoT baseline trained from it with the same budget (``axolotl train
-axolotl_configs/toy_sft.yml``); per ablation cell, the T-round warm-up from the verbal base model
+axolotl_configs/toy_sft.yml``), the ideal-trace reference (Phase B on oracle_traces.jsonl; skip
+with ``--no-oracle``); per ablation cell, the T-round warm-up from the verbal base model
 (``python orchestrate.py`` on ``configs/runs/toy.yml`` with the cell's changes). Every model (the
-two base models, each round's Phase B model) is evaluated on the held-out test split by the
+base models, the reference, each round's Phase B model) is evaluated on the held-out test split by the
 project's evaluation, ``abscot_plugin.eval_cli`` (lm-eval, the ``abscot-hf`` model class, the
 tasks' decode and scorer), with the run config's ``evaluation`` settings.
 
