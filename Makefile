@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 export DS_BUILD_OPS := 0
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv venv-vllm fixtures demo lint test test-fast bench clean
+.PHONY: venv venv-vllm fixtures demo toy-demo lint test test-fast bench clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml constraints-cpu.txt scripts/pip_install.sh
@@ -38,6 +38,10 @@ fixtures: build/tiny/config.json
 
 demo: fixtures
 	bash scripts/demo.sh
+
+# the toy task (docs/toy_study.md): no-CoT vs verbal CoT vs one Abstract-CoT round, measured on CPU
+toy-demo: $(STAMP)
+	bash scripts/toy_demo.sh
 
 # ruff's rules and line length are in pyproject.toml ([tool.ruff]); the tests run only once it passes
 lint: $(STAMP)

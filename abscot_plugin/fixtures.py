@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
@@ -91,18 +92,19 @@ def _qwen_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on the shipped data, with Qwen3's special tokens and template."""
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = TINY_BPE_VOCAB) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with Qwen3's special tokens and template, trained on ``corpus`` (default:
+    the shipped data; :mod:`abscot_plugin.toy` passes its own task's text)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = _qwen_pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_BPE_VOCAB,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -183,15 +185,16 @@ def tiny_config(vocab_rows: int, layers: int = 2) -> Qwen3Config:
 
 
 def build_tiny(
-    out_dir: str | Path, layers: int = 2, extend: bool = False, seed: int = 0
+    out_dir: str | Path, layers: int = 2, extend: bool = False, seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
 ) -> Path:
-    """Write a tiny random Qwen3 and its tokenizer to ``out_dir``.
+    """Write a tiny random Qwen3 and its tokenizer (default: :func:`build_tokenizer`) to ``out_dir``.
 
     Like Qwen3 (151,669 tokens, 151,936 rows), the embedding has spare padding rows so that the
     abstract vocabulary lands in existing rows. ``extend`` adds V_abs to the tokenizer as well.
     """
     out = Path(out_dir)
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     # Round up past tokenizer + V_abs, as Qwen3 pads its embedding to a multiple of 128.
     rows = (len(tokenizer) + DEFAULT_NUM_SYMBOLS + 2 + 127) // 128 * 128
     torch.manual_seed(seed)
