@@ -184,29 +184,13 @@ def test_zero3_full_finetune_pushes_the_gathered_weights(server, tiny_extended, 
     every push sends the gathered parameters, so the run logs the same loss, gradient norm and
     rewards at each step as the same run without DeepSpeed (step 2 samples from the weights
     pushed after step 1)."""
-    from support import run_axolotl
-    from test_grpo_train import grpo_config, logged_steps
-    from test_zero3 import ZERO3, dist_env
+    from test_zero3 import grpo_with_and_without_zero3
 
-    logs = {}
-    for name in ("plain", "zero3"):
-        before = call(server, "/health")["updates"]
-        cfg = grpo_config(tiny_extended, tmp_path / name, tmp_path / name, max_steps=2, abscot_rollout_server=server,
-                          abscot_m_max=16, abscot_rl_m_min=2, learning_rate=0.005, micro_batch_size=8)
-        cfg["trl"].update(reward_funcs=["abscot_plugin.rewards.length_reward"], reward_weights=[1.0],
-                          max_completion_length=48, num_generations=8)  # rewards with spread: the policy moves
-        for key in [k for k in cfg if k.startswith("lora_")] + ["adapter", "abscot_lora_embeddings"]:
-            cfg.pop(key)
-        env = {}
-        if name == "zero3":
-            cfg.update(deepspeed=str(ZERO3), plugins=cfg["plugins"] + ["axolotl_probes.ZeroOnCpu"])
-            env = dist_env(ABSCOT_PROBE_OUT=str(tmp_path / "probe.json"))
-        (tmp_path / name).mkdir()
-        proc = run_axolotl(cfg, tmp_path / name, "grpo", **env)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-        assert call(server, "/health")["updates"] == before + 2
-        steps = logged_steps(proc.stdout + proc.stderr)
-        logs[name] = [{k: s[k] for k in ("loss", "grad_norm", "rewards/length_reward/mean")} for s in steps]
-    assert '"partitioned": true' in (tmp_path / "probe.json").read_text()
+    before = call(server, "/health")["updates"]
+    runs = grpo_with_and_without_zero3(tiny_extended, tmp_path, dict(max_completion_length=48, num_generations=8),
+                                       abscot_rollout_server=server)  # rewards with spread: the policy moves
+    assert call(server, "/health")["updates"] == before + 4  # each run pushes before each of its 2 steps
+    keys = ("loss", "grad_norm", "rewards/length_reward/mean")
+    logs = {name: [{k: s[k] for k in keys} for s in steps] for name, steps in runs.items()}
     assert len(logs["plain"]) == 2 and logs["zero3"] == logs["plain"]
     assert logs["plain"][0] != logs["plain"][1]

@@ -118,20 +118,18 @@ def test_new_rows_land_in_every_ranks_shard_and_the_tie_is_checked_gathered(tiny
     assert torch.equal(torch.cat(shards)[: flat.numel()], flat)
 
 
-@pytest.mark.slow
-def test_grpo_full_finetune_under_zero3_takes_the_same_steps_as_without(tiny_extended, tmp_path):
-    """axolotl_configs/qwen3_4b_grpo_full.yml's layout on the tiny model: GRPO full fine-tuning under
-    the shipped ZeRO-3 config (one CPU process: policy and reference built partitioned, rollouts
-    gathered layer by layer) logs the same loss, gradient norm, rewards and KL at every step as
-    the same run without DeepSpeed; the KL to the reference is zero at step 0 and not after."""
+def grpo_with_and_without_zero3(base, tmp_path, trl: dict, **extra) -> dict[str, list[dict]]:
+    """GRPO full fine-tuning of ``base`` (tests/test_grpo_train.py's tiny_grpo.yml without LoRA, m_max
+    16, learning rate 0.005, 2 steps of 8 rollouts, the length reward; ``trl`` and ``extra`` keys
+    override) twice: without DeepSpeed and under the shipped ZeRO-3 config (one CPU process; asserted
+    built partitioned). Each run's logged steps, under "plain" and "zero3"."""
     from test_grpo_train import grpo_config, logged_steps
 
     logs = {}
     for name in ("plain", "zero3"):
-        cfg = grpo_config(tiny_extended, tmp_path / name, tmp_path / name, abscot_m_max=16, abscot_rl_m_min=2,
-                          learning_rate=0.005, max_steps=2, micro_batch_size=8)
-        cfg["trl"].update(reward_funcs=["abscot_plugin.rewards.length_reward"], reward_weights=[1.0],
-                          max_completion_length=32, num_generations=4, beta=0.04)
+        cfg = grpo_config(base, tmp_path / name, tmp_path / name, abscot_m_max=16, abscot_rl_m_min=2,
+                          learning_rate=0.005, max_steps=2, micro_batch_size=8, **extra)
+        cfg["trl"].update(reward_funcs=["abscot_plugin.rewards.length_reward"], reward_weights=[1.0], **trl)
         for key in [k for k in cfg if k.startswith("lora_")] + ["adapter", "abscot_lora_embeddings"]:
             cfg.pop(key)
         env = {}
@@ -143,6 +141,17 @@ def test_grpo_full_finetune_under_zero3_takes_the_same_steps_as_without(tiny_ext
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
         logs[name] = logged_steps(proc.stdout + proc.stderr)
     assert json.loads((tmp_path / "probe.json").read_text())["partitioned"]
+    return logs
+
+
+@pytest.mark.slow
+def test_grpo_full_finetune_under_zero3_takes_the_same_steps_as_without(tiny_extended, tmp_path):
+    """axolotl_configs/qwen3_4b_grpo_full.yml's layout on the tiny model: GRPO full fine-tuning under
+    the shipped ZeRO-3 config (one CPU process: policy and reference built partitioned, rollouts
+    gathered layer by layer) logs the same loss, gradient norm, rewards and KL at every step as
+    the same run without DeepSpeed; the KL to the reference is zero at step 0 and not after."""
+    logs = grpo_with_and_without_zero3(tiny_extended, tmp_path, dict(max_completion_length=32, num_generations=4,
+                                                                     beta=0.04))
     keys = ("loss", "grad_norm", "rewards/length_reward/mean", "kl")
     plain, zero3 = ([{k: s[k] for k in keys} for s in logs[n]] for n in ("plain", "zero3"))
     assert len(plain) == 2 and zero3 == plain
