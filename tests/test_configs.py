@@ -10,7 +10,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-CONFIGS = sorted((REPO / "axolotl_configs").glob("*.yml"))
+# the plugin's configs (toy_sft.yml trains the toy task's base models without it: validated alone)
+CONFIGS = sorted(p for p in (REPO / "axolotl_configs").glob("*.yml") if p.name != "toy_sft.yml")
 ZERO3_JSON = REPO / "axolotl_configs" / "deepspeed" / "zero3_bf16.json"
 GPU = ({"bf16": True, "fp8": False, "tf32": True, "n_gpu": 2, "compute_capability": "sm_90"},
        {"torch_version": "2.13.0"})
@@ -45,13 +46,22 @@ def validate(cfg: dict, capabilities=GPU):
     return validate_config(cfg, *capabilities)
 
 
+def test_toy_base_model_config_validates(tiny_dir, tmp_path):
+    """toy_sft.yml (no plugin: plain SFT of the toy task's base models) passes axolotl's validation."""
+    raw = yaml.safe_load((REPO / "axolotl_configs" / "toy_sft.yml").read_text())
+    assert "plugins" not in raw and raw["datasets"][0]["type"] == "input_output"
+    cfg = validate(localise(raw, tiny_dir, tmp_path), (None, None))
+    assert cfg.max_steps == raw["max_steps"]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_validates(path, tiny_dir, tmp_path):
     raw = yaml.safe_load(path.read_text())
     assert "abscot_plugin.AbsCoTPlugin" in raw["plugins"]
-    capabilities = None if path.name.startswith("tiny") else GPU
+    capabilities = None if path.name.startswith(("tiny", "toy")) else GPU  # the CPU configs
     cfg = validate(localise(raw, tiny_dir, tmp_path), capabilities or (None, None))
-    assert cfg.abscot_num_symbols == 64 and cfg.abscot_m_max == 128
+    # the toy task's configs set a shorter m_max (its traces are 8..32 symbols); the others the default
+    assert cfg.abscot_num_symbols == 64 and cfg.abscot_m_max == (32 if path.name.startswith("toy") else 128)
     assert Path(cfg.tokenizer_config).name.startswith("abscot_tokenizer_")
     if "deepspeed" in raw:
         assert (REPO / raw["deepspeed"]).is_file()
