@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -37,6 +36,7 @@ import torch
 
 from .choices import DEFAULT_ROLLOUT_TIMEOUT_S
 from .decode import Sampled, prompt_seed
+from .processes import stop_group
 from .traces import TraceSettings
 from .weight_sync import (
     address_towards,
@@ -88,12 +88,7 @@ def started_server(
                 time.sleep(2)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         if log:
             out.close()
 

@@ -6,8 +6,6 @@ and which a tiny timeout cuts off."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -27,6 +25,7 @@ from abscot_plugin.judge import (
     parse_score,
     render_prompt,
 )
+from abscot_plugin.processes import stop_group
 
 SERVED = "tiny-judge"
 SCORE_REGEX = {"structured_outputs": {"regex": "Score: (10|[0-9])"}}
@@ -164,12 +163,7 @@ def judge_server(tiny_dir, tmp_path_factory):
                 time.sleep(2)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..fileio import write_atomic
+from ..processes import stop_group
 from .checks import CHECKS, StageFailed
 from .manifest import Manifest, diff_inputs
 from .plan import Plan, Stage, statuses
@@ -110,16 +111,6 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM the stage's process group (launchers, ranks, vLLM workers), SIGKILL what is left."""
-    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace_s)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def _run_subprocess(stage: Stage, log: Path) -> None:
     """Run ``stage.command`` in its own process group with its output in ``log``. SIGTERM or
     SIGINT to the orchestrator stops the whole group, so no training or vLLM process outlives it
@@ -137,7 +128,7 @@ def _run_subprocess(stage: Stage, log: Path) -> None:
         try:
             code = proc.wait()
         except Interrupted:
-            _stop_group(proc)
+            stop_group(proc)
             raise
         finally:
             for sig, handler in previous.items():
