@@ -18,10 +18,12 @@ from .choices import (
     DEFAULT_COT_KEEP,
     DEFAULT_INIT,
     DEFAULT_INIT_SEED,
+    DEFAULT_PHASE_A_LAYOUT,
     DEFAULT_ROLLOUT_TIMEOUT_S,
     CotKeep,
     InitMethod,
     Phase,
+    PhaseALayout,
 )
 from .rows import DEFAULT_ID_FIELD
 from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
@@ -73,6 +75,12 @@ class AbsCoTArgs(BaseModel):
         default=DEFAULT_COT_KEEP,
         description="which part of an over-long CoT Phase A keeps (the rest is cut to fit "
         "sequence_len; the trace and answer are never cut)",
+    )
+    abscot_phase_a_layout: PhaseALayout = Field(
+        default=DEFAULT_PHASE_A_LAYOUT,
+        description="one_pass: the bottleneck, one row, y blind to c but not to z's hidden states (the "
+        "method); split: [x; c; z] and [x; z; y] as two rows, so nothing of c reaches y (an ablation, "
+        "docs/toy_study.md; never for a real run)",
     )
     abscot_skip_bad_rows: bool = Field(
         default=False, description="skip (and count) malformed rows instead of failing",

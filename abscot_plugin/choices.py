@@ -4,6 +4,7 @@ the orchestrator and the vLLM environment read them too).
 * :class:`Phase`: the two training phases of a round, the one name for a phase everywhere
   (dataset format, sequence layout, trace generation mode, the orchestrator's stages);
 * :data:`CotKeep`: which part of an over-long CoT a Phase A row keeps;
+* :data:`PhaseALayout`: one bottleneck pass (the method) or the two-pass split (an ablation);
 * :data:`InitMethod`: how new embedding rows are initialised (and with which seed);
 * :data:`Backend`: the generation backend of trace generation and evaluation, and the defaults of
   its engine settings.
@@ -51,6 +52,11 @@ class Phase(str, Enum):
 
 CotKeep = Literal["end", "start", "both_ends"]
 DEFAULT_COT_KEEP: CotKeep = "end"
+
+# "split": [x; c; z] and [x; z; y] as two rows (:meth:`.sequences.SequenceBuilder.split_examples`),
+# the layout a published reproduction trained; nothing of c reaches y through it. An ablation only.
+PhaseALayout = Literal["one_pass", "split"]
+DEFAULT_PHASE_A_LAYOUT: PhaseALayout = "one_pass"
 
 InitMethod = Literal["random", "mean"]
 DEFAULT_INIT: InitMethod = "random"  # the paper's

@@ -24,8 +24,8 @@ from datasets import Dataset
 from . import data_counts
 from .args import INPUT_ARGS, AbsCoTArgs
 from .choices import Phase
-from .rows import BadRowError, parse_chat_row, row_id_of
-from .sequences import SequenceBuilder
+from .rows import BadRowError, ReasoningRow, parse_chat_row, row_id_of
+from .sequences import Example, SequenceBuilder
 from .traces import load_trace_file, parse_trace
 from .vocab import AbstractVocab
 
@@ -49,6 +49,12 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
         self.m_max = args.abscot_m_max
         self.sequence_len = int(cfg.sequence_len)
         self.cot_keep = args.abscot_cot_keep
+        self.split = phase.has_cot and args.abscot_phase_a_layout == "split"
+        if self.split:
+            LOG.warning(
+                "abscot %s: abscot_phase_a_layout: split, the two-pass ablation: nothing of the CoT reaches "
+                "the answer (docs/toy_study.md); use one_pass for real runs", self.name,
+            )
         self.trace_seed = args.abscot_trace_seed
         self.skip_bad = args.abscot_skip_bad_rows
         self.id_field = args.abscot_id_field
@@ -124,6 +130,12 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             )
         return self.builder.random_trace_ids(parsed, self.num_symbols, self.trace_seed, self.m_max)
 
+    def _examples(self, parsed: ReasoningRow, trace_ids: list[int]) -> tuple[Example, ...]:
+        """The training rows of one input row: one, or two under ``abscot_phase_a_layout: split``."""
+        if self.split:
+            return self.builder.split_examples(parsed, trace_ids, self.sequence_len, self.cot_keep, self.m_max)
+        return (self.builder.example(parsed, trace_ids, self.phase, self.sequence_len, self.cot_keep, self.m_max),)
+
     def tokenize_prompt(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
         if self.phase.has_cot:
@@ -135,10 +147,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             row_id = row_id_of(row, self.id_field)
             try:
                 parsed = parse_chat_row(row, row_id, need_cot=self.phase.has_cot)
-                ex = self.builder.example(
-                    parsed, self._trace_ids(row, parsed), self.phase, self.sequence_len, self.cot_keep,
-                    self.m_max,
-                )
+                examples = self._examples(parsed, self._trace_ids(row, parsed))
             except BadRowError as exc:
                 if not self.skip_bad:
                     raise ValueError(
@@ -147,12 +156,13 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
                 skipped[exc.kind] = skipped.get(exc.kind, 0) + 1
                 first_error = first_error or str(exc)
                 continue
-            out["input_ids"].append(ex.input_ids)
-            out["attention_mask"].append([1] * len(ex.input_ids))
-            out["labels"].append(ex.labels)
-            if self.phase.has_cot:
-                out["segment_ids"].append(ex.segment_ids)
-                out["abscot_cot_cut"].append(ex.cot_cut)
+            for ex in examples:
+                out["input_ids"].append(ex.input_ids)
+                out["attention_mask"].append([1] * len(ex.input_ids))
+                out["labels"].append(ex.labels)
+                if self.phase.has_cot:
+                    out["segment_ids"].append(ex.segment_ids)
+                    out["abscot_cot_cut"].append(ex.cot_cut)
         if self.count_dir is not None:
             data_counts.write_batch(self.count_dir, len(rows), skipped)
         if skipped:

@@ -156,6 +156,33 @@ class SequenceBuilder:
         )
         return Example(ids, labels, segments, cut)
 
+    def split_examples(
+        self,
+        row: ReasoningRow,
+        trace_ids: list[int],
+        sequence_len: int,
+        cot_keep: CotKeep = DEFAULT_COT_KEEP,
+        m_max: int = TraceSettings.m_max,
+    ) -> tuple[Example, Example]:
+        """Phase A as the two-pass split ``abscot_phase_a_layout: split`` trains (an ablation, not the
+        method): the one-pass :meth:`example` cut into two rows, every token labelled once as there.
+        Pass 2 computes z without c, so nothing of c can reach y. With a 2-token prompt, a 2-token
+        CoT, one symbol ``A`` and the answer ``7`` (``-`` = no label):
+
+            one pass  x1 x2 c1 c2 <ba> A <ea> \\n 7 <e>   labels - - - - - A <ea> \\n 7 <e>
+            pass 1    x1 x2 c1 c2 <ba> A <ea>          labels - - - - - A <ea>
+            pass 2    x1 x2 <ba> A <ea> \\n 7 <e>         labels - - - - - \\n 7 <e>
+
+        Pass 1 is cut exactly as the one-pass row (same generation prefix); pass 2 is never cut."""
+        one = self.example(row, trace_ids, Phase.A, sequence_len, cot_keep, m_max)
+        answer_at = one.segment_ids.index(seg.ANSWER)
+        first = Example(one.input_ids[:answer_at], one.labels[:answer_at], one.segment_ids[:answer_at], one.cot_cut)
+        keep = [i for i, s in enumerate(one.segment_ids) if s != seg.COT]
+        ids = [one.input_ids[i] for i in keep]
+        segments = [one.segment_ids[i] for i in keep]
+        labels = [one.labels[i] if s == seg.ANSWER else IGNORE for i, s in zip(keep, segments, strict=True)]
+        return first, Example(ids, labels, segments, 0)
+
 
 def _cut(ids: list[int], n: int, keep: CotKeep) -> list[int]:
     """Remove ``n`` tokens, keeping the CoT's end, its start, or both ends (cutting the middle)."""

@@ -53,6 +53,64 @@ def test_phase_a_layout_and_labels(plugin_active, any_builder, dolci_rows):
         assert cot_text.strip() == parsed.cot
 
 
+def test_split_layout_is_the_one_pass_row_cut_in_two(plugin_active, any_builder, dolci_rows):
+    """``abscot_phase_a_layout: split`` (ablation (a) of the toy study), through ``datasets.map`` in
+    two workers: two rows per input row; pass 1 is the one-pass row up to its answer, pass 2 is it
+    without the CoT, and every one-pass label is trained exactly once."""
+    from datasets import Dataset
+
+    tok, rows = any_builder.tok, dolci_rows[:4]
+    one = strategy(tok, sequence_len=4096).tokenize_prompt(batch_of(rows))
+    split = strategy(tok, sequence_len=4096, abscot_phase_a_layout="split").wrap_dataset(
+        Dataset.from_dict(batch_of(rows)), process_count=2
+    )
+    assert len(split) == 2 * len(rows)
+    for i, (ids, labels, segs) in enumerate(zip(one["input_ids"], one["labels"], one["segment_ids"], strict=True)):
+        first, second = split[2 * i], split[2 * i + 1]
+        answer_at = segs.index(seg.ANSWER)
+        assert first["input_ids"] == ids[:answer_at] and first["labels"] == labels[:answer_at]
+        assert runs(first["segment_ids"]) == [seg.PROMPT, seg.COT, seg.ABSTRACT]
+        assert runs(second["segment_ids"]) == [seg.PROMPT, seg.ABSTRACT, seg.ANSWER]
+        assert second["input_ids"] == [t for t, s in zip(ids, segs, strict=True) if s != seg.COT]
+        assert second["abscot_cot_cut"] == 0
+        second_labelled = [s for lab, s in zip(second["labels"], second["segment_ids"], strict=True) if lab != IGNORE]
+        assert set(second_labelled) == {seg.ANSWER}
+        trained = [lab for lab in first["labels"] + second["labels"] if lab != IGNORE]
+        assert trained == [lab for lab in labels if lab != IGNORE]
+
+
+def test_only_the_one_pass_layout_lets_the_cot_reach_the_answer(plugin_active, tiny_tokenizer, dolci_rows):
+    """What ablation (a) compares: under the one-pass bottleneck mask the answer's loss has a gradient
+    with respect to the CoT's embeddings (through the hidden states at z, never by attending to c);
+    under the split nothing of c reaches the answer's loss."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from abscot_plugin.fixtures import tiny_config
+    from abscot_plugin.segments import bottleneck_attention_mask
+
+    torch.manual_seed(0)
+    config = tiny_config(len(tiny_tokenizer))
+    config._attn_implementation = "sdpa"
+    model = Qwen3ForCausalLM(config)
+    grads = {}
+    for layout in ("one_pass", "split"):
+        out = strategy(tiny_tokenizer, sequence_len=4096, abscot_phase_a_layout=layout).tokenize_prompt(
+            batch_of(dolci_rows[:2])
+        )
+        grads[layout] = 0.0
+        for ids, labels, segs in zip(out["input_ids"], out["labels"], out["segment_ids"], strict=True):
+            answer_labels = [lab if s == seg.ANSWER else IGNORE for lab, s in zip(labels, segs, strict=True)]
+            if all(lab == IGNORE for lab in answer_labels):
+                continue  # pass 1 of the split: no answer in the row
+            segments = torch.tensor([segs])
+            embeds = model.get_input_embeddings()(torch.tensor([ids])).detach().requires_grad_()
+            mask = bottleneck_attention_mask(model.config, segments, torch.float32)
+            model(inputs_embeds=embeds, attention_mask=mask, labels=torch.tensor([answer_labels])).loss.backward()
+            grads[layout] += embeds.grad[segments == seg.COT].abs().sum().item()
+    assert grads["one_pass"] > 0 and grads["split"] == 0
+
+
 def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, any_builder, dolci_rows, tmp_path):
     builder, tok, vocab = any_builder, any_builder.tok, any_builder.vocab
     traces = tmp_path / "t.jsonl"

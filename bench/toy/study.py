@@ -38,6 +38,10 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # `python bench/toy/study.py` from anywhere: bench.toy.measure
+
+from bench.toy.measure import summarize  # noqa: E402
+
 SFT_CONFIG = ROOT / "axolotl_configs" / "toy_sft.yml"
 PHASE_B_CONFIG = ROOT / "axolotl_configs" / "toy_phase_b.yml"
 RUN_CONFIG = ROOT / "configs" / "runs" / "toy.yml"
@@ -53,16 +57,22 @@ def _mean_init(cfg: dict) -> None:
     cfg["training"].setdefault("overrides", {})["abscot_init"] = "mean"
 
 
+def _split(cfg: dict) -> None:
+    cfg["phase_a"].setdefault("overrides", {})["abscot_phase_a_layout"] = "split"
+
+
 # ablation cells: a change of the run config (configs/runs/toy.yml) each
 CELLS: dict[str, Callable[[dict], None] | None] = {
     "one_pass": None,         # the method as abscot implements it
     "m_min_off": _mmin_off,   # (b) no floor on the trace length (traces and evaluation)
     "mean_init": _mean_init,  # (d) new rows initialised to the mean embedding instead of random
+    "split": _split,          # (a) Phase A as [x; c; z] and [x; z; y], two rows: nothing of c reaches y
 }
 CELL_TITLES = {
     "one_pass": "Abstract-CoT, two-stage decode",
     "m_min_off": "ablation: m_min off (1)",
     "mean_init": "ablation: mean init of new rows",
+    "split": "ablation: split Phase A ([x;c;z], [x;z;y])",
 }
 BASELINES = {
     "nocot": "no-CoT (answer only)", "verbal": "verbal CoT (base model)",
@@ -142,12 +152,7 @@ class Study:
         cfg.update(base_model=str(self.init_dir(seed)), output_dir=str(out), seed=seed,
                    dataset_prepared_path=str(self.out / "prepared" / kind))
         cfg["datasets"][0]["path"] = str(self.data_dir() / f"{kind}.jsonl")
-        path = self.out / "base" / f"{kind}_s{seed}.yml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-        seconds = self.run(f"base_{kind}_s{seed}", [Path(sys.executable).parent / "axolotl", "train", path])
-        write_json(out / ".done", {"seconds": seconds})
-        return out
+        return self.train(f"base_{kind}_s{seed}", cfg, self.out / "base" / f"{kind}_s{seed}.yml")
 
     def train_oracle(self, seed: int) -> Path:
         """Phase B alone (``axolotl train axolotl_configs/toy_phase_b.yml``) from the verbal base
@@ -162,10 +167,15 @@ class Study:
                    abscot_trace_file=str(self.data_dir() / "oracle_traces.jsonl"),
                    dataset_prepared_path=str(self.out / "prepared" / "oracle"))
         cfg["datasets"][0]["path"] = str(self.data_dir() / "dolci.jsonl")
-        path = self.out / "oracle" / f"s{seed}.yml"
+        return self.train(f"oracle_s{seed}", cfg, self.out / "oracle" / f"s{seed}.yml")
+
+    def train(self, name: str, cfg: dict, path: Path) -> Path:
+        """``axolotl train`` of the axolotl config ``cfg``, written to ``path``; its ``output_dir`` is
+        marked ``.done`` (with the seconds it took) so that a rerun skips it."""
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-        seconds = self.run(f"oracle_s{seed}", [Path(sys.executable).parent / "axolotl", "train", path])
+        seconds = self.run(name, [Path(sys.executable).parent / "axolotl", "train", path])
+        out = Path(cfg["output_dir"])
         write_json(out / ".done", {"seconds": seconds})
         return out
 
@@ -199,7 +209,6 @@ class Study:
         """Evaluate ``model`` on ``--split`` with ``abscot_plugin.eval_cli`` (the cell's run-config
         ``evaluation`` settings, trace seed = the seed); saved as ``results/<name>.json``."""
         from abscot_plugin.eval_cli import lm_eval_command
-        from bench.toy.measure import summarize
 
         path = self.out / "results" / f"{name}.json"
         if path.exists():
@@ -309,7 +318,7 @@ def plot(stats: dict, path: Path) -> None:
         ys = [100 * s["accuracy"][0] for _, s in points]
         err = [100 * s["accuracy"][1] for _, s in points]
         label = BASELINES.get(cell) or CELL_TITLES[cell]
-        ax.errorbar(xs, ys, yerr=err, marker="os^vDP"[i % 6], capsize=3, label=label,
+        ax.errorbar(xs, ys, yerr=err, marker="os^vDPX"[i % 7], capsize=3, label=label,
                     linestyle="-" if len(points) > 1 else "none")
         for (t, _), x, y in zip(points, xs, ys, strict=True):
             if t:
