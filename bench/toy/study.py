@@ -58,7 +58,9 @@ def _mean_init(cfg: dict) -> None:
 
 
 def _split(cfg: dict) -> None:
-    cfg["phase_a"].setdefault("overrides", {})["abscot_phase_a_layout"] = "split"
+    # two rows per input row: twice the rows per step keeps the steps, the epochs and the labels per step
+    micro_batch = yaml.safe_load((ROOT / cfg["phase_a"]["config"]).read_text(encoding="utf-8"))["micro_batch_size"]
+    cfg["phase_a"].setdefault("overrides", {}).update(abscot_phase_a_layout="split", micro_batch_size=2 * micro_batch)
 
 
 # ablation cells: a change of the run config (configs/runs/toy.yml) each
