@@ -184,3 +184,47 @@ def test_oracle_agreement_reads_symbols_as_states():
     ]
     got = oracle_agreement(problems, decoded, 64, 32)
     assert got == {"oracle_symbols_right": pytest.approx((0.5 + 1 + 0) / 3), "answer_reads_trace": pytest.approx(1 / 3)}
+
+
+def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(toy_model):
+    """bench/toy/probe.py's ``answer_right``: a row is right when each answer label is the argmax of
+    the position before it (here, the model's own predictions, computed row by row without padding),
+    the same in a padded batch of a Phase A row (bottleneck mask) and a shorter Phase B row; one
+    changed label fails only its row."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from abscot_plugin import segments as seg
+    from abscot_plugin.choices import Phase
+    from abscot_plugin.segments import bottleneck_attention_mask
+    from abscot_plugin.sequences import SequenceBuilder
+    from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens
+    from bench.toy.probe import answer_right
+
+    tok = AutoTokenizer.from_pretrained(toy_model)
+    add_abstract_tokens(tok)
+    model = AutoModelForCausalLM.from_pretrained(toy_model, attn_implementation="sdpa", dtype=torch.float32).eval()
+    builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok))
+    problems = [toy.Problem(((1, 3), (2, 4), (1, 2))), toy.Problem(((1, 3),))]
+    rows = [parse_chat_row(toy.dolci_row(p, f"r{i}"), f"r{i}") for i, p in enumerate(problems)]
+    examples = [
+        builder.example(rows[0], builder.vocab.symbol_ids[:3], Phase.A, 256, "end", 32),
+        builder.example(rows[1], builder.vocab.symbol_ids[:1], Phase.B, 256, "end", 32),
+    ]
+    assert len(examples[0].input_ids) != len(examples[1].input_ids)
+    relabelled = []
+    for e in examples:
+        segments = torch.tensor([e.segment_ids])
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([e.input_ids]),
+                           attention_mask=bottleneck_attention_mask(model.config, segments, torch.float32)).logits[0]
+        labels = [int(logits[i - 1].argmax()) if s == seg.ANSWER else lab
+                  for i, (lab, s) in enumerate(zip(e.labels, e.segment_ids, strict=True))]
+        relabelled.append(dataclasses.replace(e, labels=labels))
+    assert answer_right(model, relabelled) == [True, True]
+    last = max(i for i, s in enumerate(relabelled[0].segment_ids) if s == seg.ANSWER)
+    wrong = list(relabelled[0].labels)
+    wrong[last] = (wrong[last] + 1) % len(tok)
+    assert answer_right(model, [dataclasses.replace(relabelled[0], labels=wrong), relabelled[1]]) == [False, True]
