@@ -10,7 +10,8 @@ with the run's generation settings. Each probe is the share of problems whose wh
 ``\\n \\boxed{dddd} <|im_end|>`` is the argmax at every answer position (teacher-forced):
 
 * ``a_own``: the Phase A model on x c z_c y under the bottleneck mask (the answer cannot attend to
-  c): does c reach the answer through the hidden states at z?
+  c): does c reach the answer through the hidden states at z? (A split Phase A model,
+  ``abscot_phase_a_layout: split``, is probed on the layout its answer trained on, x z_c y.)
 * ``a_other``: the same with c (and y) taken from the next problem while z_c is kept: the share
   that gives the next problem's answer, i.e. what crosses from c alone;
 * ``b_teacher``: the Phase B model on x z_c y (no c): do the symbols sampled with c carry the
@@ -101,6 +102,8 @@ class Prober:
         self.phase_a_dir = Path(cfg["output_dir"])
         self.layout = (cfg["sequence_len"], cfg["abscot_cot_keep"], cfg["abscot_m_max"])
         self.num_symbols = cfg["abscot_num_symbols"]
+        # a split Phase A model trained its answer on [x; z; y] (pass 2): probe it on that layout
+        self.answer_phase = Phase.B if cfg.get("abscot_phase_a_layout") == "split" else Phase.A
         self.z_c: list[list[int]] = []
 
     def examples(self, builder: SequenceBuilder, rows: list[ReasoningRow], traces, phase: Phase) -> list[Example]:
@@ -113,8 +116,8 @@ class Prober:
         seq_len, cot_keep, m_max = self.layout
         prefixes = [builder.phase_a_prefix(r, seq_len, m_max, cot_keep)[0] for r in self.rows]
         self.z_c = HFDecoder(model, tok, builder.vocab, batch_size=64).traces(prefixes, self.settings)
-        own = answer_right(model, self.examples(builder, self.rows, self.z_c, Phase.A))
-        follows = answer_right(model, self.examples(builder, self.others, self.z_c, Phase.A))
+        own = answer_right(model, self.examples(builder, self.rows, self.z_c, self.answer_phase))
+        follows = answer_right(model, self.examples(builder, self.others, self.z_c, self.answer_phase))
         differs = [r.answer != o.answer for r, o in zip(self.rows, self.others, strict=True)]
         other = [f for f, d in zip(follows, differs, strict=True) if d]
         return {"a_own": statistics.fmean(own), "a_other": statistics.fmean(other), "n": len(self.rows)}
