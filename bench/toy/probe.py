@@ -18,8 +18,9 @@ with the run's generation settings. Each probe is the share of problems whose wh
   answer to a model that only reads them?
 * ``b_own``: the Phase B model on x z_b y, z_b its own trace from x (what the two-stage decode does).
 
-Chance is about 1/12 (:data:`abscot_plugin.toy.CHANCE`). Results: ``<study>/probes/<cell>_s<seed>_r<t>.json``
-and the table ``<study>/probes/probes.md``. ``--phase-a-config YAML`` probes a Phase A model trained
+Chance is about 1/12 (:data:`abscot_plugin.toy.CHANCE`). Results: one
+``<study>/probes/<cell>_s<seed>_r<t>.json`` per model pair, and the table of every probe measured
+so far, ``<study>/probes/probes.md``. ``--phase-a-config YAML`` probes a Phase A model trained
 outside the study's runs (``a_own``, ``a_other``; written beside the YAML as ``*.probe.json``).
 """
 
@@ -194,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
                     path.write_text(json.dumps(result, indent=1), encoding="utf-8")
                 result = json.loads(path.read_text(encoding="utf-8"))
                 print(f"{cell} s{seed} r{t}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()), flush=True)
-                results.setdefault((cell, t), []).append(result)
+    # the table holds every probe measured so far, in the study's cell order
+    for cell in CELL_TITLES:
+        for path in sorted(folder.glob(f"{cell}_s*_r*.json"), key=lambda p: int(p.stem.rsplit("_r", 1)[1])):
+            t = int(path.stem.rsplit("_r", 1)[1])
+            results.setdefault((cell, t), []).append(json.loads(path.read_text(encoding="utf-8")))
     text = table(results)
     (folder / "probes.md").write_text(text, encoding="utf-8")
     print(text)
