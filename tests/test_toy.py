@@ -1,7 +1,8 @@
 """The toy task (abscot_plugin.toy): deterministic data in the pipeline's formats, prompts equal to
 the evaluation's, gold answers scored 100 % by the lm-eval tasks' scorer, configs/runs/toy.yml
-planned on the task's files, clear errors on bad arguments, and the study's trace statistics.
-Fast only: the study itself (training) runs from bench/toy/study.py, not in CI."""
+planned on the task's files, clear errors on bad arguments, the study's trace statistics and
+probe scoring, and one short round of the task through orchestrate.py. The study itself (real
+budgets) runs from bench/toy/study.py, not in CI."""
 
 from __future__ import annotations
 
@@ -228,3 +229,38 @@ def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(t
     wrong = list(relabelled[0].labels)
     wrong[last] = (wrong[last] + 1) % len(tok)
     assert answer_right(model, [dataclasses.replace(relabelled[0], labels=wrong), relabelled[1]]) == [False, True]
+
+
+@pytest.mark.slow
+def test_one_short_round_on_the_task(tmp_path, toy_model):
+    """configs/runs/toy.yml as shipped but for its size: one round of 2 optimizer steps a phase on
+    16 toy rows from the random toy model, through orchestrate.py (Phase A with the shipped toy
+    config, traces of 8..32 symbols from the toy prompts, Phase B, the two-stage evaluation of 4
+    test problems with the lm-eval task and scorer)."""
+    import json
+
+    data = toy.write_data(tmp_path / "data", 8, {"train": 16, "test": 4})
+    cfg = yaml.safe_load((ROOT / "configs" / "runs" / "toy.yml").read_text())
+    cfg.update(output_dir=str(tmp_path / "run"), base_model=str(toy_model), rounds=1)
+    cfg["data"].update(path=str(data["dolci"]), num_rows=16)
+    cfg["training"]["overrides"] = {"max_steps": 2, "micro_batch_size": 4, "warmup_steps": 0, "logging_steps": 1}
+    cfg["evaluation"].pop("baseline_tasks")
+    cfg["evaluation"].update(limit=4, data_files={"math500_file": str(data["test"])})
+    path = tmp_path / "toy.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run([sys.executable, "orchestrate.py", str(path)], cwd=ROOT, capture_output=True, text=True,
+                          env=offline_env(), timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())["stages"]
+    for name in ("r1_a_train", "r1_b_train"):
+        assert manifest[name]["metrics"]["steps"] == 2
+    traces = read_jsonl(run / "round1" / "phase_b" / "traces.jsonl")
+    assert sorted(r["id"] for r in traces) == [f"toy-train-{i:06d}" for i in range(16)]
+    assert all(8 <= r["length"] <= 32 for r in traces)
+    (samples,) = (run / "eval" / "final").rglob("samples_math500_abscot_*.jsonl")
+    docs = [s["doc"] for s in read_jsonl(samples)]
+    assert [d["unique_id"] for d in docs] == [r["unique_id"] for r in read_jsonl(data["test"])]
+    for sample in read_jsonl(samples):
+        record = json.loads(sample["resps"][0][0])
+        assert 8 <= record["abstract_tokens"] <= 32 and record["answer_tokens"] <= 96
