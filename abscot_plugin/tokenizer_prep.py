@@ -19,7 +19,7 @@ from .vocab import add_abstract_tokens, has_abstract_tokens
 # keys whose value changes the tokenised dataset
 DATA_KEYS = (
     "abscot_num_symbols", "abscot_m_max", "abscot_trace_seed", "abscot_cot_keep",
-    "abscot_skip_bad_rows", "abscot_id_field",
+    "abscot_skip_bad_rows", "abscot_id_field", "abscot_phase_a_layout",
 )
 # Version of the tokenised row layout this code writes. Bump it whenever the ids a row becomes
 # change for the same settings (2: free text as plain text, Phase A reserves room for m_max), so

@@ -137,6 +137,23 @@ def test_data_settings_change_the_prepared_dataset_fingerprint(tiny_dir, tmp_pat
     assert a == b != c
 
 
+def test_every_setting_the_dataset_formats_read_changes_the_prepared_dataset_fingerprint():
+    """Each abscot key the dataset strategy reads shapes the tokenised rows, so it must be in the
+    fingerprint (the trace file is hashed by its bytes); e.g. a split Phase A must never be handed
+    the one-pass rows a cache kept."""
+    import inspect
+    import re
+
+    from abscot_plugin import dataset_strategy, tokenizer_prep
+
+    read = set(re.findall(r"args\.(abscot_\w+)", inspect.getsource(dataset_strategy)))
+    assert "abscot_phase_a_layout" in read and "abscot_trace_file" in read
+    assert read - {"abscot_trace_file"} <= set(tokenizer_prep.DATA_KEYS)
+    one_pass = {"abscot_num_symbols": 64, "abscot_phase_a_layout": "one_pass"}
+    split = {**one_pass, "abscot_phase_a_layout": "split"}
+    assert tokenizer_prep.data_fingerprint(one_pass, "base") != tokenizer_prep.data_fingerprint(split, "base")
+
+
 def test_a_new_row_layout_changes_the_prepared_dataset_fingerprint(monkeypatch):
     """Code that tokenises rows differently bumps LAYOUT_VERSION: older prepared data is not reused."""
     from abscot_plugin import tokenizer_prep
