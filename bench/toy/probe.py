@@ -134,10 +134,16 @@ class Prober:
         return {"b_teacher": statistics.fmean(teacher), "b_own": statistics.fmean(own)}
 
 
+def trace_settings(generation: dict, seed: int) -> TraceSettings:
+    """Stage-1 settings of a run config's ``generation`` section, seeded with ``seed``."""
+    return TraceSettings(m_min=generation["m_min"], m_max=generation["m_max"],
+                         temperature=generation["temperature"], seed=seed)
+
+
 def probe_round(study: Path, cell: str, seed: int, t: int, limit: int) -> dict[str, float]:
     """The four probes of round ``t`` of ``cell`` for ``seed``, with the run's generation settings."""
     gen = yaml.safe_load((study / "runs" / f"{cell}_s{seed}.yml").read_text(encoding="utf-8"))["generation"]
-    settings = TraceSettings(m_min=gen["m_min"], m_max=gen["m_max"], temperature=gen["temperature"], seed=seed)
+    settings = trace_settings(gen, seed)
     round_dir = study / "runs" / f"{cell}_s{seed}" / f"round{t}"
     prober = Prober(study, round_dir / "phase_a" / "axolotl.yml", settings, limit)
     return prober.phase_a() | prober.phase_b(round_dir / "phase_b" / "train")
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase_a_config:
         gen = yaml.safe_load(RUN_CONFIG.read_text(encoding="utf-8"))["generation"]
         seed = yaml.safe_load(args.phase_a_config.read_text(encoding="utf-8")).get("seed", 0)
-        settings = TraceSettings(m_min=gen["m_min"], m_max=gen["m_max"], temperature=gen["temperature"], seed=seed)
+        settings = trace_settings(gen, seed)
         result = Prober(args.study, args.phase_a_config, settings, args.limit).phase_a()
         print(json.dumps(result))
         args.phase_a_config.with_suffix(".probe.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
