@@ -118,6 +118,20 @@ def test_the_tasks_scorer_scores_the_gold_answers_100_percent(tmp_path):
     assert accuracy(["\\boxed{1234}"] * len(docs)) == sum(p.answer == "1234" for p in problems) / len(docs)
 
 
+def write_toy_run_config(tmp_path: Path, model: Path, data: dict[str, Path], num_rows: int, change=None) -> Path:
+    """configs/runs/toy.yml pointed at ``model`` and the generated ``data`` (``num_rows`` a round),
+    run in ``tmp_path / "run"``, after ``change(cfg)``; written to ``tmp_path / "toy.yml"``."""
+    cfg = yaml.safe_load((ROOT / "configs" / "runs" / "toy.yml").read_text())
+    cfg.update(output_dir=str(tmp_path / "run"), base_model=str(model))
+    cfg["data"].update(path=str(data["dolci"]), num_rows=num_rows)
+    cfg["evaluation"]["data_files"] = {"math500_file": str(data["test"])}
+    if change is not None:
+        change(cfg)
+    path = tmp_path / "toy.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def test_the_toy_run_config_plans_on_the_tasks_files(tmp_path, toy_model):
     """configs/runs/toy.yml, pointed at a generated data set: T rounds of Phase A/B with the
     shipped toy phase configs, traces and evaluation as configured (no training)."""
@@ -125,12 +139,7 @@ def test_the_toy_run_config_plans_on_the_tasks_files(tmp_path, toy_model):
     from abscot_plugin.orchestration.run_config import load_run_config
 
     data = toy.write_data(tmp_path / "data", 8, {"train": 40, "test": 4})
-    cfg = yaml.safe_load((ROOT / "configs" / "runs" / "toy.yml").read_text())
-    cfg.update(output_dir=str(tmp_path / "run"), base_model=str(toy_model))
-    cfg["data"].update(path=str(data["dolci"]), num_rows=10)
-    cfg["evaluation"]["data_files"] = {"math500_file": str(data["test"])}
-    path = tmp_path / "toy.yml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = write_toy_run_config(tmp_path, toy_model, data, num_rows=10)
     plan = build_plan(load_run_config(path))
     names = [s.name for s in plan.stages]
     assert names[0] == "eval_base" and names[-1] == "eval"
@@ -240,14 +249,14 @@ def test_one_short_round_on_the_task(tmp_path, toy_model):
     import json
 
     data = toy.write_data(tmp_path / "data", 8, {"train": 16, "test": 4})
-    cfg = yaml.safe_load((ROOT / "configs" / "runs" / "toy.yml").read_text())
-    cfg.update(output_dir=str(tmp_path / "run"), base_model=str(toy_model), rounds=1)
-    cfg["data"].update(path=str(data["dolci"]), num_rows=16)
-    cfg["training"]["overrides"] = {"max_steps": 2, "micro_batch_size": 4, "warmup_steps": 0, "logging_steps": 1}
-    cfg["evaluation"].pop("baseline_tasks")
-    cfg["evaluation"].update(limit=4, data_files={"math500_file": str(data["test"])})
-    path = tmp_path / "toy.yml"
-    path.write_text(yaml.safe_dump(cfg))
+
+    def shrink(cfg: dict) -> None:
+        cfg["rounds"] = 1
+        cfg["training"]["overrides"] = {"max_steps": 2, "micro_batch_size": 4, "warmup_steps": 0, "logging_steps": 1}
+        cfg["evaluation"].pop("baseline_tasks")
+        cfg["evaluation"]["limit"] = 4
+
+    path = write_toy_run_config(tmp_path, toy_model, data, num_rows=16, change=shrink)
     done = subprocess.run([sys.executable, "orchestrate.py", str(path)], cwd=ROOT, capture_output=True, text=True,
                           env=offline_env(), timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
