@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml constraints-cpu.txt scripts/pip_install.sh
 venv-vllm:
 	bash scripts/setup_vllm.sh .venv-vllm
 
-build/tiny/config.json: $(STAMP) abscot_plugin/fixtures.py
-	$(BIN)/python -m abscot_plugin.fixtures tiny build/tiny
+build/tiny/config.json: $(STAMP) abscot_plugin/testing/fixtures.py
+	$(BIN)/python -m abscot_plugin.testing.fixtures tiny build/tiny
 
 fixtures: build/tiny/config.json
 
@@ -46,6 +46,7 @@ toy-demo: $(STAMP)
 # ruff's rules and line length are in pyproject.toml ([tool.ruff]); the tests run only once it passes
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: lint venv-vllm
 	$(BIN)/python -m pytest -x -q -rs --durations=25

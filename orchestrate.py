@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from abscot_plugin.fileio import write_atomic
+from abscot_plugin.core.fileio import write_atomic
 from abscot_plugin.orchestration.checks import StageFailed
 from abscot_plugin.orchestration.manifest import Manifest
 from abscot_plugin.orchestration.plan import build_plan
@@ -41,11 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_config", help="YAML run config (see configs/runs/)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    parser.add_argument("--redo-stale", action="store_true",
-                        help="redo finished stages whose inputs changed (old outputs go to OUTPUT_DIR/superseded)")
-    parser.add_argument("--machine-rank", type=int, default=None,
-                        help="multi-node: this machine's rank (> 0 joins the training stages, and the trace "
-                        "stages when generation.num_nodes > rank)")
+    parser.add_argument(
+        "--redo-stale",
+        action="store_true",
+        help="redo finished stages whose inputs changed (old outputs go to OUTPUT_DIR/superseded)",
+    )
+    parser.add_argument(
+        "--machine-rank",
+        type=int,
+        default=None,
+        help="multi-node: this machine's rank (> 0 joins the training stages, and the trace "
+        "stages when generation.num_nodes > rank)",
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_run_config(args.run_config)

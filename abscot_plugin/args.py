@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from .choices import (
+from . import moved_name
+from .core.choices import (
     DEFAULT_COT_KEEP,
     DEFAULT_INIT,
     DEFAULT_INIT_SEED,
@@ -25,9 +26,9 @@ from .choices import (
     Phase,
     PhaseALayout,
 )
-from .rows import DEFAULT_ID_FIELD
-from .symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
-from .traces import TraceSettings
+from .core.rows import DEFAULT_ID_FIELD
+from .core.symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
+from .core.traces import TraceSettings
 
 BOTTLENECK_TYPE = Phase.A.dataset_type  # the format whose rows need the mask (and its checks)
 # what the plugin's get_input_args names: how axolotl finds this model, and how the dataset
@@ -37,13 +38,16 @@ INPUT_ARGS = f"{__name__}.AbsCoTArgs"
 _MASKLESS_ATTN = ("flash_attention_2", "flash_attention_3", "flash", "sage", "xformers", "fp8")
 _MASKLESS_FLAGS = ("flash_attention", "sage_attention", "xformers_attention")
 # the RL stage (rl: grpo): the trainer and rollout a GRPO config must name, and its dataset type
-GRPO_TRAINER = "abscot_plugin.grpo_trainer.AbsCoTGRPOTrainer"
-GRPO_ROLLOUT = "abscot_plugin.rollout.rollout_func"
+GRPO_TRAINER = "abscot_plugin.train.grpo_trainer.AbsCoTGRPOTrainer"
+GRPO_ROLLOUT = "abscot_plugin.rl.rollout.rollout_func"
 RL_DATASET_TYPE = "abscot_plugin.rl_prompts"
 # sampling keys the rollout does not apply (it samples softmax(logits / temperature) in full, the
 # distribution the trainer's log-probs assume), with the values that mean "off"
 _GRPO_SAMPLING_OFF = {
-    "top_p": (None, 1.0), "top_k": (None, 0, -1), "min_p": (None, 0.0), "repetition_penalty": (None, 1.0),
+    "top_p": (None, 1.0),
+    "top_k": (None, 0, -1),
+    "min_p": (None, 0.0),
+    "repetition_penalty": (None, 1.0),
 }
 
 
@@ -51,12 +55,15 @@ class AbsCoTArgs(BaseModel):
     """Abstract-CoT settings; each key is read by the plugin, the dataset strategies or both."""
 
     abscot_num_symbols: int = Field(
-        default=DEFAULT_NUM_SYMBOLS, ge=1, le=MAX_NUM_SYMBOLS,
+        default=DEFAULT_NUM_SYMBOLS,
+        ge=1,
+        le=MAX_NUM_SYMBOLS,
         description="M, the size of the abstract vocabulary V_abs",
     )
     abscot_m_max: int = Field(default=TraceSettings.m_max, ge=1, description="longest abstract trace")
     abscot_init: InitMethod = Field(
-        default=DEFAULT_INIT, description="initialisation of newly added embedding rows",
+        default=DEFAULT_INIT,
+        description="initialisation of newly added embedding rows",
     )
     abscot_init_seed: int = DEFAULT_INIT_SEED
     abscot_lora_embeddings: Literal["new_rows", "full"] = Field(
@@ -66,7 +73,7 @@ class AbsCoTArgs(BaseModel):
     )
     abscot_trace_file: str | None = Field(
         default=None,
-        description="a trace file (abscot_plugin.traces), matched to rows by name: the id field, else a "
+        description="a trace file (abscot_plugin.core.traces), matched to rows by name: the id field, else a "
         "hash of the messages. Unset: Phase A uses round-1 random traces and Phase B reads each "
         "row's 'abstract_trace' field",
     )
@@ -83,22 +90,25 @@ class AbsCoTArgs(BaseModel):
         "docs/toy_study.md; never for a real run)",
     )
     abscot_skip_bad_rows: bool = Field(
-        default=False, description="skip (and count) malformed rows instead of failing",
+        default=False,
+        description="skip (and count) malformed rows instead of failing",
     )
     abscot_id_field: str = DEFAULT_ID_FIELD
     abscot_rl_m_min: int = Field(
-        default=TraceSettings.m_min, ge=1,
+        default=TraceSettings.m_min,
+        ge=1,
         description="RL (rl: grpo): fewest trace symbols a rollout samples (<endabstract> forbidden "
         "before); the most is abscot_m_max",
     )
     abscot_rollout_server: str | None = Field(
         default=None,
-        description="RL: URL of an abscot rollout server (python -m abscot_plugin.rollout_server, in the vLLM "
+        description="RL: URL of an abscot rollout server (python -m abscot_plugin.rl.rollout_server, in the vLLM "
         "environment) that samples the rollouts, its weights synced from the policy each step; unset: "
         "transformers in the training process",
     )
     abscot_rollout_timeout_s: float = Field(
-        default=DEFAULT_ROLLOUT_TIMEOUT_S, gt=0,
+        default=DEFAULT_ROLLOUT_TIMEOUT_S,
+        gt=0,
         description="RL: seconds one request to the rollout server (a batch of rollouts, a weight sync) may take",
     )
 
@@ -116,18 +126,15 @@ class AbsCoTArgs(BaseModel):
         unknown = sorted(k for k in data if k.startswith("abscot_") and k not in cls.model_fields)
         if unknown:
             raise ValueError(f"unknown abscot key(s) {unknown}; known: {sorted(cls.model_fields)}")
+        check_moved_names(data)
         if is_grpo(data):
             check_grpo(data)
         if not uses_bottleneck(data):
             return data
         if data.get("sample_packing"):
-            raise ValueError(
-                f"{BOTTLENECK_TYPE} needs sample_packing: false (packing drops the bottleneck mask)"
-            )
+            raise ValueError(f"{BOTTLENECK_TYPE} needs sample_packing: false (packing drops the bottleneck mask)")
         attn = str(data.get("attn_implementation") or "")
-        if any(attn.startswith(name) for name in _MASKLESS_ATTN) or any(
-            data.get(flag) for flag in _MASKLESS_FLAGS
-        ):
+        if any(attn.startswith(name) for name in _MASKLESS_ATTN) or any(data.get(flag) for flag in _MASKLESS_FLAGS):
             raise ValueError(
                 f"{BOTTLENECK_TYPE} needs a backend that takes a custom mask: "
                 f"attn_implementation flex_attention, sdpa or eager (got {attn or 'a flash flag'})"
@@ -142,6 +149,18 @@ def dataset_types(cfg) -> list[str]:
         value = entry.get("type") if isinstance(entry, dict) else getattr(entry, "type", None)
         types.append(str(value or ""))
     return types
+
+
+def check_moved_names(cfg) -> None:
+    """ValueError naming the new spelling of each flat-layout name (:data:`abscot_plugin.MOVED`) in a
+    config's dataset types, ``trainer_cls``, ``trl.rollout_func`` and ``trl.reward_funcs``: axolotl
+    would otherwise skip such a dataset type silently."""
+    trl = cfg.get("trl") or {}
+    trl = trl if isinstance(trl, dict) else trl.model_dump()
+    named = [*dataset_types(cfg), cfg.get("trainer_cls"), trl.get("rollout_func"), *(trl.get("reward_funcs") or [])]
+    stale = {value: moved_name(value) for value in named if value and moved_name(value)}
+    if stale:
+        raise ValueError("abscot modules moved: " + "; ".join(f"{old} is now {new}" for old, new in stale.items()))
 
 
 def uses_bottleneck(cfg) -> bool:

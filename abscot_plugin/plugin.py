@@ -18,7 +18,7 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from .args import GRPO_TRAINER, INPUT_ARGS, AbsCoTArgs, dataset_types, is_grpo, uses_bottleneck
-from .choices import Phase
+from .core.choices import Phase
 
 LOG = get_logger("axolotl.integrations.abscot")
 
@@ -36,7 +36,7 @@ class AbsCoTPlugin(BasePlugin):
         return INPUT_ARGS
 
     def register(self, cfg: dict):
-        from .tokenizer_prep import prepare_tokenizer
+        from .tokens.tokenizer_prep import prepare_tokenizer
 
         args = AbsCoTArgs.model_validate({k: v for k, v in cfg.items() if k.startswith("abscot_")})
         path, self.tokens_added = prepare_tokenizer(cfg, args.abscot_num_symbols)
@@ -51,7 +51,7 @@ class AbsCoTPlugin(BasePlugin):
     def post_model_build(self, cfg, model):
         from transformers import AutoTokenizer
 
-        from .vocab import AbstractVocab, embedding_rows, init_new_rows, is_tied
+        from .tokens.vocab import AbstractVocab, embedding_rows, init_new_rows, is_tied
 
         vocab = AbstractVocab.from_tokenizer(
             AutoTokenizer.from_pretrained(cfg.tokenizer_config), cfg.abscot_num_symbols
@@ -75,7 +75,7 @@ class AbsCoTPlugin(BasePlugin):
         return {"trainable_token_indices": targets}
 
     def post_model_load(self, cfg, model):
-        from .vocab import check_tied
+        from .tokens.vocab import check_tied
 
         check_tied(model, list(self.vocab.all_ids))
 
@@ -84,14 +84,14 @@ class AbsCoTPlugin(BasePlugin):
         it); axolotl's own trainer for other formats."""
         if not {phase.dataset_type for phase in Phase} & set(dataset_types(cfg)):
             return None
-        from .trainer import AbsCoTTrainer
+        from .train.trainer import AbsCoTTrainer
 
         return AbsCoTTrainer
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
         if not uses_bottleneck(cfg):
             return None
-        from .collator import SegmentCollator
+        from .train.collator import SegmentCollator
 
         return SegmentCollator, {}
 
@@ -99,24 +99,30 @@ class AbsCoTPlugin(BasePlugin):
         if is_grpo(cfg):
             self._setup_grpo(cfg, trainer)
             return
-        from .dataset_strategy import log_data_summary
+        from .train.dataset_strategy import log_data_summary
 
         log_data_summary(cfg, trainer.train_dataset)
 
     def _setup_grpo(self, cfg, trainer):
-        from .choices import DEFAULT_HF_BATCH_SIZE
-        from .grpo_trainer import AbsCoTGRPOTrainer
-        from .rollout import RLSetup
+        from .core.choices import DEFAULT_HF_BATCH_SIZE
+        from .rl.rollout import RLSetup
+        from .train.grpo_trainer import AbsCoTGRPOTrainer
 
         if not isinstance(trainer, AbsCoTGRPOTrainer):
             raise RuntimeError(f"rl: grpo needs trainer_cls: {GRPO_TRAINER} (the trainer is {type(trainer).__name__})")
         trainer.abscot_rl = RLSetup.build(
-            trainer.processing_class, cfg.abscot_num_symbols, cfg.abscot_rl_m_min, cfg.abscot_m_max,
-            trainer.temperature, trainer.args.max_completion_length, trainer.args.seed, DEFAULT_HF_BATCH_SIZE,
+            trainer.processing_class,
+            cfg.abscot_num_symbols,
+            cfg.abscot_rl_m_min,
+            cfg.abscot_m_max,
+            trainer.temperature,
+            trainer.args.max_completion_length,
+            trainer.args.seed,
+            DEFAULT_HF_BATCH_SIZE,
         )
         setup = trainer.abscot_rl
         if cfg.abscot_rollout_server:
-            from .rollout_client import ServerRollouts
+            from .rl.rollout_client import ServerRollouts
 
             trainer.abscot_server = ServerRollouts(cfg.abscot_rollout_server, cfg.abscot_rollout_timeout_s)
             LOG.info(
@@ -124,6 +130,9 @@ class AbsCoTPlugin(BasePlugin):
             )
         LOG.info(
             "abscot GRPO: traces of %d..%d symbols at temperature %s, answers up to %d tokens, %d prompts",
-            setup.trace.m_min, setup.trace.m_max, setup.trace.temperature, setup.answer_max_tokens,
+            setup.trace.m_min,
+            setup.trace.m_max,
+            setup.trace.temperature,
+            setup.answer_max_tokens,
             len(trainer.train_dataset),
         )

@@ -87,8 +87,8 @@ def dolci_rows(count: int, cot_repeat: int = 1, first: int = 0) -> list[dict]:
     unique id and a unique "Case k." opening its user turn (no shared prompt prefixes), its CoT
     repeated ``cot_repeat`` times (longer rows, nearer Dolci-Think's lengths), and a fixed
     64-symbol ``abstract_trace`` (what a trace file would give Phase B)."""
-    from abscot_plugin.fixtures import data_path
-    from abscot_plugin.symbols import symbol_names
+    from abscot_plugin.core.symbols import symbol_names
+    from abscot_plugin.testing.fixtures import data_path
 
     names = symbol_names(64)
     trace = "".join(names[(7 * i) % len(names)] for i in range(64))
@@ -214,7 +214,7 @@ def interleaved(
     samples = {name: Samples() for name in names}
     graphs = compiled_graphs()
     for r in tqdm(range(repeats), desc=desc or "repeats", unit="rep", leave=False, file=sys.stderr):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             synchronize(device)
             start = time.perf_counter()
             variants[name]()
@@ -249,8 +249,7 @@ def paired_ratio(numerator: Samples, denominator: Samples) -> dict[str, Any]:
     cancel): the median of the per-repeat ratios, their range, and the text for a table cell."""
     ratios = sorted(a / b for a, b in zip(numerator.seconds, denominator.seconds, strict=True))
     med = statistics.median(ratios)
-    return {"median": med, "min": ratios[0], "max": ratios[-1],
-            "text": f"{med:.2f} [{ratios[0]:.2f}–{ratios[-1]:.2f}]"}
+    return {"median": med, "min": ratios[0], "max": ratios[-1], "text": f"{med:.2f} [{ratios[0]:.2f}–{ratios[-1]:.2f}]"}
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -289,8 +288,15 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
-def report(name: str, title: str, info: dict[str, Any], rows: list[dict[str, Any]],
-           columns: Sequence[Column], notes: Sequence[str] = (), extra: dict[str, Any] | None = None) -> Path:
+def report(
+    name: str,
+    title: str,
+    info: dict[str, Any],
+    rows: list[dict[str, Any]],
+    columns: Sequence[Column],
+    notes: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Print ``title``, the machine line, the table and notes; write the JSON; return its path."""
     print(f"\n## {title}\n")
     print(machine_line(info))
@@ -298,7 +304,16 @@ def report(name: str, title: str, info: dict[str, Any], rows: list[dict[str, Any
     print(table(rows, columns))
     for note in notes:
         print(f"- {note}")
-    path = write_json(name, {"title": title, "machine": info, "command": command_line(),
-                             "rows": rows, "notes": list(notes), **(extra or {})})
+    path = write_json(
+        name,
+        {
+            "title": title,
+            "machine": info,
+            "command": command_line(),
+            "rows": rows,
+            "notes": list(notes),
+            **(extra or {}),
+        },
+    )
     print(f"\nfigures: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
     return path

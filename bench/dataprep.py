@@ -1,5 +1,5 @@
-"""Data preparation rate: our Phase A (``abscot_plugin.bottleneck``) and Phase B
-(``abscot_plugin.self_distill``) strategies against axolotl's own ``chat_template`` strategy on the
+"""Data preparation rate: our Phase A (``abscot_plugin.train.bottleneck``) and Phase B
+(``abscot_plugin.train.self_distill``) strategies against axolotl's own ``chat_template`` strategy on the
 same Dolci-Think rows, through axolotl's ``TokenizedPromptDataset`` (the path ``axolotl
 preprocess``/``train`` takes), plus collation of a Phase A batch; and a check that nothing on the
 CPU side builds a B×S×S tensor (the collated batch holds only B×S tensors).
@@ -26,8 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abscot_plugin.fixtures import build_tokenizer  # noqa: E402
-from abscot_plugin.vocab import add_abstract_tokens  # noqa: E402
+from abscot_plugin.testing.fixtures import build_tokenizer  # noqa: E402
+from abscot_plugin.tokens.vocab import add_abstract_tokens  # noqa: E402
 from bench.common import dolci_rows, interleaved, machine, paired_ratio, report  # noqa: E402
 
 SEQUENCE_LEN = 8192
@@ -41,13 +41,19 @@ def strategies(tokenizer) -> dict:
 
     PluginManager.get_instance().register("abscot_plugin.AbsCoTPlugin")
     cfg = DictDefault(
-        sequence_len=SEQUENCE_LEN, train_on_inputs=False, abscot_num_symbols=64, abscot_m_max=128,
-        abscot_cot_keep="end", abscot_trace_seed=0, abscot_skip_bad_rows=False, abscot_id_field="id",
+        sequence_len=SEQUENCE_LEN,
+        train_on_inputs=False,
+        abscot_num_symbols=64,
+        abscot_m_max=128,
+        abscot_cot_keep="end",
+        abscot_trace_seed=0,
+        abscot_skip_bad_rows=False,
+        abscot_id_field="id",
     )
     chat_cfg = {"type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}
     return {
-        "phase_a": load("abscot_plugin.bottleneck", tokenizer, cfg, {}),
-        "phase_b": load("abscot_plugin.self_distill", tokenizer, cfg, {}),
+        "phase_a": load("abscot_plugin.train.bottleneck", tokenizer, cfg, {}),
+        "phase_b": load("abscot_plugin.train.self_distill", tokenizer, cfg, {}),
         "chat_template": load("chat_template", tokenizer, cfg, chat_cfg),
     }
 
@@ -90,8 +96,11 @@ def check_no_bxsxs(collator, features: list[dict]) -> dict:
             f"collated Phase A batch must hold only B×S={bsz}×{seq} tensors; got {wrong or shapes}, "
             f"largest tensor built while collating {spy.shape}"
         )
-    return {"batch": [bsz, seq], "tensors": {k: list(s) for k, s in shapes.items()},
-            "largest_tensor_built": list(spy.shape)}
+    return {
+        "batch": [bsz, seq],
+        "tensors": {k: list(s) for k, s in shapes.items()},
+        "largest_tensor_built": list(spy.shape),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,40 +122,72 @@ def main(argv: list[str] | None = None) -> None:
     rows, extra = [], {}
     for label, data in (("short", dolci_rows(args.rows)), ("long", dolci_rows(args.long_rows, args.cot_repeat))):
         outputs = {name: tokenize(s, data) for name, s in strats.items()}  # also the warm-up
-        samples = interleaved({name: (lambda s=s, data=data: tokenize(s, data)) for name, s in strats.items()},
-                              args.repeats, 0, cpu, f"tokenise {label}")
+        samples = interleaved(
+            {name: (lambda s=s, data=data: tokenize(s, data)) for name, s in strats.items()},
+            args.repeats,
+            0,
+            cpu,
+            f"tokenise {label}",
+        )
         for name, res in samples.items():
             lengths = [len(x) for x in outputs[name]["input_ids"]]
             speed = paired_ratio(samples["chat_template"], res)
-            rows.append(dict(
-                step="tokenise", rows_set=label, variant=name, rows=len(data), mean_tokens=sum(lengths) / len(lengths),
-                median_s=res.median_s, rows_s=len(data) / res.median_s, tokens_s=sum(lengths) / res.median_s,
-                vs_axolotl=speed["median"], vs_axolotl_text=speed["text"], peak_mib=res.peak_mib,
-                samples=res.summary(),
-            ))
+            rows.append(
+                dict(
+                    step="tokenise",
+                    rows_set=label,
+                    variant=name,
+                    rows=len(data),
+                    mean_tokens=sum(lengths) / len(lengths),
+                    median_s=res.median_s,
+                    rows_s=len(data) / res.median_s,
+                    tokens_s=sum(lengths) / res.median_s,
+                    vs_axolotl=speed["median"],
+                    vs_axolotl_text=speed["text"],
+                    peak_mib=res.peak_mib,
+                    samples=res.summary(),
+                )
+            )
         rows.append(_collate_row(label, outputs, tokenizer, args, cpu, extra))
     columns = [
-        ("step", "step", ""), ("rows_set", "rows", ""), ("variant", "variant", ""), ("rows", "n", "d"),
-        ("mean_tokens", "mean tokens/row", ".0f"), ("rows_s", "rows/s", ".0f"), ("tokens_s", "tokens/s", ".0f"),
-        ("vs_axolotl_text", "speed vs axolotl [range]", ""), ("peak_mib", "peak MiB", ".0f"),
+        ("step", "step", ""),
+        ("rows_set", "rows", ""),
+        ("variant", "variant", ""),
+        ("rows", "n", "d"),
+        ("mean_tokens", "mean tokens/row", ".0f"),
+        ("rows_s", "rows/s", ".0f"),
+        ("tokens_s", "tokens/s", ".0f"),
+        ("vs_axolotl_text", "speed vs axolotl [range]", ""),
+        ("peak_mib", "peak MiB", ".0f"),
     ]
     notes = [
         f"medians of {args.repeats} interleaved repeats after one warm-up; sequence_len {SEQUENCE_LEN}; "
         "tokenise = axolotl TokenizedPromptDataset (datasets.map, batched, one process)",
         "speed vs axolotl = axolotl's time / this variant's time, median and range over repeats (tokenise: "
         "chat_template; collate: DataCollatorForSeq2Seq on the same Phase A rows without segment_ids)",
-        "B×S×S check: " + "; ".join(f"{k}: batch {v['batch']}, tensors {v['tensors']}, largest tensor built "
-                                    f"while collating {v['largest_tensor_built']}" for k, v in extra.items()),
+        "B×S×S check: "
+        + "; ".join(
+            f"{k}: batch {v['batch']}, tensors {v['tensors']}, largest tensor built "
+            f"while collating {v['largest_tensor_built']}"
+            for k, v in extra.items()
+        ),
     ]
-    report(args.out, "Data preparation: rows/s of our strategies vs axolotl chat_template", info, rows,
-           columns, notes, extra={"bxsxs_check": extra, "args": vars(args)})
+    report(
+        args.out,
+        "Data preparation: rows/s of our strategies vs axolotl chat_template",
+        info,
+        rows,
+        columns,
+        notes,
+        extra={"bxsxs_check": extra, "args": vars(args)},
+    )
 
 
 def _collate_row(label, outputs, tokenizer, args, cpu, extra) -> dict:
     """Collation of Phase A rows: SegmentCollator vs axolotl's own collator; the B×S×S check."""
     from axolotl.utils.collators import DataCollatorForSeq2Seq
 
-    from abscot_plugin.collator import SegmentCollator
+    from abscot_plugin.train.collator import SegmentCollator
 
     keep = ("input_ids", "attention_mask", "labels", "segment_ids")
     phase_a = [{k: r[k] for k in keep} for r in outputs["phase_a"]]
@@ -159,14 +200,28 @@ def _collate_row(label, outputs, tokenizer, args, cpu, extra) -> dict:
         for i in range(0, len(feats), args.batch):
             collator([dict(f) for f in feats[i : i + args.batch]])
 
-    samples = interleaved({"segment_collator": lambda: run(ours, phase_a),
-                           "axolotl_collator": lambda: run(theirs, plain)}, args.repeats, 1, cpu, f"collate {label}")
+    samples = interleaved(
+        {"segment_collator": lambda: run(ours, phase_a), "axolotl_collator": lambda: run(theirs, plain)},
+        args.repeats,
+        1,
+        cpu,
+        f"collate {label}",
+    )
     res, base = samples["segment_collator"], samples["axolotl_collator"]
     speed = paired_ratio(base, res)
-    return dict(step="collate", rows_set=label, variant="phase_a SegmentCollator", rows=len(phase_a),
-                mean_tokens=sum(len(r["input_ids"]) for r in phase_a) / len(phase_a), median_s=res.median_s,
-                rows_s=len(phase_a) / res.median_s, vs_axolotl=speed["median"], vs_axolotl_text=speed["text"],
-                peak_mib=res.peak_mib, samples={"segment_collator": res.summary(), "axolotl_collator": base.summary()})
+    return dict(
+        step="collate",
+        rows_set=label,
+        variant="phase_a SegmentCollator",
+        rows=len(phase_a),
+        mean_tokens=sum(len(r["input_ids"]) for r in phase_a) / len(phase_a),
+        median_s=res.median_s,
+        rows_s=len(phase_a) / res.median_s,
+        vs_axolotl=speed["median"],
+        vs_axolotl_text=speed["text"],
+        peak_mib=res.peak_mib,
+        samples={"segment_collator": res.summary(), "axolotl_collator": base.summary()},
+    )
 
 
 if __name__ == "__main__":

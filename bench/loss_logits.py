@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abscot_plugin import segments as seg  # noqa: E402
-from abscot_plugin.fixtures import QWEN3_4B  # noqa: E402
-from abscot_plugin.loss_logits import loss_only_inputs  # noqa: E402
-from abscot_plugin.segments import bottleneck_attention_mask  # noqa: E402
-from abscot_plugin.sequences import IGNORE  # noqa: E402
+from abscot_plugin.testing.fixtures import QWEN3_4B  # noqa: E402
+from abscot_plugin.tokens.segments import bottleneck_attention_mask  # noqa: E402
+from abscot_plugin.tokens.sequences import IGNORE  # noqa: E402
+from abscot_plugin.train.loss_logits import loss_only_inputs  # noqa: E402
 from bench.common import interleaved, machine, paired_ratio, ratio, report  # noqa: E402
 from bench.mask_step import LORA, phase_a_segments  # noqa: E402
 
@@ -75,8 +75,9 @@ def bench_one(train: str, args, device: torch.device, dtype: torch.dtype) -> dic
         def run() -> None:
             mask = bottleneck_attention_mask(base.config, data["segment_ids"], dtype)
             extra = loss_only_inputs(data["labels"]) if variant == "loss-only" else {}
-            out = model(input_ids=data["input_ids"], attention_mask=mask, labels=data["labels"],
-                        use_cache=False, **extra)
+            out = model(
+                input_ids=data["input_ids"], attention_mask=mask, labels=data["labels"], use_cache=False, **extra
+            )
             out.loss.backward()
             losses[variant] = out.loss.item()
             model.zero_grad(set_to_none=True)
@@ -88,9 +89,18 @@ def bench_one(train: str, args, device: torch.device, dtype: torch.dtype) -> dic
     time_ratio = paired_ratio(only, full)
     labelled = int(loss_only_inputs(data["labels"])["logits_to_keep"].numel())
     row = dict(
-        train=train, layers=args.layers, seq=args.seq, batch=args.batch, labelled=labelled,
-        full_s=full.median_s, only_s=only.median_s, ratio=time_ratio["median"], ratio_text=time_ratio["text"],
-        full_mib=full.peak_mib, only_mib=only.peak_mib, mem_ratio=ratio(only.peak_mib, full.peak_mib),
+        train=train,
+        layers=args.layers,
+        seq=args.seq,
+        batch=args.batch,
+        labelled=labelled,
+        full_s=full.median_s,
+        only_s=only.median_s,
+        ratio=time_ratio["median"],
+        ratio_text=time_ratio["text"],
+        full_mib=full.peak_mib,
+        only_mib=only.peak_mib,
+        mem_ratio=ratio(only.peak_mib, full.peak_mib),
         saved_mib=None if full.peak_mib is None else full.peak_mib - only.peak_mib,
         loss_diff=abs(losses["loss-only"] - losses["full logits"]),
         samples={k: v.summary() for k, v in steps.items()},
@@ -100,8 +110,9 @@ def bench_one(train: str, args, device: torch.device, dtype: torch.dtype) -> dic
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--layers", type=int, default=36 if cuda else 1)
     parser.add_argument("--seq", type=int, default=8192 if cuda else 4096)
@@ -110,8 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5 if cuda else 3)
     parser.add_argument("--warmup", type=int, default=2 if cuda else 1)
     parser.add_argument("--dtype", default="bfloat16" if cuda else "float32")
-    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=cuda,
-                        help="as the Qwen3-4B configs (default on CUDA)")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=cuda,
+        help="as the Qwen3-4B configs (default on CUDA)",
+    )
     parser.add_argument("--out", default="loss_logits", help="JSON name under build/bench/")
     args = parser.parse_args(argv)
     args.train = args.train.split(",")
@@ -128,14 +143,24 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for train in args.train:
         rows.append(bench_one(train, args, device, dtype))
-        print(f"{train}: time ratio {rows[-1]['ratio_text']}, memory ratio {rows[-1]['mem_ratio']}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{train}: time ratio {rows[-1]['ratio_text']}, memory ratio {rows[-1]['mem_ratio']}",
+            file=sys.stderr,
+            flush=True,
+        )
     columns = [
-        ("train", "train", ""), ("layers", "layers", ""), ("seq", "seq", ""), ("labelled", "positions kept", ""),
-        ("full_s", "full logits s/step", ".2f"), ("only_s", "loss-only s/step", ".2f"),
-        ("ratio_text", "time loss-only/full [range]", ""), ("full_mib", "full logits peak MiB", ".0f"),
-        ("only_mib", "loss-only peak MiB", ".0f"), ("mem_ratio", "memory ratio", ".2f"),
-        ("saved_mib", "MiB saved", ".0f"), ("loss_diff", "|Δ loss|", ".1e"),
+        ("train", "train", ""),
+        ("layers", "layers", ""),
+        ("seq", "seq", ""),
+        ("labelled", "positions kept", ""),
+        ("full_s", "full logits s/step", ".2f"),
+        ("only_s", "loss-only s/step", ".2f"),
+        ("ratio_text", "time loss-only/full [range]", ""),
+        ("full_mib", "full logits peak MiB", ".0f"),
+        ("only_mib", "loss-only peak MiB", ".0f"),
+        ("mem_ratio", "memory ratio", ".2f"),
+        ("saved_mib", "MiB saved", ".0f"),
+        ("loss_diff", "|Δ loss|", ".1e"),
     ]
     notes = [
         f"Qwen3-4B width (hidden 2560, MLP 9728, 32/8 heads, d_head 128), vocabulary {QWEN3_4B['vocab_size']} "
@@ -144,8 +169,15 @@ def main(argv: list[str] | None = None) -> None:
         f"medians of {args.repeats} interleaved repeats after {args.warmup} warm-up; time ratio: median and range "
         "of the per-repeat ratios; peak MiB from one more untimed step of each (gradients included)",
     ]
-    report(args.out, "Loss-only logits vs full logits: Phase A train step at the real vocabulary", info, rows,
-           columns, notes, extra={"args": dict(vars(args))})
+    report(
+        args.out,
+        "Loss-only logits vs full logits: Phase A train step at the real vocabulary",
+        info,
+        rows,
+        columns,
+        notes,
+        extra={"args": dict(vars(args))},
+    )
 
 
 if __name__ == "__main__":

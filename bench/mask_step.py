@@ -38,8 +38,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abscot_plugin import segments as seg  # noqa: E402
-from abscot_plugin.fixtures import qwen3_4b_config, tiny_config  # noqa: E402
-from abscot_plugin.segments import bottleneck_attention_mask  # noqa: E402
+from abscot_plugin.testing.fixtures import qwen3_4b_config, tiny_config  # noqa: E402
+from abscot_plugin.tokens.segments import bottleneck_attention_mask  # noqa: E402
 from bench.common import interleaved, machine, paired_ratio, ratio, report, synchronize  # noqa: E402
 
 PATHS = ("flex_attention", "sdpa", "eager")
@@ -48,8 +48,12 @@ SHORT = {"flex_attention": "flex", "sdpa": "sdpa", "eager": "eager"}
 # causal pattern through the bottleneck machinery); bottleneck: our mask on Phase A segments
 VARIANTS = ("plain", "causal", "bottleneck")
 VOCAB_ROWS = 896  # the tiny fixture's embedding rows
-LORA = dict(r=32, lora_alpha=64, lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+LORA = dict(
+    r=32,
+    lora_alpha=64,
+    lora_dropout=0.0,
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+)
 # default sequence lengths per model: (CPU, GPU)
 DEFAULT_SEQS = {
     "tiny": ([512, 2048], [2048, 8192]),
@@ -116,8 +120,11 @@ def eager_too_big(config, batch: int, seq: int, dtype: torch.dtype, device: torc
     if device.type == "cuda":
         have = torch.cuda.get_device_properties(device).total_memory
     else:
-        have = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                    if line.startswith("MemAvailable:"))
+        have = next(
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemAvailable:")
+        )
     if need > 0.8 * have:
         return f"eager needs ~{need / 2**30:.0f} GiB of attention scores (> 80% of {have / 2**30:.0f} GiB)"
     return None
@@ -148,8 +155,9 @@ def plain_mask_fn(config, batch: int, seq: int, dtype: torch.dtype, device: torc
     positions = torch.arange(seq, device=device)[None]
 
     def build():
-        return create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=ones,
-                                  past_key_values=None, position_ids=positions)
+        return create_causal_mask(
+            config=config, inputs_embeds=embeds, attention_mask=ones, past_key_values=None, position_ids=positions
+        )
 
     return (lambda: ones), build
 
@@ -157,8 +165,9 @@ def plain_mask_fn(config, batch: int, seq: int, dtype: torch.dtype, device: torc
 def bench_one(model, config, name: str, train: str, path: str, seq: int, args, device, dtype) -> dict:
     """Time plain vs our causal vs bottleneck (and the mask builds) for one model/path/length."""
     backward = not (path == "flex_attention" and device.type == "cpu")
-    row = dict(model=name, train=train, path=SHORT[path], seq=seq, batch=args.batch,
-               mode="fwd+bwd" if backward else "fwd")
+    row = dict(
+        model=name, train=train, path=SHORT[path], seq=seq, batch=args.batch, mode="fwd+bwd" if backward else "fwd"
+    )
     if path == "eager" and (why := eager_too_big(config, args.batch, seq, dtype, device)):
         return {**row, "note": why}
     segments = phase_a_segments(args.batch, seq, device)
@@ -175,8 +184,13 @@ def bench_one(model, config, name: str, train: str, path: str, seq: int, args, d
     desc = f"{name} {train} {SHORT[path]} S={seq}"
     start = time.perf_counter()
     try:
-        steps = interleaved({k: make_step(model, ids, fn, backward) for k, fn in inputs.items()},
-                            args.repeats, args.warmup, device, desc)
+        steps = interleaved(
+            {k: make_step(model, ids, fn, backward) for k, fn in inputs.items()},
+            args.repeats,
+            args.warmup,
+            device,
+            desc,
+        )
         masks = interleaved(builds, args.repeats, 1, device, desc + " masks", memory=False)
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
@@ -186,8 +200,14 @@ def bench_one(model, config, name: str, train: str, path: str, seq: int, args, d
     row.update(flops_per_token=dense, attn_flops_per_token=attn)
     for variant in VARIANTS:
         secs = steps[variant].median_s
-        row.update({f"{variant}_s": secs, f"{variant}_mib": steps[variant].peak_mib,
-                    f"{variant}_mask_ms": 1e3 * masks[variant].median_s, f"{variant}_tok_s": tokens / secs})
+        row.update(
+            {
+                f"{variant}_s": secs,
+                f"{variant}_mib": steps[variant].peak_mib,
+                f"{variant}_mask_ms": 1e3 * masks[variant].median_s,
+                f"{variant}_tok_s": tokens / secs,
+            }
+        )
         if args.peak_tflops:
             row[f"{variant}_mfu"] = dense * tokens / secs / (args.peak_tflops * 1e12)
             row[f"{variant}_mfu_attn"] = (dense + attn) * tokens / secs / (args.peak_tflops * 1e12)
@@ -196,11 +216,15 @@ def bench_one(model, config, name: str, train: str, path: str, seq: int, args, d
     row.update(
         wall_s=time.perf_counter() - start,  # the whole comparison: warm-up (compilation) included
         recompiled_while_timed=steps["plain"].graphs_compiled_while_timed,
-        ratio=vs_plain["median"], ratio_range=[vs_plain["min"], vs_plain["max"]], ratio_text=vs_plain["text"],
-        ratio_causal=vs_causal["median"], ratio_causal_text=vs_causal["text"],
+        ratio=vs_plain["median"],
+        ratio_range=[vs_plain["min"], vs_plain["max"]],
+        ratio_text=vs_plain["text"],
+        ratio_causal=vs_causal["median"],
+        ratio_causal_text=vs_causal["text"],
         mem_ratio=ratio(row["bottleneck_mib"], row["plain_mib"]),
-        samples={f"{kind}_{k}": v.summary() for kind, res in (("step", steps), ("mask", masks))
-                 for k, v in res.items()},
+        samples={
+            f"{kind}_{k}": v.summary() for kind, res in (("step", steps), ("mask", masks)) for k, v in res.items()
+        },
     )
     return row
 
@@ -219,8 +243,9 @@ def build_model(config, path: str, device: torch.device, dtype: torch.dtype):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options; the defaults depend on whether CUDA is present (CPU set or GPU set)."""
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--models", default="tiny,medium,qwen3-4b" if cuda else "tiny,medium")
     parser.add_argument("--seqs", default=None, help="comma-separated lengths (default: per model and device)")
@@ -230,8 +255,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5 if cuda else 3)
     parser.add_argument("--warmup", type=int, default=2 if cuda else 1)
     parser.add_argument("--dtype", default="bfloat16" if cuda else "float32")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="dense peak of the device for MFU (default: known GPUs' bf16 datasheet figure)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense peak of the device for MFU (default: known GPUs' bf16 datasheet figure)",
+    )
     parser.add_argument("--out", default="mask_step", help="JSON name under build/bench/")
     args = parser.parse_args(argv)
     long_names = {v: k for k, v in SHORT.items()}
@@ -259,8 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in args.models:
         config = model_config(name)
-        seqs = ([int(s) for s in args.seqs.split(",")] if args.seqs
-                else DEFAULT_SEQS[name][device.type == "cuda"])
+        seqs = [int(s) for s in args.seqs.split(",")] if args.seqs else DEFAULT_SEQS[name][device.type == "cuda"]
         if not seqs:
             print(f"skipping {name}: no default lengths on {device.type} (pass --seqs)", file=sys.stderr)
             continue
@@ -276,8 +304,12 @@ def main(argv: list[str] | None = None) -> None:
                 for seq in seqs:
                     row = bench_one(model, base.config, name, train, path, seq, args, device, dtype)
                     rows.append(row)
-                    print(f"{name} {train} {row['path']} S={seq}: ratio {row.get('ratio')}, "
-                          f"{row.get('wall_s', 0):.1f} s with warm-up", file=sys.stderr, flush=True)
+                    print(
+                        f"{name} {train} {row['path']} S={seq}: ratio {row.get('ratio')}, "
+                        f"{row.get('wall_s', 0):.1f} s with warm-up",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         del model
         synchronize(device)
         if device.type == "cuda":
@@ -288,17 +320,30 @@ def main(argv: list[str] | None = None) -> None:
 def print_report(args, info: dict, rows: list[dict], device: torch.device) -> None:
     """The table, its notes and the JSON."""
     columns = [
-        ("model", "model", ""), ("train", "train", ""), ("path", "mask path", ""), ("seq", "seq", ""),
-        ("mode", "mode", ""), ("plain_s", "plain s/step", ".3f"), ("causal_s", "our causal s/step", ".3f"),
-        ("bottleneck_s", "bottleneck s/step", ".3f"), ("ratio_text", "bottleneck/plain [range]", ""),
-        ("ratio_causal_text", "bottleneck/our causal [range]", ""), ("plain_mask_ms", "plain mask ms", ".1f"),
-        ("bottleneck_mask_ms", "bottleneck mask ms", ".1f"), ("plain_mib", "plain peak MiB", ".0f"),
-        ("bottleneck_mib", "bottleneck peak MiB", ".0f"), ("mem_ratio", "mem ratio", ".2f"),
-        ("plain_tok_s", "plain tok/s", ".0f"), ("bottleneck_tok_s", "bottleneck tok/s", ".0f"),
+        ("model", "model", ""),
+        ("train", "train", ""),
+        ("path", "mask path", ""),
+        ("seq", "seq", ""),
+        ("mode", "mode", ""),
+        ("plain_s", "plain s/step", ".3f"),
+        ("causal_s", "our causal s/step", ".3f"),
+        ("bottleneck_s", "bottleneck s/step", ".3f"),
+        ("ratio_text", "bottleneck/plain [range]", ""),
+        ("ratio_causal_text", "bottleneck/our causal [range]", ""),
+        ("plain_mask_ms", "plain mask ms", ".1f"),
+        ("bottleneck_mask_ms", "bottleneck mask ms", ".1f"),
+        ("plain_mib", "plain peak MiB", ".0f"),
+        ("bottleneck_mib", "bottleneck peak MiB", ".0f"),
+        ("mem_ratio", "mem ratio", ".2f"),
+        ("plain_tok_s", "plain tok/s", ".0f"),
+        ("bottleneck_tok_s", "bottleneck tok/s", ".0f"),
     ]
     if args.peak_tflops:
-        columns += [("plain_mfu", "plain MFU", ".1%"), ("bottleneck_mfu", "bottleneck MFU", ".1%"),
-                    ("bottleneck_mfu_attn", "bottleneck MFU +attn", ".1%")]
+        columns += [
+            ("plain_mfu", "plain MFU", ".1%"),
+            ("bottleneck_mfu", "bottleneck MFU", ".1%"),
+            ("bottleneck_mfu_attn", "bottleneck MFU +attn", ".1%"),
+        ]
     columns.append(("note", "note", ""))
     recompiled = [f"{r['model']} {r['path']} S={r['seq']}" for r in rows if r.get("recompiled_while_timed")]
     notes = [
@@ -314,10 +359,19 @@ def print_report(args, info: dict, rows: list[dict], device: torch.device) -> No
     if device.type == "cpu" and "flex_attention" in args.paths:
         notes.append("flex on CPU: forward only (FlexAttention has no CPU backward in this torch)")
     if args.peak_tflops:
-        notes.append(f"MFU against {args.peak_tflops:.0f} TFLOP/s; full 6·N, LoRA 4·N + 6·N_lora per token; "
-                     "+attn adds 6·L·S·H·d_head per token")
-    report(args.out, "Bottleneck mask vs plain causal: Phase A train step", info, rows, columns, notes,
-           extra={"args": dict(vars(args))})
+        notes.append(
+            f"MFU against {args.peak_tflops:.0f} TFLOP/s; full 6·N, LoRA 4·N + 6·N_lora per token; "
+            "+attn adds 6·L·S·H·d_head per token"
+        )
+    report(
+        args.out,
+        "Bottleneck mask vs plain causal: Phase A train step",
+        info,
+        rows,
+        columns,
+        notes,
+        extra={"args": dict(vars(args))},
+    )
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abscot_plugin.args import AbsCoTArgs  # noqa: E402
-from abscot_plugin.choices import Phase  # noqa: E402
-from abscot_plugin.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
-from abscot_plugin.loss_logits import loss_only_inputs  # noqa: E402
-from abscot_plugin.rows import parse_chat_row, read_rows  # noqa: E402
-from abscot_plugin.sequences import IGNORE, SequenceBuilder  # noqa: E402
-from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402
+from abscot_plugin.core.choices import Phase  # noqa: E402
+from abscot_plugin.core.rows import parse_chat_row, read_rows  # noqa: E402
+from abscot_plugin.testing.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
+from abscot_plugin.tokens.sequences import IGNORE, SequenceBuilder  # noqa: E402
+from abscot_plugin.tokens.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402
+from abscot_plugin.train.loss_logits import loss_only_inputs  # noqa: E402
 from bench.common import interleaved, machine, paired_ratio, report  # noqa: E402
 from bench.mask_step import VOCAB_ROWS, build_model, model_config  # noqa: E402
 
@@ -98,18 +98,25 @@ def loaders(rows: list[dict], micro_batches: list[int], sequence_len: int, seed:
     for k in micro_batches:
         collate = DataCollatorForSeq2Seq(tok, padding=True, pad_to_multiple_of=64, return_tensors="pt")
         sampler = RandomSampler(padded, generator=torch.Generator().manual_seed(seed))
-        out[f"padded mb={k}"] = DataLoader(padded, batch_size=k, sampler=sampler, collate_fn=CountingCollator(collate),
-                                           drop_last=True)
+        out[f"padded mb={k}"] = DataLoader(
+            padded, batch_size=k, sampler=sampler, collate_fn=CountingCollator(collate), drop_last=True
+        )
     # axolotl's packing pipeline: position_ids and length, the attention mask dropped (SDPA / flex)
     packed = padded.map(add_position_ids).remove_columns(["attention_mask"])
     sampler = MultipackBatchSampler(
-        RandomSampler(packed, generator=torch.Generator().manual_seed(seed)), batch_size=1,
-        batch_max_len=sequence_len, lengths=get_dataset_lengths(packed), bin_size=200, group_size=100_000,
-        drop_last=True, num_processes=1,
+        RandomSampler(packed, generator=torch.Generator().manual_seed(seed)),
+        batch_size=1,
+        batch_max_len=sequence_len,
+        lengths=get_dataset_lengths(packed),
+        bin_size=200,
+        group_size=100_000,
+        drop_last=True,
+        num_processes=1,
     )
     collate = V2BatchSamplerDataCollatorForSeq2Seq(tok, padding=True, pad_to_multiple_of=64, return_tensors="pt")
-    out["packed"] = DataLoader(packed.remove_columns(["length"]), batch_sampler=sampler,
-                               collate_fn=CountingCollator(collate))
+    out["packed"] = DataLoader(
+        packed.remove_columns(["length"]), batch_sampler=sampler, collate_fn=CountingCollator(collate)
+    )
     return out
 
 
@@ -145,8 +152,9 @@ def packed_loss_is_per_row(model, loader) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--model", default="medium", help="tiny or medium (bench/mask_step.py)")
     parser.add_argument("--micro-batches", default="1,4,8,16")
     parser.add_argument("--copies", type=int, default=4, help="passes over the 48 Dolci rows per epoch")
@@ -162,24 +170,43 @@ def main(argv: list[str] | None = None) -> None:
     runs = loaders(rows, micro_batches, args.sequence_len, seed=0)
     check = packed_loss_is_per_row(model, runs["packed"])
     counts: dict[str, int] = {}
-    samples = interleaved({name: train_pass(model, loader, counts, name) for name, loader in runs.items()},
-                          args.repeats, args.warmup, device, "phase B passes")
+    samples = interleaved(
+        {name: train_pass(model, loader, counts, name) for name, loader in runs.items()},
+        args.repeats,
+        args.warmup,
+        device,
+        "phase B passes",
+    )
     base = samples["padded mb=1"]
     table = []
     for name, result in samples.items():
         speed = paired_ratio(base, result)  # time of mb=1 / time of this = speed-up in rows/s (same rows)
-        table.append({
-            "variant": name, "rows": counts[name], "tokens": counts[name + " tokens"],
-            "s_per_pass": result.median_s, "rows_s": counts[name] / result.median_s,
-            "tokens_s": counts[name + " tokens"] / result.median_s,
-            "speed_text": speed["text"] if counts[name] == counts["padded mb=1"] else
-            f"{base.median_s / result.median_s * counts[name] / counts['padded mb=1']:.2f} (rows differ)",
-            "peak_mib": result.peak_mib, "samples": result.summary(),
-        })
+        table.append(
+            {
+                "variant": name,
+                "rows": counts[name],
+                "tokens": counts[name + " tokens"],
+                "s_per_pass": result.median_s,
+                "rows_s": counts[name] / result.median_s,
+                "tokens_s": counts[name + " tokens"] / result.median_s,
+                "speed_text": speed["text"]
+                if counts[name] == counts["padded mb=1"]
+                else f"{base.median_s / result.median_s * counts[name] / counts['padded mb=1']:.2f} (rows differ)",
+                "peak_mib": result.peak_mib,
+                "samples": result.summary(),
+            }
+        )
     lengths = [len(r["input_ids"]) for r in rows]
-    columns = [("variant", "variant", ""), ("rows", "rows/pass", ""), ("tokens", "tokens/pass (padded)", ""),
-               ("s_per_pass", "s/pass", ".2f"), ("rows_s", "rows/s", ".1f"), ("tokens_s", "tokens/s", ".0f"),
-               ("speed_text", "rows/s vs padded mb=1 [range]", ""), ("peak_mib", "peak MiB", ".0f")]
+    columns = [
+        ("variant", "variant", ""),
+        ("rows", "rows/pass", ""),
+        ("tokens", "tokens/pass (padded)", ""),
+        ("s_per_pass", "s/pass", ".2f"),
+        ("rows_s", "rows/s", ".1f"),
+        ("tokens_s", "tokens/s", ".0f"),
+        ("speed_text", "rows/s vs padded mb=1 [range]", ""),
+        ("peak_mib", "peak MiB", ".0f"),
+    ]
     notes = [
         f"{len(rows)} Phase B rows of Qwen3 lengths: mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)} "
         f"tokens; {args.model} model (bench/mask_step.py), float32, SDPA, loss-only logits; sequence_len "
@@ -188,8 +215,15 @@ def main(argv: list[str] | None = None) -> None:
         "of the per-repeat time ratios (the same rows in every variant; multipack drops a last partial bin)",
         f"packed loss check: |packed − rows alone| / rows alone = {check:.1e} (block-diagonal mask from position_ids)",
     ]
-    report(args.out, "Phase B throughput: padded micro-batches vs sample packing (axolotl collators)", machine(),
-           table, columns, notes, extra={"args": vars(args), "lengths": lengths})
+    report(
+        args.out,
+        "Phase B throughput: padded micro-batches vs sample packing (axolotl collators)",
+        machine(),
+        table,
+        columns,
+        notes,
+        extra={"args": vars(args), "lengths": lengths},
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""RL rollout rate (prompts/s, tokens/s): ``abscot_plugin.rollout.rollout`` (the sampled two-stage
+"""RL rollout rate (prompts/s, tokens/s): ``abscot_plugin.rl.rollout.rollout`` (the sampled two-stage
 decode GRPO trains on) with the HF backend and, where ``.venv-vllm`` exists, the vLLM backend and
 the rollout server, on the same model and the same prompts, interleaved in one process.
 
     python bench/rollout.py [--model DIR] [--backends hf,vllm,server] [--problems 6] [--k 4] [--answer-tokens 64]
 
-The ``server`` backend is ``python -m abscot_plugin.rollout_server`` in its own process, reached
+The ``server`` backend is ``python -m abscot_plugin.rl.rollout_server`` in its own process, reached
 over HTTP by ``rollout_client.RemoteDecoder``; each of its calls first pushes the HF model's weights
 to it (``WeightPush``, as a GRPO step does), so its time is sync + rollouts.
 
@@ -32,11 +32,13 @@ from bench.tracegen import tiny_model, vllm_env_backends  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="model folder whose tokenizer has V_abs (default: tiny)")
-    parser.add_argument("--backends", default="hf,vllm,server",
-                        help="vllm and server are dropped when .venv-vllm is missing")
+    parser.add_argument(
+        "--backends", default="hf,vllm,server", help="vllm and server are dropped when .venv-vllm is missing"
+    )
     parser.add_argument("--problems", type=int, default=6, help="problems per timed call")
     parser.add_argument("--k", type=int, default=4, help="rollouts per problem")
     parser.add_argument("--answer-tokens", type=int, default=64, help="answer budget")
@@ -55,7 +57,7 @@ def problem_sets(count: int, calls: int) -> list[list[str]]:
     """``calls`` disjoint sets of ``count`` MATH problems from the shipped tiny file."""
     import json
 
-    from abscot_plugin.fixtures import data_path
+    from abscot_plugin.testing.fixtures import data_path
 
     base = [json.loads(line)["problem"] for line in data_path("math500_tiny.jsonl").read_text().splitlines()]
     return [[f"Case {c * count + i}. {base[(c * count + i) % len(base)]}" for i in range(count)] for c in range(calls)]
@@ -65,7 +67,7 @@ def decoders(backends: list[str], model: Path, setup, batch_size: int, stack: co
     """The backends, each built by the generation CLI's own loader (``bench/tracegen.py``'s
     ``load``); HF always (it also scores vLLM's log-probabilities); ``server``: a rollout server
     started for the length of ``stack`` (float32, as the others)."""
-    from abscot_plugin.rollout_client import RemoteDecoder, started_server
+    from abscot_plugin.rl.rollout_client import RemoteDecoder, started_server
     from bench.tracegen import VLLM_PYTHON, load
 
     opts = argparse.Namespace(batch_size=batch_size, max_model_len=1024, dtype="float32", enforce_eager=True)
@@ -81,11 +83,12 @@ def logprob_gap(out: dict, hf_model, setup) -> float:
     """Largest |sampled log-prob - trainer log-prob| over the loss positions of ``out``."""
     import torch
 
-    from abscot_plugin.rollout import completion_log_probs
+    from abscot_plugin.rl.rollout import completion_log_probs
 
     worst = 0.0
-    for prompt, completion, logps, mask in zip(out["prompt_ids"], out["completion_ids"], out["logprobs"],
-                                               out["env_mask"], strict=True):
+    for prompt, completion, logps, mask in zip(
+        out["prompt_ids"], out["completion_ids"], out["logprobs"], out["env_mask"], strict=True
+    ):
         with torch.no_grad():
             logits = hf_model(torch.tensor([prompt + completion])).logits[:, len(prompt) - 1 : -1]
             ours = completion_log_probs(logits, torch.tensor([completion]), setup)[0]
@@ -99,15 +102,23 @@ def run(args, notes: list[str]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from abscot_plugin.rollout import RLSetup, rollout
-    from abscot_plugin.rollout_client import WeightPush
+    from abscot_plugin.rl.rollout import RLSetup, rollout
+    from abscot_plugin.rl.rollout_client import WeightPush
     from bench.common import interleaved, machine, paired_ratio, report
 
     info = machine()
     model = Path(args.model) if args.model else tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(model)
-    setup = RLSetup.build(tokenizer, 64, m_min=16, m_max=128, temperature=1.0,
-                          max_completion_length=128 + 2 + args.answer_tokens, seed=0, batch_size=args.batch_size)
+    setup = RLSetup.build(
+        tokenizer,
+        64,
+        m_min=16,
+        m_max=128,
+        temperature=1.0,
+        max_completion_length=128 + 2 + args.answer_tokens,
+        seed=0,
+        batch_size=args.batch_size,
+    )
     stack = contextlib.ExitStack()
     decs = decoders(args.backends, model, setup, args.batch_size, stack)
     pushes = {"server": WeightPush(decs["server"].url)} if "server" in decs else {}
@@ -122,35 +133,53 @@ def run(args, notes: list[str]) -> None:
                 pushes[backend].push(decs["hf"].model)
             problems = [p for p in sets[len(calls)] for _ in range(args.k)]  # call 0 is the warm-up
             out = rollout(decs[backend], tokenizer, setup, problems, tag=[len(calls)])
-            calls.append({"rollouts": len(problems), "out": out,
-                          "trace_tokens": sum(t + 1 for t in out["abscot_trace_tokens"]),
-                          "tokens": sum(map(len, out["completion_ids"]))})
+            calls.append(
+                {
+                    "rollouts": len(problems),
+                    "out": out,
+                    "trace_tokens": sum(t + 1 for t in out["abscot_trace_tokens"]),
+                    "tokens": sum(map(len, out["completion_ids"])),
+                }
+            )
+
         return call
 
     backends = [b for b in args.backends if b in decs]
     with stack:
-        samples = interleaved({b: variant(b) for b in backends}, args.repeats, 1, torch.device("cpu"), "rollouts",
-                              memory=False)
+        samples = interleaved(
+            {b: variant(b) for b in backends}, args.repeats, 1, torch.device("cpu"), "rollouts", memory=False
+        )
     rows = []
     for backend in backends:
         res, calls = samples[backend], done[backend][1:]
         secs = sum(res.seconds)
         speed = paired_ratio(samples["hf"], res) if "hf" in samples else None
-        rows.append(dict(
-            backend=backend, rollouts=calls[0]["rollouts"], median_s=res.median_s,
-            prompts_s=args.problems / res.median_s, rollouts_s=calls[0]["rollouts"] / res.median_s,
-            tokens_s=sum(c["tokens"] for c in calls) / secs,
-            mean_trace_tokens=sum(c["trace_tokens"] for c in calls) / sum(c["rollouts"] for c in calls),
-            mean_completion_tokens=sum(c["tokens"] for c in calls) / sum(c["rollouts"] for c in calls),
-            speedup_text=speed["text"] if speed else None, samples=res.summary(),
-        ))
+        rows.append(
+            dict(
+                backend=backend,
+                rollouts=calls[0]["rollouts"],
+                median_s=res.median_s,
+                prompts_s=args.problems / res.median_s,
+                rollouts_s=calls[0]["rollouts"] / res.median_s,
+                tokens_s=sum(c["tokens"] for c in calls) / secs,
+                mean_trace_tokens=sum(c["trace_tokens"] for c in calls) / sum(c["rollouts"] for c in calls),
+                mean_completion_tokens=sum(c["tokens"] for c in calls) / sum(c["rollouts"] for c in calls),
+                speedup_text=speed["text"] if speed else None,
+                samples=res.summary(),
+            )
+        )
     for backend in [b for b in ("vllm", "server") if b in done]:
         gap = logprob_gap(done[backend][-1]["out"], decs["hf"].model, setup)
         notes.append(f"{backend}: sampled log-probs vs the trainer's, last call's loss positions: max gap {gap:.2e}")
     columns = [
-        ("backend", "backend", ""), ("rollouts", "rollouts/call", "d"), ("median_s", "s/call", ".2f"),
-        ("prompts_s", "prompts/s", ".2f"), ("rollouts_s", "rollouts/s", ".1f"), ("tokens_s", "tokens/s", ".0f"),
-        ("mean_trace_tokens", "mean trace tokens", ".0f"), ("mean_completion_tokens", "mean completion tokens", ".0f"),
+        ("backend", "backend", ""),
+        ("rollouts", "rollouts/call", "d"),
+        ("median_s", "s/call", ".2f"),
+        ("prompts_s", "prompts/s", ".2f"),
+        ("rollouts_s", "rollouts/s", ".1f"),
+        ("tokens_s", "tokens/s", ".0f"),
+        ("mean_trace_tokens", "mean trace tokens", ".0f"),
+        ("mean_completion_tokens", "mean completion tokens", ".0f"),
         ("speedup_text", "speed vs hf [range]", ""),
     ]
     notes = [
@@ -160,8 +189,15 @@ def run(args, notes: list[str]) -> None:
         "tokens: completion tokens (trace, <endabstract>, \\n, answer); a random model's answers run to the budget",
         *notes,
     ]
-    report(args.out, "RL rollouts: prompts/s and tokens/s per backend", info, rows, columns, notes,
-           extra={"args": vars(args)})
+    report(
+        args.out,
+        "RL rollouts: prompts/s and tokens/s per backend",
+        info,
+        rows,
+        columns,
+        notes,
+        extra={"args": vars(args)},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abscot_plugin.symbols import symbol_names  # noqa: E402
+from abscot_plugin.core.symbols import symbol_names  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]  # (bench.common imports torch: not in the measured processes)
 
@@ -69,7 +69,7 @@ def run_config(folder: Path, data: Path, rows: int) -> Path:
 
 def write_chunks(out: Path, rows: int) -> None:
     """The chunks a finished generation leaves (records of ~1.2 kB: 128-symbol traces)."""
-    from abscot_plugin.traces import TraceWriter
+    from abscot_plugin.core.traces import TraceWriter
 
     writer = TraceWriter(out, {}, CHUNK)
     writer.start()
@@ -102,11 +102,11 @@ def child(step: str, args: list[str]) -> None:
         for piece in build_plan(load_run_config(args[0])).slices.values():
             prepare_slice(piece)
     elif step == "rows":
-        from abscot_plugin.rows import iter_rows
+        from abscot_plugin.core.rows import iter_rows
 
         print(sum(1 for _ in iter_rows(args[0])))
     elif step == "merge":
-        from abscot_plugin.traces import TraceWriter
+        from abscot_plugin.core.traces import TraceWriter
 
         writer = TraceWriter(args[0], {}, CHUNK)
         writer.merge(-(-int(args[1]) // CHUNK))

@@ -25,14 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.args import AbsCoTArgs  # noqa: E402
-from abscot_plugin.choices import Phase  # noqa: E402
-from abscot_plugin.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
-from abscot_plugin.prompts import math_messages  # noqa: E402
-from abscot_plugin.rows import parse_chat_row, read_rows  # noqa: E402
-from abscot_plugin.sequences import SequenceBuilder  # noqa: E402
-from abscot_plugin.symbols import DEFAULT_NUM_SYMBOLS as NUM_SYMBOLS  # noqa: E402
-from abscot_plugin.tokenization import prompt_ids, text_ids  # noqa: E402
-from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402
+from abscot_plugin.core.choices import Phase  # noqa: E402
+from abscot_plugin.core.prompts import math_messages  # noqa: E402
+from abscot_plugin.core.rows import parse_chat_row, read_rows  # noqa: E402
+from abscot_plugin.core.symbols import DEFAULT_NUM_SYMBOLS as NUM_SYMBOLS  # noqa: E402
+from abscot_plugin.testing.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
+from abscot_plugin.tokens.sequences import SequenceBuilder  # noqa: E402
+from abscot_plugin.tokens.tokenization import prompt_ids, text_ids  # noqa: E402
+from abscot_plugin.tokens.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402
 from bench.common import machine, report  # noqa: E402
 
 DEFAULTS = AbsCoTArgs()  # training's defaults: m_max and the round-1 trace seed
@@ -60,9 +60,14 @@ def dolci_lengths(builder: SequenceBuilder) -> dict[str, list[int]]:
         a = builder.example(parsed, trace, Phase.A, SEQUENCE_LEN, m_max=M_MAX)
         b = builder.example(parsed, trace, Phase.B, SEQUENCE_LEN, m_max=M_MAX)
         counts = {code: a.segment_ids.count(code) for code in (seg.PROMPT, seg.COT, seg.ANSWER)}
-        for key, value in (("prompt", counts[seg.PROMPT]), ("cot", counts[seg.COT]),
-                           ("answer", counts[seg.ANSWER]), ("trace", len(trace)),
-                           ("phase_a", len(a.input_ids)), ("phase_b", len(b.input_ids))):
+        for key, value in (
+            ("prompt", counts[seg.PROMPT]),
+            ("cot", counts[seg.COT]),
+            ("answer", counts[seg.ANSWER]),
+            ("trace", len(trace)),
+            ("phase_a", len(a.input_ids)),
+            ("phase_b", len(b.input_ids)),
+        ):
             out[key].append(value)
     return out
 
@@ -77,8 +82,7 @@ def math_lengths(tok, name: str, problem_key: str, solution_key: str) -> dict[st
 
 
 def summary(values: list[int]) -> dict[str, float]:
-    return {"n": len(values), "mean": statistics.mean(values), "median": statistics.median(values),
-            "max": max(values)}
+    return {"n": len(values), "mean": statistics.mean(values), "median": statistics.median(values), "max": max(values)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,18 +99,32 @@ def main(argv: list[str] | None = None) -> None:
         lengths[name] = per
     rows = []
     for (data, part), values in lengths["qwen3"].items():
-        rows.append({"data": data, "part": part, **summary(values),
-                     "tiny_mean": statistics.mean(lengths["tiny"][(data, part)])})
-    columns = [("data", "rows", ""), ("part", "part", ""), ("n", "n", ""), ("mean", "Qwen3 mean", ".0f"),
-               ("median", "Qwen3 median", ".0f"), ("max", "Qwen3 max", ".0f"), ("tiny_mean", "tiny mean", ".0f")]
+        rows.append(
+            {"data": data, "part": part, **summary(values), "tiny_mean": statistics.mean(lengths["tiny"][(data, part)])}
+        )
+    columns = [
+        ("data", "rows", ""),
+        ("part", "part", ""),
+        ("n", "n", ""),
+        ("mean", "Qwen3 mean", ".0f"),
+        ("median", "Qwen3 median", ".0f"),
+        ("max", "Qwen3 max", ".0f"),
+        ("tiny_mean", "tiny mean", ".0f"),
+    ]
     notes = [
         f"Dolci: sequence_len {SEQUENCE_LEN}, m_max {M_MAX}, {NUM_SYMBOLS} symbols, round-1 random traces "
         f"(seed {TRACE_SEED}); trace = symbols only; answer = \\n y <|im_end|>; phase_a / phase_b = whole rows",
         "MATH-500 / GSM8K: prompt = the evaluation chat prompt (math_messages), solution = the reference text",
         "tiny = the 1,024-token BPE test tokenizer trained on these very rows (so its counts are low)",
     ]
-    report(args.out, "Token counts of the shipped rows: Qwen3's tokenizer (and the tiny one)", machine(), rows,
-           columns, notes)
+    report(
+        args.out,
+        "Token counts of the shipped rows: Qwen3's tokenizer (and the tiny one)",
+        machine(),
+        rows,
+        columns,
+        notes,
+    )
 
 
 if __name__ == "__main__":

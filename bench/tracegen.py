@@ -4,8 +4,8 @@ the vLLM backend, on the same model and the same prompts, interleaved in one pro
 
     python bench/tracegen.py [--model DIR] [--prompts-b 24] [--prompts-a 3] [--cot-repeat 12]
 
-Decoding is ``abscot_plugin.decode`` (``Decoder.traces`` under the stage-1 constraint: m_min 16,
-m_max 128, temperature 0.7), each backend built by ``abscot_plugin.generate.load_decoder`` as the
+Decoding is ``abscot_plugin.generation.decode`` (``Decoder.traces`` under the stage-1 constraint: m_min 16,
+m_max 128, temperature 0.7), each backend built by ``abscot_plugin.generation.generate.load_decoder`` as the
 trace-generation CLI builds it. vLLM cannot share the training venv, so when ``.venv-vllm/bin/python``
 exists this script re-runs itself there and both backends run in that one process (its
 transformers version is the one recorded). Every call gets prompts no other call has seen (unique
@@ -28,20 +28,29 @@ MODES = ("phase_b", "phase_a")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Options (the hidden --in-vllm-env marks the re-run under .venv-vllm)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="model folder whose tokenizer has V_abs (default: tiny)")
     parser.add_argument("--backends", default="hf,vllm", help="vllm is dropped when .venv-vllm is missing")
     parser.add_argument("--prompts-b", type=int, default=24, help="Phase B prompts per timed call")
     parser.add_argument("--prompts-a", type=int, default=3, help="Phase A prompts per timed call")
     parser.add_argument("--cot-repeat", type=int, default=12, help="CoT copies in a Phase A row (prefix length)")
     parser.add_argument("--batch-size", type=int, default=8, help="hf backend: prompts per generate call")
-    parser.add_argument("--max-model-len", type=int, default=1400,
-                        help="engine length and Phase A training sequence_len (CoTs cut as training cuts them)")
+    parser.add_argument(
+        "--max-model-len",
+        type=int,
+        default=1400,
+        help="engine length and Phase A training sequence_len (CoTs cut as training cuts them)",
+    )
     parser.add_argument("--dtype", default=None, help="both backends (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
-                        help="vllm without graphs/compilation (default: on without CUDA)")
+    parser.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="vllm without graphs/compilation (default: on without CUDA)",
+    )
     parser.add_argument("--out", default="tracegen", help="JSON name under build/bench/")
     parser.add_argument("--in-vllm-env", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -82,7 +91,7 @@ def tiny_model() -> Path:
     import shutil
     import tempfile
 
-    from abscot_plugin.fixtures import build_tiny
+    from abscot_plugin.testing.fixtures import build_tiny
 
     if not (TINY_MODEL / "config.json").exists():
         TINY_MODEL.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +106,7 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
     """``calls`` disjoint prompt sets per mode, made by the trace-generation CLI's own
     ``build_prefixes`` (Phase A: the prefixes of Phase A training rows of sequence_len
     ``--max-model-len`` and m_max 128, the CLI's defaults)."""
-    from abscot_plugin.generate import Summary, TrainLayout, build_prefixes
+    from abscot_plugin.generation.generate import Summary, TrainLayout, build_prefixes
     from bench.common import dolci_rows
 
     sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
@@ -107,10 +116,11 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
     for mode in MODES:
         rows = dolci_rows(sizes[mode] * calls, args.cot_repeat if mode == "phase_a" else 1, first)
         first += len(rows)
-        prefixes = build_prefixes([(r["id"], r) for r in rows], builder, mode, 128, args.max_model_len, layout,
-                                  False, Summary())
+        prefixes = build_prefixes(
+            [(r["id"], r) for r in rows], builder, mode, 128, args.max_model_len, layout, False, Summary()
+        )
         ids = [p.ids for p in prefixes]
-        sets[mode] = [ids[i * sizes[mode]:(i + 1) * sizes[mode]] for i in range(calls)]
+        sets[mode] = [ids[i * sizes[mode] : (i + 1) * sizes[mode]] for i in range(calls)]
     return sets
 
 
@@ -118,8 +128,24 @@ def load(backend: str, model: Path, args):
     """(decoder, tokenizer, max_model_len) through the generation CLI's own loader."""
     from abscot_plugin import generate
 
-    cli = ["--model", str(model), "--data", "-", "--mode", "phase_b", "--out", "-", "--backend", backend,
-           "--batch-size", str(args.batch_size), "--max-model-len", str(args.max_model_len), "--dtype", args.dtype]
+    cli = [
+        "--model",
+        str(model),
+        "--data",
+        "-",
+        "--mode",
+        "phase_b",
+        "--out",
+        "-",
+        "--backend",
+        backend,
+        "--batch-size",
+        str(args.batch_size),
+        "--max-model-len",
+        str(args.max_model_len),
+        "--dtype",
+        args.dtype,
+    ]
     if args.enforce_eager:
         cli.append("--enforce-eager")
     return generate.load_decoder(generate.parse_args(cli))
@@ -130,9 +156,9 @@ def run(args, notes: list[str]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from abscot_plugin.decode import TraceSettings
-    from abscot_plugin.sequences import SequenceBuilder
-    from abscot_plugin.vocab import AbstractVocab
+    from abscot_plugin.generation.decode import TraceSettings
+    from abscot_plugin.tokens.sequences import SequenceBuilder
+    from abscot_plugin.tokens.vocab import AbstractVocab
     from bench.common import interleaved, machine, paired_ratio, report
 
     cuda = torch.cuda.is_available()
@@ -156,33 +182,57 @@ def run(args, notes: list[str]) -> None:
         def call() -> None:
             prefixes = sets[mode][len(calls)]  # call 0 is the warm-up
             traces = decoders[backend].traces(prefixes, TraceSettings(seed=len(calls)))
-            calls.append({"prompts": len(prefixes), "prefix_tokens": sum(map(len, prefixes)),
-                          "trace_tokens": sum(len(t) + 1 for t in traces)})  # + <endabstract>
+            calls.append(
+                {
+                    "prompts": len(prefixes),
+                    "prefix_tokens": sum(map(len, prefixes)),
+                    "trace_tokens": sum(len(t) + 1 for t in traces),
+                }
+            )  # + <endabstract>
+
         return call
 
     keys = [(b, m) for m in MODES for b in decoders]
-    samples = interleaved({f"{b}/{m}": variant(b, m) for b, m in keys}, args.repeats, 1,
-                          torch.device("cuda" if cuda else "cpu"), "trace generation", memory=False)
+    samples = interleaved(
+        {f"{b}/{m}": variant(b, m) for b, m in keys},
+        args.repeats,
+        1,
+        torch.device("cuda" if cuda else "cpu"),
+        "trace generation",
+        memory=False,
+    )
     rows = []
     for backend, mode in keys:
         res, calls = samples[f"{backend}/{mode}"], done[(backend, mode)][1:]
         secs = sum(res.seconds)
         speed = paired_ratio(samples[f"hf/{mode}"], res) if "hf" in decoders else None
-        rows.append(dict(
-            backend=backend, mode=mode, prompts=calls[0]["prompts"],
-            mean_prefix_tokens=sum(c["prefix_tokens"] for c in calls) / sum(c["prompts"] for c in calls),
-            mean_trace_tokens=sum(c["trace_tokens"] for c in calls) / sum(c["prompts"] for c in calls),
-            median_s=res.median_s, prompts_s=calls[0]["prompts"] / res.median_s,
-            trace_tokens_s=sum(c["trace_tokens"] for c in calls) / secs,
-            prefix_tokens_s=sum(c["prefix_tokens"] for c in calls) / secs,
-            speedup_vs_hf=speed["median"] if speed else None,
-            speedup_text=speed["text"] if speed else None, samples=res.summary(),
-        ))
+        rows.append(
+            dict(
+                backend=backend,
+                mode=mode,
+                prompts=calls[0]["prompts"],
+                mean_prefix_tokens=sum(c["prefix_tokens"] for c in calls) / sum(c["prompts"] for c in calls),
+                mean_trace_tokens=sum(c["trace_tokens"] for c in calls) / sum(c["prompts"] for c in calls),
+                median_s=res.median_s,
+                prompts_s=calls[0]["prompts"] / res.median_s,
+                trace_tokens_s=sum(c["trace_tokens"] for c in calls) / secs,
+                prefix_tokens_s=sum(c["prefix_tokens"] for c in calls) / secs,
+                speedup_vs_hf=speed["median"] if speed else None,
+                speedup_text=speed["text"] if speed else None,
+                samples=res.summary(),
+            )
+        )
     columns = [
-        ("backend", "backend", ""), ("mode", "prefix", ""), ("prompts", "prompts/call", "d"),
-        ("mean_prefix_tokens", "mean prefix tokens", ".0f"), ("mean_trace_tokens", "mean trace tokens", ".0f"),
-        ("median_s", "s/call", ".2f"), ("prompts_s", "prompts/s", ".1f"), ("trace_tokens_s", "trace tokens/s", ".0f"),
-        ("prefix_tokens_s", "prefix tokens/s", ".0f"), ("speedup_text", "speed vs hf [range]", ""),
+        ("backend", "backend", ""),
+        ("mode", "prefix", ""),
+        ("prompts", "prompts/call", "d"),
+        ("mean_prefix_tokens", "mean prefix tokens", ".0f"),
+        ("mean_trace_tokens", "mean trace tokens", ".0f"),
+        ("median_s", "s/call", ".2f"),
+        ("prompts_s", "prompts/s", ".1f"),
+        ("trace_tokens_s", "trace tokens/s", ".0f"),
+        ("prefix_tokens_s", "prefix tokens/s", ".0f"),
+        ("speedup_text", "speed vs hf [range]", ""),
     ]
     shown = model.resolve()
     shown = shown.relative_to(REPO) if shown.is_relative_to(REPO) else shown
@@ -196,8 +246,15 @@ def run(args, notes: list[str]) -> None:
         "5.6/s Phase A (~5,500-token prefix)",
         *notes,
     ]
-    report(args.out, "Trace generation: prompts/s and tokens/s per backend", info, rows, columns, notes,
-           extra={"args": vars(args)})
+    report(
+        args.out,
+        "Trace generation: prompts/s and tokens/s per backend",
+        info,
+        rows,
+        columns,
+        notes,
+        extra={"args": vars(args)},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

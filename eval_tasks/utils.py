@@ -4,7 +4,7 @@ Importing this module also registers the ``abscot-hf`` and ``abscot-vllm`` model
 ``lm_eval`` imports a task folder's ``utils.py`` while it reads a task given as a YAML path, before
 it builds the model, so ``lm_eval --model abscot-hf --tasks eval_tasks/math500_abscot.yaml
 --include_path eval_tasks`` works (0.4.11 needs the include path too, see README.md). By task name
-it imports it too late; use ``python -m abscot_plugin.eval_cli`` then.
+it imports it too late; use ``python -m abscot_plugin.eval.eval_cli`` then.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import datasets
 
-import abscot_plugin.lm_eval_models  # noqa: F401  (registers the model classes with lm-eval)
-from abscot_plugin.scoring import DecodeRecord, gsm8k_gold, parse_gold, sample_metrics, scored_entry
+import abscot_plugin.eval.lm_eval_models  # noqa: F401  (registers the model classes with lm-eval)
+from abscot_plugin.eval.scoring import DecodeRecord, gsm8k_gold, parse_gold, sample_metrics, scored_entry
 
 
 def load_docs(

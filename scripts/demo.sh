@@ -11,7 +11,7 @@ export AXOLOTL_DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=
 CONFIG=configs/runs/tiny.yml
 RUN_DIR=build/orchestrate/tiny
 if [[ ! -f build/tiny/config.json ]]; then
-    "$PYTHON" -m abscot_plugin.fixtures tiny build/tiny
+    "$PYTHON" -m abscot_plugin.testing.fixtures tiny build/tiny
 fi
 start=$(date +%s)
 "$PYTHON" orchestrate.py "$CONFIG"

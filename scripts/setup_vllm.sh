@@ -2,8 +2,8 @@
 # Create the vLLM environment (default .venv-vllm): vLLM cannot share a venv with axolotl 0.19
 # (huggingface_hub, tokenizers, mistral-common pins), so it gets its own, with lm-eval and
 # math-verify for the `abscot-vllm` evaluation class and this project installed without its
-# (axolotl-side) dependencies. Trace generation (`python -m abscot_plugin.generate --backend vllm`)
-# and evaluation (`python -m abscot_plugin.eval_cli --model abscot-vllm`) run from it; the
+# (axolotl-side) dependencies. Trace generation (`python -m abscot_plugin.generation.generate --backend vllm`)
+# and evaluation (`python -m abscot_plugin.eval.eval_cli --model abscot-vllm`) run from it; the
 # orchestrator finds it at .venv-vllm/bin/python.
 #
 #   bash scripts/setup_vllm.sh [VENV_DIR]    (PYTHON=python3.11 to choose the interpreter;
@@ -54,6 +54,6 @@ fi
 "${PIP[@]}" -c "$constraints" --no-deps -e .
 "${PIP[@]}" -c "$constraints" pyyaml tqdm "lm-eval==0.4.11" "math-verify[antlr4_13_2]"
 VLLM_CPU_KVCACHE_SPACE=1 "$VENV/bin/python" -c \
-    "import vllm, abscot_plugin.generate, abscot_plugin.lm_eval_models; print('vllm', vllm.__version__)"
+    "import vllm, abscot_plugin.generation.generate, abscot_plugin.eval.lm_eval_models; print('vllm', vllm.__version__)"
 echo "$PACKAGE" >"$STAMP"
 echo "vLLM environment ready: $VENV ($PACKAGE, $(du -sh "$VENV" | cut -f1), $(( $(date +%s) - start )) s)"

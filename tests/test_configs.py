@@ -13,19 +13,20 @@ from conftest import REPO
 # the plugin's configs (toy_sft.yml trains the toy task's base models without it: validated alone)
 CONFIGS = sorted(p for p in (REPO / "axolotl_configs").glob("*.yml") if p.name != "toy_sft.yml")
 ZERO3_JSON = REPO / "axolotl_configs" / "deepspeed" / "zero3_bf16.json"
-GPU = ({"bf16": True, "fp8": False, "tf32": True, "n_gpu": 2, "compute_capability": "sm_90"},
-       {"torch_version": "2.13.0"})
+GPU = (
+    {"bf16": True, "fp8": False, "tf32": True, "n_gpu": 2, "compute_capability": "sm_90"},
+    {"torch_version": "2.13.0"},
+)
 
 
 def localise(raw: dict, tiny_dir: Path, tmp: Path) -> dict:
     """Point a config's model, data, trace and output paths at local test files."""
-    from abscot_plugin.fixtures import data_path
+    from abscot_plugin.testing.fixtures import data_path
 
     cfg = dict(raw)
     cfg["base_model"] = str(tiny_dir)
     cfg["datasets"] = [
-        {"path": str(data_path("dolci_tiny.jsonl")), "ds_type": "json", "type": d["type"]}
-        for d in raw["datasets"]
+        {"path": str(data_path("dolci_tiny.jsonl")), "ds_type": "json", "type": d["type"]} for d in raw["datasets"]
     ]
     cfg["output_dir"] = str(tmp / "out")
     cfg["dataset_prepared_path"] = str(tmp / "prepared")
@@ -68,7 +69,7 @@ def test_shipped_config_validates(path, tiny_dir, tmp_path):
         assert json.loads((REPO / raw["deepspeed"]).read_text())["zero_optimization"]["stage"] == 3
     if raw.get("adapter") == "lora" and path.name.startswith("qwen3_4b"):
         assert (cfg.lora_r, cfg.lora_alpha) == (32, 64)
-    if any(d["type"] == "abscot_plugin.bottleneck" for d in raw["datasets"]):
+    if any(d["type"] == "abscot_plugin.train.bottleneck" for d in raw["datasets"]):
         assert not cfg.sample_packing
 
 
@@ -102,16 +103,20 @@ def test_bad_settings_fail_validation(change, message, tiny_dir, tmp_path):
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"trainer_cls": None}, "rl: grpo needs trainer_cls: abscot_plugin.grpo_trainer.AbsCoTGRPOTrainer"),
-        ({"trl": {"rollout_func": None}}, "rl: grpo needs trl.rollout_func: abscot_plugin.rollout.rollout_func"),
+        ({"trainer_cls": None}, "rl: grpo needs trainer_cls: abscot_plugin.train.grpo_trainer.AbsCoTGRPOTrainer"),
+        ({"trl": {"rollout_func": None}}, "rl: grpo needs trl.rollout_func: abscot_plugin.rl.rollout.rollout_func"),
         ({"trl": {"top_p": 0.9}}, "trl.top_p=0.9: the abscot rollout samples the full softmax"),
         ({"trl": {"top_k": 50}}, "trl.top_k=50"),
         ({"trl": {"use_vllm": True}}, "for vLLM rollouts set abscot_rollout_server"),
         ({"abscot_rollout_server": "127.0.0.1:8765"}, "abscot_rollout_server '127.0.0.1:8765': needs an http:// URL"),
-        ({"abscot_rollout_server": "http://127.0.0.1:8765", "deepspeed": str(ZERO3_JSON)},
-         "abscot_rollout_server: the weight sync does not merge LoRA under DeepSpeed ZeRO-3"),
-        ({"datasets": [{"path": "x.jsonl", "ds_type": "json", "type": "abscot_plugin.self_distill"}]},
-         "rl: grpo datasets need type: abscot_plugin.rl_prompts"),
+        (
+            {"abscot_rollout_server": "http://127.0.0.1:8765", "deepspeed": str(ZERO3_JSON)},
+            "abscot_rollout_server: the weight sync does not merge LoRA under DeepSpeed ZeRO-3",
+        ),
+        (
+            {"datasets": [{"path": "x.jsonl", "ds_type": "json", "type": "abscot_plugin.train.self_distill"}]},
+            "rl: grpo datasets need type: abscot_plugin.rl_prompts",
+        ),
         ({"abscot_rl_m_min": 200}, "abscot_rl_m_min 200 > abscot_m_max 128"),
     ],
 )

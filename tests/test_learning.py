@@ -8,9 +8,9 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from abscot_plugin import segments as seg
-from abscot_plugin.fixtures import tiny_config
-from abscot_plugin.segments import bottleneck_attention_mask
-from abscot_plugin.sequences import IGNORE
+from abscot_plugin.testing.fixtures import tiny_config
+from abscot_plugin.tokens.segments import bottleneck_attention_mask
+from abscot_plugin.tokens.sequences import IGNORE
 
 KEYS = list(range(300, 308))  # 8 key tokens: chance is 1/8
 FILLER = list(range(400, 420))

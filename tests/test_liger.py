@@ -16,8 +16,14 @@ from support import ROOT, offline_env
 
 @pytest.fixture(scope="module")
 def liger() -> dict:
-    proc = subprocess.run([sys.executable, "tests/liger_worker.py"], cwd=ROOT, capture_output=True, text=True,
-                          env=offline_env(PYTHONPATH=str(ROOT)), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "tests/liger_worker.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=offline_env(PYTHONPATH=str(ROOT)),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -1,4 +1,4 @@
-"""Loss-only logits (abscot_plugin.loss_logits, the trainer's compute_loss): the lm_head projects
+"""Loss-only logits (abscot_plugin.train.loss_logits, the trainer's compute_loss): the lm_head projects
 only the positions the loss reads, and the loss and every parameter gradient equal those of the
 full-logits forward — Phase A with the bottleneck mask and Phase B, a padded batch of two, full
 fine-tuning of the tied model and LoRA with trainable V_abs rows, with and without axolotl's
@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from abscot_plugin.choices import Phase
-from abscot_plugin.loss_logits import loss_only_inputs
-from abscot_plugin.rows import parse_chat_row
-from abscot_plugin.segments import bottleneck_attention_mask
-from abscot_plugin.sequences import IGNORE
+from abscot_plugin.core.choices import Phase
+from abscot_plugin.core.rows import parse_chat_row
+from abscot_plugin.tokens.segments import bottleneck_attention_mask
+from abscot_plugin.tokens.sequences import IGNORE
+from abscot_plugin.train.loss_logits import loss_only_inputs
 
 
 def test_loss_only_inputs_keep_the_union_of_labelled_positions():
@@ -38,7 +38,7 @@ def training_args(tmp_path_factory):
 
 def padded_batch(builder, vocab, tokenizer, rows, phase: Phase) -> dict[str, torch.Tensor]:
     """Two rows of different lengths, right-padded by the collator the phase trains with."""
-    from abscot_plugin.collator import SegmentCollator
+    from abscot_plugin.train.collator import SegmentCollator
 
     features = []
     for row, trace_len in zip(rows, (7, 30), strict=True):
@@ -59,8 +59,13 @@ def build_model(tiny_dir, vocab, train: str):
     if train == "lora_new_rows":
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                            trainable_token_indices={"embed_tokens": list(vocab.all_ids)})
+        config = LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules="all-linear",
+            init_lora_weights=False,
+            trainable_token_indices={"embed_tokens": list(vocab.all_ids)},
+        )
         model = get_peft_model(model, config)
         with torch.no_grad():  # move the V_abs rows off their base values, as training would
             for name, param in model.named_parameters():
@@ -91,7 +96,7 @@ def test_loss_and_gradients_equal_the_full_logits_ones(
 ):
     from axolotl.utils.dict import DictDefault
 
-    from abscot_plugin.trainer import AbsCoTTrainer
+    from abscot_plugin.train.trainer import AbsCoTTrainer
 
     batch = padded_batch(builder, vocab, tiny_tokenizer, dolci_rows[1:3], phase)
     model = build_model(tiny_dir, vocab, train)
@@ -129,13 +134,14 @@ def test_loss_and_gradients_equal_the_full_logits_ones(
             scale = grad.abs().max().item()
             assert scale > 0, name
             # fp32: the two sum the same terms in another order; 1e-5 of the tensor's largest entry
-            torch.testing.assert_close(got_grads[name], grad, rtol=1e-5, atol=1e-5 * scale,
-                                       msg=lambda m, name=name: f"{name}: {m}")
+            torch.testing.assert_close(
+                got_grads[name], grad, rtol=1e-5, atol=1e-5 * scale, msg=lambda m, name=name: f"{name}: {m}"
+            )
 
 
 def test_evaluation_keeps_every_positions_logits(tiny_dir, builder, vocab, tiny_tokenizer, dolci_rows, training_args):
     """return_outputs=True (evaluation): the caller may read the logits, so all are computed."""
-    from abscot_plugin.trainer import AbsCoTTrainer
+    from abscot_plugin.train.trainer import AbsCoTTrainer
 
     batch = padded_batch(builder, vocab, tiny_tokenizer, dolci_rows[1:3], Phase.A)
     model = build_model(tiny_dir, vocab, "full")

@@ -7,11 +7,11 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from abscot_plugin import segments as seg
-from abscot_plugin.choices import Phase
-from abscot_plugin.collator import SegmentCollator
-from abscot_plugin.fixtures import tiny_config
-from abscot_plugin.rows import parse_chat_row
-from abscot_plugin.segments import bottleneck_attention_mask
+from abscot_plugin.core.choices import Phase
+from abscot_plugin.core.rows import parse_chat_row
+from abscot_plugin.testing.fixtures import tiny_config
+from abscot_plugin.tokens.segments import bottleneck_attention_mask
+from abscot_plugin.train.collator import SegmentCollator
 
 
 def tiny_model(layers: int, attn: str = "eager") -> Qwen3ForCausalLM:
@@ -79,15 +79,19 @@ def test_sdpa_flex_and_eager_agree_with_padding(builder, vocab, tiny_tokenizer, 
     model = tiny_model(layers=2)
     rows = [example(builder, vocab, r, trace_len=n) for r, n in ((dolci_rows[1], 8), (dolci_rows[4], 20))]
     features = [
-        {"input_ids": i[0].tolist(), "attention_mask": [1] * i.shape[1], "labels": i[0].tolist(),
-         "segment_ids": s[0].tolist()}
+        {
+            "input_ids": i[0].tolist(),
+            "attention_mask": [1] * i.shape[1],
+            "labels": i[0].tolist(),
+            "segment_ids": s[0].tolist(),
+        }
         for i, s in rows
     ]
     batch = SegmentCollator(tiny_tokenizer, padding=True, return_tensors="pt")(features)
     assert batch["segment_ids"].shape == batch["input_ids"].shape
     assert batch["segment_ids"].dtype == torch.int8
     lengths = [i.shape[1] for i, _ in rows]
-    assert (batch["segment_ids"][0, lengths[0]:] == seg.PAD).all() or lengths[0] == max(lengths)
+    assert (batch["segment_ids"][0, lengths[0] :] == seg.PAD).all() or lengths[0] == max(lengths)
     results = {
         attn: logits(model, batch["input_ids"], batch["segment_ids"], attn)
         for attn in ("eager", "sdpa", "flex_attention")

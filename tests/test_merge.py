@@ -1,4 +1,4 @@
-"""LoRA merging (abscot_plugin.merge): merged logits equal base + adapter logits, tie kept.
+"""LoRA merging (abscot_plugin.checkpoints.merge): merged logits equal base + adapter logits, tie kept.
 
 The adapter trained by ``axolotl train`` is merged and checked the same way in
 tests/test_orchestrate.py (round 1 of the end-to-end run).
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abscot_plugin.merge import main, merge_adapter
-from abscot_plugin.vocab import add_abstract_tokens, init_new_rows
+from abscot_plugin.checkpoints.merge import main, merge_adapter
+from abscot_plugin.tokens.vocab import add_abstract_tokens, init_new_rows
 
 
 @pytest.fixture(scope="module")

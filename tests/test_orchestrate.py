@@ -18,7 +18,7 @@ import pytest
 import yaml
 from support import ROOT, VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
-from abscot_plugin.eval_cli import task_generation_kwargs
+from abscot_plugin.eval.eval_cli import task_generation_kwargs
 from abscot_plugin.orchestration.checks import StageFailed, check_trained_steps
 from abscot_plugin.orchestration.commands import PROMPT_MARGIN, eval_context_needed
 from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine, read_curves
@@ -49,8 +49,7 @@ def run_config(tmp_path: Path, base_model: str | Path, **changes) -> dict:
         "data": {"path": str(DOLCI), "num_rows": 8, "schedule": "per_round"},
         "phase_a": {"config": str(PHASE_A)},
         "phase_b": {"config": str(PHASE_B)},
-        "training": {"overrides": {"max_steps": 4, "warmup_ratio": None, "warmup_steps": 1,
-                                   "micro_batch_size": 2}},
+        "training": {"overrides": {"max_steps": 4, "warmup_ratio": None, "warmup_steps": 1, "micro_batch_size": 2}},
         "generation": {"backend": "hf", "m_min": 2, "m_max": 6, "max_model_len": 384, "batch_size": 8},
         "env": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"},
     }
@@ -93,8 +92,14 @@ def test_bad_run_config_is_one_line(tmp_path, capsys, changes, message):
 def test_bad_config_cli_exit_code(tmp_path):
     """Through the command line: exit status 2 and one line, before anything heavy is imported."""
     path = write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", rounds=0))
-    proc = subprocess.run([sys.executable, "orchestrate.py", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env=offline_env())
+    proc = subprocess.run(
+        [sys.executable, "orchestrate.py", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=offline_env(),
+    )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "rounds:" in proc.stderr
 
 
@@ -150,16 +155,26 @@ def test_training_yamls_must_name_rows_like_the_run_config(tmp_path):
 def test_plan_stages_commands_and_yaml(tmp_path):
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B")
     assert [s.name for s in plan.stages] == [
-        "r1_a_train", "r1_a_merge", "r1_b_traces", "r1_b_train", "r1_b_merge",
-        "r2_a_traces", "r2_a_train", "r2_a_merge", "r2_b_traces", "r2_b_train", "r2_b_merge",
+        "r1_a_train",
+        "r1_a_merge",
+        "r1_b_traces",
+        "r1_b_train",
+        "r1_b_merge",
+        "r2_a_traces",
+        "r2_a_train",
+        "r2_a_merge",
+        "r2_b_traces",
+        "r2_b_train",
+        "r2_b_merge",
     ]
     run = tmp_path / "run"
     assert plan.final_model == run / "round2" / "phase_b" / "model"
     a2 = plan.stage("r2_a_train").yaml
     assert a2["base_model"] == str(run / "round1" / "phase_b" / "model")  # A_t starts from B_(t-1)
     assert a2["abscot_trace_file"] == str(run / "round2" / "phase_a" / "traces.jsonl")
-    assert a2["datasets"] == [{"path": str(run / "data" / "round2.jsonl"), "ds_type": "json",
-                               "type": "abscot_plugin.bottleneck"}]
+    assert a2["datasets"] == [
+        {"path": str(run / "data" / "round2.jsonl"), "ds_type": "json", "type": "abscot_plugin.train.bottleneck"}
+    ]
     assert a2["use_tensorboard"] is True and a2["max_steps"] == 4 and "warmup_ratio" not in a2
     assert "abscot_trace_file" not in plan.stage("r1_a_train").yaml  # round 1: random traces
     gen = plan.stage("r2_a_traces").command
@@ -170,13 +185,16 @@ def test_plan_stages_commands_and_yaml(tmp_path):
     for flag, value in [("--sequence-len", "256"), ("--cot-keep", "end"), ("--train-m-max", "128")]:
         assert gen[gen.index(flag) + 1] == value
     assert "--sequence-len" not in plan.stage("r2_b_traces").command and not plan.notes
-    changed = plan_for(tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"abscot_cot_keep": "both_ends",
-                                                                        "abscot_m_max": 64}})
+    changed = plan_for(
+        tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"abscot_cot_keep": "both_ends", "abscot_m_max": 64}}
+    )
     gen = changed.stage("r2_a_traces").command
     assert gen[gen.index("--cot-keep") + 1] == "both_ends" and gen[gen.index("--train-m-max") + 1] == "64"
     short = plan_for(tmp_path, "Qwen/Qwen3-4B", generation={"max_model_len": 200})
-    assert short.notes == ["generation.max_model_len 200 < Phase A sequence_len 256: on long rows, Phase A "
-                           "teachers see less CoT than training (counted in the trace stages' summaries)"]
+    assert short.notes == [
+        "generation.max_model_len 200 < Phase A sequence_len 256: on long rows, Phase A "
+        "teachers see less CoT than training (counted in the trace stages' summaries)"
+    ]
     with pytest.raises(PlanError, match="tiny_phase_a.yml: set sequence_len"):
         plan_for(tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"sequence_len": None}})
     train = plan.stage("r1_a_train").command
@@ -184,40 +202,61 @@ def test_plan_stages_commands_and_yaml(tmp_path):
 
 
 def test_evaluation_stages(tmp_path):
-    """eval_base (base model, first) and eval (B_T, last) run abscot_plugin.eval_cli with the
+    """eval_base (base model, first) and eval (B_T, last) run abscot_plugin.eval.eval_cli with the
     evaluation settings; the data file's content is part of their fingerprints."""
     math500 = tmp_path / "math500.jsonl"
     math500.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
-    evaluation = {"baseline_tasks": ["math500_verbal"], "tasks": ["math500_abscot", "gsm8k_abscot"],
-                  "data_files": {"math500_file": str(math500)}, "gen_kwargs": {"max_gen_toks": 64},
-                  "model_args": {"dtype": "float32"}, "limit": 5, "batch_size": 4}
+    evaluation = {
+        "baseline_tasks": ["math500_verbal"],
+        "tasks": ["math500_abscot", "gsm8k_abscot"],
+        "data_files": {"math500_file": str(math500)},
+        "gen_kwargs": {"max_gen_toks": 64},
+        "model_args": {"dtype": "float32"},
+        "limit": 5,
+        "batch_size": 4,
+    }
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation=evaluation)
     first, last = plan.stages[0], plan.stages[-1]
     assert (first.name, last.name) == ("eval_base", "eval") and last.upstream == ["r2_b_merge"]
     run = tmp_path / "run"
-    expected = ((first, "Qwen/Qwen3-4B", "math500_verbal", run / "eval" / "base"),
-                (last, str(plan.final_model), "math500_abscot,gsm8k_abscot", run / "eval" / "final"))
+    expected = (
+        (first, "Qwen/Qwen3-4B", "math500_verbal", run / "eval" / "base"),
+        (last, str(plan.final_model), "math500_abscot,gsm8k_abscot", run / "eval" / "final"),
+    )
     for stage, model, tasks, out in expected:
         cmd = stage.command
-        assert cmd[:3] == [sys.executable, "-m", "abscot_plugin.eval_cli"] and "--log_samples" in cmd
-        for flag, value in [("--model", "abscot-hf"), ("--model_args", f"pretrained={model},dtype=float32"),
-                            ("--tasks", tasks), ("--output_path", str(out)), ("--limit", "5"),
-                            ("--batch_size", "4"), ("--gen_kwargs", "max_gen_toks=64"),
-                            ("--include_path", str(ROOT / "eval_tasks"))]:
+        assert cmd[:3] == [sys.executable, "-m", "abscot_plugin.eval.eval_cli"] and "--log_samples" in cmd
+        for flag, value in [
+            ("--model", "abscot-hf"),
+            ("--model_args", f"pretrained={model},dtype=float32"),
+            ("--tasks", tasks),
+            ("--output_path", str(out)),
+            ("--limit", "5"),
+            ("--batch_size", "4"),
+            ("--gen_kwargs", "max_gen_toks=64"),
+            ("--include_path", str(ROOT / "eval_tasks")),
+        ]:
             assert cmd[cmd.index(flag) + 1] == value
         assert json.loads(cmd[cmd.index("--metadata") + 1]) == {"math500_file": str(math500)}
     math500.write_text(json.dumps({"problem": "2+2?", "answer": "4"}) + "\n")
     changed = plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation=evaluation)
     assert changed.stages[0].fingerprint != first.fingerprint and changed.stages[-1].fingerprint != last.fingerprint
     assert changed.stage("r1_a_train").fingerprint == plan.stage("r1_a_train").fingerprint
-    vllm = plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation={"tasks": ["math500_abscot"], "backend": "vllm"},
-                    generation={"backend": "vllm", "python": sys.executable, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    vllm = plan_for(
+        tmp_path,
+        "Qwen/Qwen3-4B",
+        evaluation={"tasks": ["math500_abscot"], "backend": "vllm"},
+        generation={"backend": "vllm", "python": sys.executable, "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+    )
     assert vllm.stages[-1].command[vllm.stages[-1].command.index("--model") + 1] == "abscot-vllm"
     assert vllm.stages[-1].env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert [s.kind for s in plan_for(tmp_path, "Qwen/Qwen3-4B").stages].count("eval") == 0  # no tasks: none
     with pytest.raises(ConfigError, match="unknown data_files keys"):
-        plan_for(tmp_path, "Qwen/Qwen3-4B",
-                 evaluation={"tasks": ["math500_abscot"], "data_files": {"math_file": str(math500)}})
+        plan_for(
+            tmp_path,
+            "Qwen/Qwen3-4B",
+            evaluation={"tasks": ["math500_abscot"], "data_files": {"math_file": str(math500)}},
+        )
 
 
 def test_data_schedules(tmp_path):
@@ -236,9 +275,17 @@ def test_data_schedules(tmp_path):
 
 def test_full_finetune_vllm_and_multinode(tmp_path):
     plan = plan_for(
-        tmp_path, "Qwen/Qwen3-4B",
-        training={"overrides": {"adapter": None}, "launcher": {
-            "num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29500}},
+        tmp_path,
+        "Qwen/Qwen3-4B",
+        training={
+            "overrides": {"adapter": None},
+            "launcher": {
+                "num_processes": 16,
+                "num_machines": 2,
+                "main_process_ip": "10.0.0.1",
+                "main_process_port": 29500,
+            },
+        },
         generation={"backend": "vllm", "python": sys.executable, "tensor_parallel_size": 2},
         phase_a={"overrides": {"max_memory": {"cpu": "1GiB"}}},
     )
@@ -247,11 +294,23 @@ def test_full_finetune_vllm_and_multinode(tmp_path):
     gen = plan.stage("r1_b_traces").command
     assert gen[gen.index("--backend") + 1] == "vllm" and gen[gen.index("--tensor-parallel-size") + 1] == "2"
     train = plan.stage("r1_a_train").command
-    for flag, value in [("--num_processes", "16"), ("--num_machines", "2"), ("--machine_rank", "0"),
-                        ("--main_process_ip", "10.0.0.1")]:
+    for flag, value in [
+        ("--num_processes", "16"),
+        ("--num_machines", "2"),
+        ("--machine_rank", "0"),
+        ("--main_process_ip", "10.0.0.1"),
+    ]:
         assert train[train.index(flag) + 1] == value
-    cfg = load_run_config(write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", training={
-        "launcher": {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1"}})))
+    cfg = load_run_config(
+        write_config(
+            tmp_path,
+            run_config(
+                tmp_path,
+                "Qwen/Qwen3-4B",
+                training={"launcher": {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1"}},
+            ),
+        )
+    )
     worker = build_plan(cfg, machine_rank=1).stage("r1_a_train")
     assert worker.command[worker.command.index("--machine_rank") + 1] == "1"
     assert worker.fingerprint == build_plan(cfg).stage("r1_a_train").fingerprint
@@ -262,16 +321,24 @@ def test_multinode_dry_run_for_each_machine(tmp_path, capsys):
     each machine rank prints the GPU layout, its own rank in the launch and generation commands,
     and the same fingerprints; the data-parallel layout is not in any fingerprint."""
     launcher = {"num_processes": 16, "num_machines": 2, "main_process_ip": "10.0.0.1", "main_process_port": 29500}
-    generation = {"backend": "vllm", "python": sys.executable, "tensor_parallel_size": 2, "data_parallel_size": 4,
-                  "num_nodes": 2}
-    config = write_config(tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", training={"launcher": launcher},
-                                               generation=generation))
+    generation = {
+        "backend": "vllm",
+        "python": sys.executable,
+        "tensor_parallel_size": 2,
+        "data_parallel_size": 4,
+        "num_nodes": 2,
+    }
+    config = write_config(
+        tmp_path, run_config(tmp_path, "Qwen/Qwen3-4B", training={"launcher": launcher}, generation=generation)
+    )
     plans = []
     for rank in (0, 1):
         assert orchestrate.main([str(config), "--dry-run", "--machine-rank", str(rank)]) == 0
         out = capsys.readouterr().out
-        assert ("GPU layout: trace generation 2 node(s) × 4 data-parallel engine(s) = 8 vllm engine(s), 2 GPU(s) "
-                "each; training 2 machine(s) × 8 process(es) = 16 process(es)") in out
+        assert (
+            "GPU layout: trace generation 2 node(s) × 4 data-parallel engine(s) = 8 vllm engine(s), 2 GPU(s) "
+            "each; training 2 machine(s) × 8 process(es) = 16 process(es)"
+        ) in out
         plan = build_plan(load_run_config(config), rank)
         for stage in plan.stages:
             flag = {"traces": "--node-rank", "train": "--machine_rank"}.get(stage.kind)
@@ -280,8 +347,12 @@ def test_multinode_dry_run_for_each_machine(tmp_path, capsys):
         gen = plan.stage("r1_b_traces").command
         assert gen[gen.index("--data-parallel-size") + 1] == "4" and gen[gen.index("--num-nodes") + 1] == "2"
         plans.append(plan)
-    single = plan_for(tmp_path, "Qwen/Qwen3-4B", training={"launcher": launcher},
-                      generation={**generation, "data_parallel_size": 1, "num_nodes": 1})
+    single = plan_for(
+        tmp_path,
+        "Qwen/Qwen3-4B",
+        training={"launcher": launcher},
+        generation={**generation, "data_parallel_size": 1, "num_nodes": 1},
+    )
     assert "--data-parallel-size" not in single.stage("r1_b_traces").command
     for a, b, c in zip(plans[0].stages, plans[1].stages, single.stages, strict=True):
         assert a.fingerprint == b.fingerprint == c.fingerprint, a.name
@@ -323,8 +394,9 @@ def test_shipped_run_configs_plan(tmp_path, tiny_dir):
 def test_shipped_eval_budgets_and_commands_agree():
     """The verbal answer budget is read from its task YAML (one place); every vLLM command in the
     READMEs leaves room for its tasks' budgets, and eval_tasks/README.md states the YAMLs' values."""
-    budgets = {name: task_generation_kwargs([name])[name]["max_gen_toks"]
-               for name in ("math500_verbal", "math500_abscot")}
+    budgets = {
+        name: task_generation_kwargs([name])[name]["max_gen_toks"] for name in ("math500_verbal", "math500_abscot")
+    }
     template = yaml.safe_load((ROOT / "eval_tasks" / "_verbal_template_yaml").read_text())
     assert budgets["math500_verbal"] == template["generation_kwargs"]["max_gen_toks"]
     checked = 0
@@ -347,26 +419,44 @@ def test_vllm_evaluation_context_must_hold_the_answer_budget(tmp_path):
     tasks) and the answer budget of every task; one-line PlanError otherwise."""
     verbal = task_generation_kwargs(["math500_verbal"])["math500_verbal"]["max_gen_toks"]
     abstract = task_generation_kwargs(["math500_abscot"])["math500_abscot"]
-    assert eval_context_needed(["verbal_math"], {}) == {"math500_verbal": PROMPT_MARGIN + verbal,
-                                                       "gsm8k_verbal": PROMPT_MARGIN + verbal}
+    assert eval_context_needed(["verbal_math"], {}) == {
+        "math500_verbal": PROMPT_MARGIN + verbal,
+        "gsm8k_verbal": PROMPT_MARGIN + verbal,
+    }
     assert eval_context_needed(["math500_abscot"], {"m_max": 64, "max_gen_toks": 100}) == {
-        "math500_abscot": PROMPT_MARGIN + 64 + 100}
+        "math500_abscot": PROMPT_MARGIN + 64 + 100
+    }
     need = PROMPT_MARGIN + abstract["m_max"] + abstract["max_gen_toks"]
 
     def plan(max_model_len, backend="vllm", **evaluation):
-        return plan_for(tmp_path, "Qwen/Qwen3-4B", evaluation={
-            "baseline_tasks": ["math500_verbal"], "tasks": ["math500_abscot"], "backend": backend,
-            "model_args": {"max_model_len": max_model_len}, **evaluation},
-            generation={"backend": "vllm", "python": sys.executable})
+        return plan_for(
+            tmp_path,
+            "Qwen/Qwen3-4B",
+            evaluation={
+                "baseline_tasks": ["math500_verbal"],
+                "tasks": ["math500_abscot"],
+                "backend": backend,
+                "model_args": {"max_model_len": max_model_len},
+                **evaluation,
+            },
+            generation={"backend": "vllm", "python": sys.executable},
+        )
 
-    with pytest.raises(PlanError, match=(
+    with pytest.raises(
+        PlanError,
+        match=(
             rf"^evaluation.model_args.max_model_len {verbal} is too short for task math500_verbal: "
-            rf"{PROMPT_MARGIN} prompt tokens \+ {verbal} answer tokens \(max_gen_toks\) = {PROMPT_MARGIN + verbal};")):
+            rf"{PROMPT_MARGIN} prompt tokens \+ {verbal} answer tokens \(max_gen_toks\) = {PROMPT_MARGIN + verbal};"
+        ),
+    ):
         plan(verbal)
     plan(max(PROMPT_MARGIN + verbal, need))
     plan(need, baseline_tasks=[])
-    with pytest.raises(PlanError, match=rf"task math500_abscot: {PROMPT_MARGIN} prompt tokens \+ "
-                                        rf"{abstract['m_max']} trace tokens \(m_max\) \+ "):
+    with pytest.raises(
+        PlanError,
+        match=rf"task math500_abscot: {PROMPT_MARGIN} prompt tokens \+ "
+        rf"{abstract['m_max']} trace tokens \(m_max\) \+ ",
+    ):
         plan(need - 1, baseline_tasks=[])
     plan(PROMPT_MARGIN + 512, gen_kwargs={"max_gen_toks": 256})  # the run's gen_kwargs win
     plan(100, backend="hf")  # the hf backend has no context limit to check
@@ -377,8 +467,13 @@ def test_vllm_evaluation_context_must_hold_the_answer_budget(tmp_path):
     ("yaml_cfg", "rows", "world", "steps", "warmup"),
     [
         # Qwen3-4B: 5000 rows, batch 1 x 16 x 2 processes = 32, 1 epoch, 5 % warm-up
-        ({"micro_batch_size": 1, "gradient_accumulation_steps": 16, "num_epochs": 1, "warmup_ratio": 0.05},
-         5000, 2, 157, 7),
+        (
+            {"micro_batch_size": 1, "gradient_accumulation_steps": 16, "num_epochs": 1, "warmup_ratio": 0.05},
+            5000,
+            2,
+            157,
+            7,
+        ),
         # axolotl's ceil(rows x epochs / batch) (it sets the trainer's max_steps), not epochs x ceil(rows / batch)
         ({"micro_batch_size": 1, "gradient_accumulation_steps": 2, "num_epochs": 2, "warmup_ratio": 0.1}, 5, 1, 5, 0),
         # max_steps wins; axolotl turns a warm-up of 1 step into 2
@@ -419,8 +514,9 @@ def test_qwen3_4b_plan_predicts_the_documented_schedule(tmp_path, capsys):
     optimizer steps the README states, with one effective batch in examples; the dry run shows it."""
     rows = tmp_path / "dolci.jsonl"
     rows.write_text("".join(json.dumps({"id": f"row-{i}", "messages": []}) + "\n" for i in range(5000)))
-    documented = re.search(r"effective batch (\d+) examples = (\d+) optimizer steps\s+per phase",
-                           (ROOT / "README.md").read_text())
+    documented = re.search(
+        r"effective batch (\d+) examples = (\d+) optimizer steps\s+per phase", (ROOT / "README.md").read_text()
+    )
     batch, steps = int(documented.group(1)), int(documented.group(2))
     for variant in ("lora", "full"):
         cfg = yaml.safe_load((ROOT / "configs" / "runs" / "qwen3_4b.yml").read_text())
@@ -443,8 +539,10 @@ def test_summary_shows_the_planned_schedule_and_evaluation_warnings(tmp_path):
     plan = plan_for(tmp_path, "Qwen/Qwen3-4B")
     report = tmp_path / "run" / "eval" / "report.md"
     report.parent.mkdir(parents=True)
-    report.write_text("# Evaluation report\n\n| run | task |\n|---|---|\n| base | math500_verbal |\n\n"
-                      "**Warning: base, math500_verbal: 5.0 % answers truncated** (more than 1 %): …\n\nTokens are …\n")
+    report.write_text(
+        "# Evaluation report\n\n| run | task |\n|---|---|\n| base | math500_verbal |\n\n"
+        "**Warning: base, math500_verbal: 5.0 % answers truncated** (more than 1 %): …\n\nTokens are …\n"
+    )
     summary = write_summary(plan, Manifest(tmp_path / "run" / "manifest.json")).read_text()
     assert "| r2_b_train | todo |  | 4 steps (max_steps), warm-up 2, batch 2 |  | `logs/r2_b_train.log` |" in summary
     assert "| r2_b_merge | todo |  |  |  | `logs/r2_b_merge.log` |" in summary
@@ -459,8 +557,11 @@ def test_trained_steps_check():
     assert planned.steps == 157
     for logged in (157, 150, 79):
         check_trained_steps("r1_b_train", logged, planned)
-    with pytest.raises(StageFailed, match=r"r1_b_train: the trainer ran 12 optimizer steps; the plan expects "
-                                          r"157 for 5000 rows \(at least 79 if only 50% of them reach training\)"):
+    with pytest.raises(
+        StageFailed,
+        match=r"r1_b_train: the trainer ran 12 optimizer steps; the plan expects "
+        r"157 for 5000 rows \(at least 79 if only 50% of them reach training\)",
+    ):
         check_trained_steps("r1_b_train", 12, planned)  # e.g. packed micro-batches
     with pytest.raises(StageFailed, match="ran 314 optimizer steps; the plan expects 157"):
         check_trained_steps("r1_b_train", 314, planned)  # e.g. half the processes
@@ -474,6 +575,7 @@ def test_trained_steps_check():
 def hf_cosine(peak, warmup, total, steps_per_call=1):
     """Learning rates an HF warm-up + cosine schedule gives per optimizer step; ``steps_per_call``
     2 is the reproduction's bug (the scheduler advanced once per process)."""
+
     def lr(i):
         if i < warmup:
             return peak * i / max(1, warmup)
@@ -549,8 +651,14 @@ def _processes_mentioning(text: Path) -> list[str]:
 
 
 def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "orchestrate.py", str(config), *args], cwd=ROOT,
-                          capture_output=True, text=True, env=offline_env(), **kwargs)
+    return subprocess.run(
+        [sys.executable, "orchestrate.py", str(config), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
@@ -562,16 +670,33 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     the evaluation hook and --redo-stale on a changed evaluation command."""
     # 8 rows x 3 epochs / batch (1 x 3 x 2 processes) = ceil(4) = 4 steps, as axolotl plans them
     # (3 epochs x ceil(8 / 2 / 3) would be 6); warm-up int(0.25 x 4) = 1, which axolotl makes 2
-    cfg = run_config(tmp_path, tiny_dir, training={
-        "overrides": {"max_steps": None, "num_epochs": 3, "micro_batch_size": 1, "gradient_accumulation_steps": 3,
-                      "warmup_ratio": 0.25},
-        "launcher": {"num_processes": 2}}, generation={"data_parallel_size": 2})
+    cfg = run_config(
+        tmp_path,
+        tiny_dir,
+        training={
+            "overrides": {
+                "max_steps": None,
+                "num_epochs": 3,
+                "micro_batch_size": 1,
+                "gradient_accumulation_steps": 3,
+                "warmup_ratio": 0.25,
+            },
+            "launcher": {"num_processes": 2},
+        },
+        generation={"data_parallel_size": 2},
+    )
     config = write_config(tmp_path, cfg)
     plan = build_plan(load_run_config(config))
     assert {(s.schedule.steps, s.schedule.warmup) for s in plan.stages if s.kind == "train"} == {(4, 2)}
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "orchestrate.py", str(config)], cwd=ROOT, env=offline_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "orchestrate.py", str(config)],
+        cwd=ROOT,
+        env=offline_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 900
         while "r2_a_traces" not in _manifest(run):
@@ -598,7 +723,7 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     assert resumed.stdout.count("[run]") == 5 and len(after) == 11
 
     # artefacts: traces valid, curves checked (2 processes: still one warm-up + cosine), models
-    from abscot_plugin.traces import load_trace_file
+    from abscot_plugin.core.traces import load_trace_file
 
     for phase in ("round1/phase_b", "round2/phase_a", "round2/phase_b"):
         traces = load_trace_file(run / phase / "traces.jsonl", 64, 6)
@@ -620,9 +745,13 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
 
     # the final evaluation (lm-eval, HF backend): a new stage runs alone and writes the report;
     # changing its settings makes it stale until --redo-stale, which keeps the old results
-    cfg["evaluation"] = {"tasks": ["math500_abscot"], "limit": 2, "batch_size": 2,
-                         "data_files": {"math500_file": str(ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl")},
-                         "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8, "trace_seed": 0}}
+    cfg["evaluation"] = {
+        "tasks": ["math500_abscot"],
+        "limit": 2,
+        "batch_size": 2,
+        "data_files": {"math500_file": str(ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl")},
+        "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8, "trace_seed": 0},
+    }
     config = write_config(tmp_path, cfg)
     first = _orchestrate(config, timeout=600)
     assert first.returncode == 0 and first.stdout.count("[run]") == 1, first.stdout[-2000:] + first.stderr[-3000:]
@@ -658,12 +787,22 @@ def test_t1_run_with_vllm_generation_and_evaluation(tmp_path, tiny_dir):
         pytest.skip(VLLM_SKIP)
     math500 = ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl"
     cfg = run_config(
-        tmp_path, tiny_dir, rounds=1,
-        generation={"backend": "vllm", "dtype": "float32", "extra_args": ["--enforce-eager"],
-                    "env": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
-        evaluation={"tasks": ["math500_abscot"], "limit": 2, "data_files": {"math500_file": str(math500)},
-                    "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8},
-                    "model_args": {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True}},
+        tmp_path,
+        tiny_dir,
+        rounds=1,
+        generation={
+            "backend": "vllm",
+            "dtype": "float32",
+            "extra_args": ["--enforce-eager"],
+            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        },
+        evaluation={
+            "tasks": ["math500_abscot"],
+            "limit": 2,
+            "data_files": {"math500_file": str(math500)},
+            "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8},
+            "model_args": {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True},
+        },
     )
     done = _orchestrate(write_config(tmp_path, cfg), timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -682,7 +821,7 @@ def _check_axolotl_adapter_merge(base_dir: Path, phase_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from abscot_plugin.vocab import AbstractVocab, init_new_rows
+    from abscot_plugin.tokens.vocab import AbstractVocab, init_new_rows
 
     tok = AutoTokenizer.from_pretrained(phase_dir / "model")
     vocab = AbstractVocab.from_tokenizer(tok, 64)

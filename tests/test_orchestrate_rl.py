@@ -15,7 +15,6 @@ import yaml
 from support import ROOT
 from test_orchestrate import orchestrate, run_config, write_config
 
-from abscot_plugin.judge import CONFIG_ENV, JUDGE_REWARD
 from abscot_plugin.orchestration.checks import StageFailed, check_training
 from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_constant
 from abscot_plugin.orchestration.manifest import Manifest
@@ -24,6 +23,7 @@ from abscot_plugin.orchestration.run_config import PlanError, load_run_config
 from abscot_plugin.orchestration.schedule import GRPOSchedule
 from abscot_plugin.orchestration.slices import write_slice
 from abscot_plugin.orchestration.summary import describe, eval_label, write_summary
+from abscot_plugin.rl.judge import CONFIG_ENV, JUDGE_REWARD
 
 GRPO = ROOT / "tests" / "grpo_minimal.yml"
 MATH500 = ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl"
@@ -97,8 +97,9 @@ def test_rl_stages_commands_and_yaml(tmp_path):
     assert str(plan.final_model) == warmup and plan.rl_model == run / "rl" / "model"
     # the GRPO template with the managed keys set; training.overrides (the warm-up's) do not apply
     assert train.yaml["base_model"] == warmup and train.yaml["rl"] == "grpo"
-    assert train.yaml["datasets"] == [{"path": str(run / "data" / "rl.jsonl"), "ds_type": "json",
-                                       "type": "abscot_plugin.rl_prompts"}]
+    assert train.yaml["datasets"] == [
+        {"path": str(run / "data" / "rl.jsonl"), "ds_type": "json", "type": "abscot_plugin.rl_prompts"}
+    ]
     assert train.yaml["output_dir"] == str(run / "rl" / "train") and train.yaml["use_tensorboard"]
     assert train.yaml["dataset_prepared_path"] == str(run / "prepared" / "rl")
     assert "max_steps" not in train.yaml and train.yaml["trl"]["num_generations"] == 4
@@ -126,8 +127,9 @@ def test_rl_stages_commands_and_yaml(tmp_path):
 
 def test_rl_variants(tmp_path):
     """Full fine-tuning: no merge, the RL model is the trainer's folder; rl.tasks; GSM8K rows; no rl."""
-    plan = rl_plan(tmp_path, {"overrides": {"adapter": None}, "tasks": ["gsm8k_abscot"], "data": str(GSM8K),
-                              "num_rows": None})
+    plan = rl_plan(
+        tmp_path, {"overrides": {"adapter": None}, "tasks": ["gsm8k_abscot"], "data": str(GSM8K), "num_rows": None}
+    )
     assert [s.name for s in plan.stages][-3:] == ["eval", "rl_train", "rl_eval"]
     assert plan.rl_model == tmp_path / "run" / "rl" / "train"
     ev = plan.stage("rl_eval").command
@@ -149,9 +151,9 @@ def test_judge_reward_wiring(tmp_path):
     settings = tmp_path / "judge.yml"
     settings.write_text(yaml.safe_dump({"url": "http://127.0.0.1:8001/v1", "model": "judge", "rubric": str(rubric)}))
     rewards = {"overrides": {"trl": {"num_generations": 4, "reward_funcs": [JUDGE_REWARD]}}}
-    with pytest.raises(PlanError, match="names abscot_plugin.judge.judge, and rl.judge .* is not set: set both"):
+    with pytest.raises(PlanError, match="names abscot_plugin.rl.judge.judge, and rl.judge .* is not set: set both"):
         rl_plan(tmp_path, rewards)
-    with pytest.raises(PlanError, match="does not name abscot_plugin.judge.judge, and rl.judge .* is set: set both"):
+    with pytest.raises(PlanError, match="does not name abscot_plugin.rl.judge.judge, and rl.judge .* is set: set both"):
         rl_plan(tmp_path, {"judge": str(settings)})
     plan = rl_plan(tmp_path, {**rewards, "judge": str(settings)})
     train = plan.stage("rl_train")
@@ -173,8 +175,11 @@ def test_rl_fingerprints(tmp_path):
     def changed(plan) -> set[str]:
         return {s.name for s in plan.stages if s.name.startswith("rl_") and s.fingerprint != rl[s.name]}
 
-    for variant in ({"overrides": {"learning_rate": 2e-6}}, {"num_rows": 8},
-                    {"overrides": {"trl": {"num_generations": 2, "beta": 0.0}}}):
+    for variant in (
+        {"overrides": {"learning_rate": 2e-6}},
+        {"num_rows": 8},
+        {"overrides": {"trl": {"num_generations": 2, "beta": 0.0}}},
+    ):
         plan = rl_plan(tmp_path, variant)
         assert changed(plan) == set(rl), variant
         assert {s.name: s.fingerprint for s in plan.stages if not s.name.startswith("rl_")} == warmup
@@ -191,8 +196,15 @@ def test_rl_fingerprints(tmp_path):
     [
         ({"micro_batch_size": 4, "gradient_accumulation_steps": 2, "trl": {"num_generations": 4}}, 16, 1),
         ({"micro_batch_size": 4, "gradient_accumulation_steps": 2, "trl": {"num_generations": 4}}, 17, 1),
-        ({"micro_batch_size": 2, "gradient_accumulation_steps": 4, "trl": {"num_generations": 8,
-          "generation_batch_size": 32, "num_iterations": 2}}, 50, 2),
+        (
+            {
+                "micro_batch_size": 2,
+                "gradient_accumulation_steps": 4,
+                "trl": {"num_generations": 8, "generation_batch_size": 32, "num_iterations": 2},
+            },
+            50,
+            2,
+        ),
         ({"micro_batch_size": 8, "gradient_accumulation_steps": 1, "num_epochs": 3, "trl": {}}, 30, 1),
         ({"micro_batch_size": 1, "gradient_accumulation_steps": 16, "trl": {"num_generations": 8}}, 1000, 4),
     ],
@@ -207,17 +219,24 @@ def test_grpo_steps_follow_trl(yaml_cfg, rows, processes, tmp_path):
     schedule = GRPOSchedule.of(yaml_cfg, rows, processes)
     trl = yaml_cfg["trl"]
     config = GRPOConfig(
-        output_dir=str(tmp_path), per_device_train_batch_size=yaml_cfg["micro_batch_size"],
-        gradient_accumulation_steps=yaml_cfg["gradient_accumulation_steps"], use_cpu=True, report_to=[],
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=yaml_cfg["micro_batch_size"],
+        gradient_accumulation_steps=yaml_cfg["gradient_accumulation_steps"],
+        use_cpu=True,
+        report_to=[],
         **{k: trl[k] for k in ("num_generations", "generation_batch_size", "num_iterations") if k in trl},
     )
     if processes > 1:  # GRPOConfig derives the generation batch for this process count
         config.generation_batch_size = trl.get("generation_batch_size") or (
-            config.per_device_train_batch_size * processes * config.gradient_accumulation_steps)
+            config.per_device_train_batch_size * processes * config.gradient_accumulation_steps
+        )
         config.steps_per_generation = config.generation_batch_size // (config.per_device_train_batch_size * processes)
-    sampler = RepeatSampler(list(range(rows)), mini_repeat_count=config.num_generations,
-                            batch_size=config.generation_batch_size // config.num_generations,
-                            repeat_count=config.num_iterations * config.steps_per_generation)
+    sampler = RepeatSampler(
+        list(range(rows)),
+        mini_repeat_count=config.num_generations,
+        batch_size=config.generation_batch_size // config.num_generations,
+        repeat_count=config.num_iterations * config.steps_per_generation,
+    )
     per_process = len(sampler) // processes
     dataloader = math.ceil(per_process / (config.per_device_train_batch_size * config.steps_per_generation))
     per_epoch = max(math.ceil(dataloader / config.gradient_accumulation_steps), 1)
@@ -297,11 +316,22 @@ def test_dry_run_lists_the_rl_stages(tmp_path):
     from support import offline_env
 
     path = write_config(tmp_path, rl_config(tmp_path))
-    proc = subprocess.run([sys.executable, "orchestrate.py", str(path), "--dry-run"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, env=offline_env())
+    proc = subprocess.run(
+        [sys.executable, "orchestrate.py", str(path), "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=offline_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for line in ("rl_train     todo", "rl_merge     todo", "rl_eval      todo",
-                 f"config: {tmp_path / 'run' / 'rl' / 'axolotl.yml'}", "schedule: 8 optimizer steps"):
+    for line in (
+        "rl_train     todo",
+        "rl_merge     todo",
+        "rl_eval      todo",
+        f"config: {tmp_path / 'run' / 'rl' / 'axolotl.yml'}",
+        "schedule: 8 optimizer steps",
+    ):
         assert line in proc.stdout, line
 
 

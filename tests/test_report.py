@@ -1,4 +1,4 @@
-"""The evaluation report (abscot_plugin.report) over lm-eval results files of several runs."""
+"""The evaluation report (abscot_plugin.eval.report) over lm-eval results files of several runs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from abscot_plugin.report import REFERENCE_ROWS, build_report, main, markdown_table, rows_of
+from abscot_plugin.eval.report import REFERENCE_ROWS, build_report, main, markdown_table, rows_of
 
 
 def _results(path: Path, pretrained: str, tasks: dict[str, dict[str, float]], n: int = 500) -> Path:
@@ -29,19 +29,36 @@ def _results(path: Path, pretrained: str, tasks: dict[str, dict[str, float]], n:
     return path
 
 
-ABSTRACT = {"accuracy": 0.75, "unparseable": 0.02, "abstract_tokens": 40.0, "answer_tokens": 260.0,
-            "total_tokens": 300.0, "hit_m_max": 0.125, "answer_truncated": 0.01}
-VERBAL = {"accuracy": 0.8, "unparseable": 0.01, "answer_tokens": 1000.0, "total_tokens": 1000.0,
-          "answer_truncated": 0.05}
+ABSTRACT = {
+    "accuracy": 0.75,
+    "unparseable": 0.02,
+    "abstract_tokens": 40.0,
+    "answer_tokens": 260.0,
+    "total_tokens": 300.0,
+    "hit_m_max": 0.125,
+    "answer_truncated": 0.01,
+}
+VERBAL = {
+    "accuracy": 0.8,
+    "unparseable": 0.01,
+    "answer_tokens": 1000.0,
+    "total_tokens": 1000.0,
+    "answer_truncated": 0.05,
+}
 
 
 @pytest.fixture
 def runs(tmp_path) -> dict[str, Path]:
     return {
-        "base": _results(tmp_path / "base" / "m" / "results_2026-01-01T00-00-00.json", "/ckpt/Qwen3-4B",
-                         {"math500_verbal": VERBAL}),
-        "round1": _results(tmp_path / "r1" / "m" / "results_2026-01-02T00-00-00.json", "/runs/round1/merged",
-                           {"math500_abscot": ABSTRACT, "gsm8k_abscot": {**ABSTRACT, "accuracy": 0.9}}, n=200),
+        "base": _results(
+            tmp_path / "base" / "m" / "results_2026-01-01T00-00-00.json", "/ckpt/Qwen3-4B", {"math500_verbal": VERBAL}
+        ),
+        "round1": _results(
+            tmp_path / "r1" / "m" / "results_2026-01-02T00-00-00.json",
+            "/runs/round1/merged",
+            {"math500_abscot": ABSTRACT, "gsm8k_abscot": {**ABSTRACT, "accuracy": 0.9}},
+            n=200,
+        ),
     }
 
 

@@ -1,4 +1,4 @@
-"""RL prompts (abscot_plugin.rl_data) and rewards (abscot_plugin.rewards): MATH and GSM8K rows,
+"""RL prompts (abscot_plugin.rl.rl_data) and rewards (abscot_plugin.rl.rewards): MATH and GSM8K rows,
 bad rows named, rewards read the rollout's answer text and the row's gold answer."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.rewards import format_reward, length_reward, math_reward
-from abscot_plugin.rl_data import prompt_and_gold, rl_prompts
+from abscot_plugin.rl.rewards import format_reward, length_reward, math_reward
+from abscot_plugin.rl.rl_data import prompt_and_gold, rl_prompts
+from abscot_plugin.testing.fixtures import data_path
 
 
 def test_math_and_gsm8k_rows_give_prompt_and_gold():

@@ -1,5 +1,5 @@
-"""RL rollouts (abscot_plugin.rollout) and the GRPO trainer's log-probabilities
-(abscot_plugin.grpo_trainer): valid traces, the loss mask at the seams, and the trainer's
+"""RL rollouts (abscot_plugin.rl.rollout) and the GRPO trainer's log-probabilities
+(abscot_plugin.train.grpo_trainer): valid traces, the loss mask at the seams, and the trainer's
 per-token log-probs equal to the sampler's, trace and answer."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from abscot_plugin.decode import HFDecoder, check_trace
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.rollout import RLSetup, completion_log_probs, rollout
+from abscot_plugin.generation.decode import HFDecoder, check_trace
+from abscot_plugin.rl.rollout import RLSetup, completion_log_probs, rollout
+from abscot_plugin.testing.fixtures import data_path
 
 K = 3  # rollouts per prompt
 
@@ -73,7 +73,9 @@ def _trl_batch(out, pad_id: int):
 def trainer_logps(trainer_cls, setup, model, out, pad_id):
     ids, mask, length = _trl_batch(out, pad_id)
     fake = SimpleNamespace(
-        abscot_rl=setup, temperature=setup.trace.temperature, model_kwarg_keys={"logits_to_keep"},
+        abscot_rl=setup,
+        temperature=setup.trace.temperature,
+        model_kwarg_keys={"logits_to_keep"},
         _entropy_bonus_enabled=False,
     )
     with torch.no_grad():
@@ -98,7 +100,7 @@ def test_trainer_log_probs_equal_the_samplers(tiny_rl):
     log-softmax does not at trace positions (what the override fixes)."""
     from trl.trainer.grpo_trainer import GRPOTrainer
 
-    from abscot_plugin.grpo_trainer import AbsCoTGRPOTrainer
+    from abscot_plugin.train.grpo_trainer import AbsCoTGRPOTrainer
 
     tok, model, setup, _, out = tiny_rl
     trace, answer = max_gaps(trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
@@ -113,7 +115,7 @@ def test_vllm_rollouts_are_valid_and_score_as_the_trainer_scores_them(tiny_rl, v
     valid traces and seams, and its sampled log-probs equal the trainer's to fp32 tolerance."""
     from support import VLLM_ROLLOUT
 
-    from abscot_plugin.grpo_trainer import AbsCoTGRPOTrainer
+    from abscot_plugin.train.grpo_trainer import AbsCoTGRPOTrainer
 
     tok, model = tiny_rl[:2]
     spec = VLLM_ROLLOUT

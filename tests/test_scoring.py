@@ -1,4 +1,4 @@
-"""Answer scoring (abscot_plugin.scoring): boxed-answer extraction and math-verify equivalence on
+"""Answer scoring (abscot_plugin.eval.scoring): boxed-answer extraction and math-verify equivalence on
 MATH-style answer formats, GSM8K gold answers, decode records and per-sample metrics."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from abscot_plugin.scoring import (
+from abscot_plugin.eval.scoring import (
     DecodeRecord,
     gsm8k_gold,
     is_equivalent,
@@ -163,8 +163,13 @@ def test_gsm8k_gold_requires_final_line():
 
 def _record(**overrides) -> DecodeRecord:
     fields = dict(
-        mode="abstract", trace="<TOKEN_A><TOKEN_B>", abstract_tokens=2, hit_m_max=False,
-        answer="So the total is $\\boxed{\\dfrac{7}{8}}$.", answer_tokens=11, answer_truncated=False,
+        mode="abstract",
+        trace="<TOKEN_A><TOKEN_B>",
+        abstract_tokens=2,
+        hit_m_max=False,
+        answer="So the total is $\\boxed{\\dfrac{7}{8}}$.",
+        answer_tokens=11,
+        answer_truncated=False,
     )
     return DecodeRecord(**{**fields, **overrides})
 
@@ -195,8 +200,13 @@ def test_scored_entry_and_metrics_abstract():
     assert entry["extracted_answer"] == "\\dfrac{7}{8}" and entry["correct"] and entry["parsed"]
     assert entry["trace"] == "<TOKEN_A><TOKEN_B>" and entry["total_tokens"] == 13
     assert sample_metrics(entry) == {
-        "accuracy": 1.0, "unparseable": 0.0, "answer_tokens": 11.0, "total_tokens": 13.0,
-        "answer_truncated": 0.0, "abstract_tokens": 2.0, "hit_m_max": 0.0,
+        "accuracy": 1.0,
+        "unparseable": 0.0,
+        "answer_tokens": 11.0,
+        "total_tokens": 13.0,
+        "answer_truncated": 0.0,
+        "abstract_tokens": 2.0,
+        "hit_m_max": 0.0,
     }
 
 
@@ -204,6 +214,9 @@ def test_scored_entry_and_metrics_verbal():
     record = _record(mode="verbal", trace="", abstract_tokens=0, answer="no box", answer_truncated=True)
     metrics = sample_metrics(scored_entry(record, "3"))
     assert metrics == {
-        "accuracy": 0.0, "unparseable": 1.0, "answer_tokens": 11.0, "total_tokens": 11.0,
+        "accuracy": 0.0,
+        "unparseable": 1.0,
+        "answer_tokens": 11.0,
+        "total_tokens": 11.0,
         "answer_truncated": 1.0,
     }

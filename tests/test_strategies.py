@@ -10,12 +10,12 @@ import pytest
 from support import batch_of, make_cfg, strategy
 
 from abscot_plugin import segments as seg
-from abscot_plugin.choices import Phase
-from abscot_plugin.rows import BadRowError, parse_chat_row
-from abscot_plugin.sequences import IGNORE
-from abscot_plugin.symbols import symbol_names
-from abscot_plugin.traces import parse_trace, random_trace
-from abscot_plugin.vocab import AbstractVocab
+from abscot_plugin.core.choices import Phase
+from abscot_plugin.core.rows import BadRowError, parse_chat_row
+from abscot_plugin.core.symbols import symbol_names
+from abscot_plugin.core.traces import parse_trace, random_trace
+from abscot_plugin.tokens.sequences import IGNORE
+from abscot_plugin.tokens.vocab import AbstractVocab
 
 
 def runs(segments):
@@ -86,8 +86,8 @@ def test_only_the_one_pass_layout_lets_the_cot_reach_the_answer(plugin_active, t
     import torch
     from transformers import Qwen3ForCausalLM
 
-    from abscot_plugin.fixtures import tiny_config
-    from abscot_plugin.segments import bottleneck_attention_mask
+    from abscot_plugin.testing.fixtures import tiny_config
+    from abscot_plugin.tokens.segments import bottleneck_attention_mask
 
     torch.manual_seed(0)
     config = tiny_config(len(tiny_tokenizer))
@@ -118,9 +118,7 @@ def test_phase_b_has_no_cot_and_no_segment_column(plugin_active, any_builder, do
     with traces.open("w") as fh:
         for i, row in enumerate(dolci_rows[:3]):
             fh.write(json.dumps({"id": row["id"], "trace": "".join(names[i : i + 20])}) + "\n")
-    out = strategy(tok, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
-        batch_of(dolci_rows[:3])
-    )
+    out = strategy(tok, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(batch_of(dolci_rows[:3]))
     assert set(out) == {"input_ids", "attention_mask", "labels"}
     for i, (row, ids, labels) in enumerate(zip(dolci_rows[:3], out["input_ids"], out["labels"], strict=True)):
         prefix = builder.phase_b_prefix(parse_chat_row(row, row["id"]))
@@ -146,7 +144,7 @@ def test_rows_without_id_get_the_same_name_in_generation_and_training(
     training, also after ``datasets`` adds a null ``id`` column for rows that lack one."""
     import datasets
 
-    from abscot_plugin.rows import read_rows
+    from abscot_plugin.core.rows import read_rows
 
     rows = [dict(dolci_rows[0])] + [{k: v for k, v in r.items() if k != "id"} for r in dolci_rows[1:3]]
     data = tmp_path / "rows.jsonl"
@@ -156,14 +154,12 @@ def test_rows_without_id_get_the_same_name_in_generation_and_training(
     assert len(set(names)) == 3
     traces = tmp_path / "t.jsonl"
     trace_names = symbol_names(64)
-    traces.write_text("".join(
-        json.dumps({"id": n, "trace": "".join(trace_names[i : i + 4])}) + "\n" for i, n in enumerate(names)
-    ))
+    traces.write_text(
+        "".join(json.dumps({"id": n, "trace": "".join(trace_names[i : i + 4])}) + "\n" for i, n in enumerate(names))
+    )
     loaded = datasets.load_dataset("json", data_files=str(data), split="train")
     assert loaded["id"][1] is None  # what axolotl's loader hands the strategy
-    out = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(
-        loaded.to_dict()
-    )
+    out = strategy(tiny_tokenizer, Phase.B, abscot_trace_file=str(traces)).tokenize_prompt(loaded.to_dict())
     for i, ids in enumerate(out["input_ids"]):
         begin = ids.index(vocab.begin_id)
         assert ids[begin + 1 : begin + 5] == tiny_tokenizer.convert_tokens_to_ids(trace_names[i : i + 4])
@@ -223,22 +219,53 @@ def test_row_that_cannot_fit_is_an_error_not_a_silent_cut(plugin_active, any_bui
 
 
 BAD_ROWS = [
-    ({"id": "r1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no think"}]},
-     "no <think>"),
-    ({"id": "r2",
-      "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>  "}]},
-     "empty answer"),
+    (
+        {"id": "r1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no think"}]},
+        "no <think>",
+    ),
+    (
+        {
+            "id": "r2",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>  "}],
+        },
+        "empty answer",
+    ),
     ({"id": "r3", "messages": "not a list"}, "non-empty list"),
-    ({"id": "r4", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
-     "string 'content'"),
-    ({"id": "r5", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
-      "abstract_trace": "<TOKEN_A><TOKEN_ZZ>"}, "outside V_abs"),
-    ({"id": "r6", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
-      "abstract_trace": "<TOKEN_A>" * 129}, "allowed 1..128"),
-    ({"id": "r7", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
-      "abstract_trace": "<TOKEN_A> hello"}, "not an abstract symbol"),
-    ({"id": "r8", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c, then a"}]},
-     "<think> without a closing </think>"),
+    (
+        {"id": "r4", "messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]},
+        "string 'content'",
+    ),
+    (
+        {
+            "id": "r5",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
+            "abstract_trace": "<TOKEN_A><TOKEN_ZZ>",
+        },
+        "outside V_abs",
+    ),
+    (
+        {
+            "id": "r6",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
+            "abstract_trace": "<TOKEN_A>" * 129,
+        },
+        "allowed 1..128",
+    ),
+    (
+        {
+            "id": "r7",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c</think>a"}],
+            "abstract_trace": "<TOKEN_A> hello",
+        },
+        "not an abstract symbol",
+    ),
+    (
+        {
+            "id": "r8",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>c, then a"}],
+        },
+        "<think> without a closing </think>",
+    ),
 ]
 
 
@@ -305,8 +332,11 @@ BROKEN_THINK = [
 @pytest.mark.parametrize("reply,reason", BROKEN_THINK, ids=["open", "close", "late"])
 def test_broken_think_block_is_a_bad_row_in_both_phases(plugin_active, tiny_tokenizer, phase, reply, reason):
     """Phase B used to take such a reply, think tag and all, as the answer y."""
-    row = {"id": "t1", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
-           "abstract_trace": "<TOKEN_A><TOKEN_B>"}
+    row = {
+        "id": "t1",
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
+        "abstract_trace": "<TOKEN_A><TOKEN_B>",
+    }
     with pytest.raises(ValueError, match=f"row t1: .*{reason}"):
         strategy(tiny_tokenizer, phase).tokenize_prompt(batch_of([row]))
     with pytest.raises(BadRowError) as info:
@@ -322,8 +352,10 @@ def _literal_row(names: str, cot_names: str) -> dict:
         "messages": [
             {"role": "system", "content": f"Never write {names} yourself."},
             {"role": "user", "content": f"Is {names} a token? Say yes."},
-            {"role": "assistant",
-             "content": f"<think>The CoT spells {cot_names} as text.</think>Text: {names} \\boxed{{1}}"},
+            {
+                "role": "assistant",
+                "content": f"<think>The CoT spells {cot_names} as text.</think>Text: {names} \\boxed{{1}}",
+            },
         ],
         "abstract_trace": "<TOKEN_C><TOKEN_D><TOKEN_E>",
     }
@@ -386,8 +418,8 @@ def test_skips_are_totalled_over_map_workers_and_kept_with_the_data(
     steps (shuffle, filter, split) and its prepared-dataset cache, and is logged once."""
     from datasets import Dataset, load_from_disk
 
-    from abscot_plugin.data_counts import DataCounts, recorded
-    from abscot_plugin.dataset_strategy import log_data_summary
+    from abscot_plugin.train.data_counts import DataCounts, recorded
+    from abscot_plugin.train.dataset_strategy import log_data_summary
 
     caplog.set_level("DEBUG")
     strat = strategy(tiny_tokenizer, abscot_skip_bad_rows=True)
@@ -422,7 +454,7 @@ def test_a_repeated_tokenisation_runs_its_batches_again(plugin_active, tiny_toke
     without counting them); each tokenisation's own counting folder keeps that from happening."""
     import datasets
 
-    from abscot_plugin.data_counts import recorded
+    from abscot_plugin.train.data_counts import recorded
 
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in spread_bad_rows(dolci_rows)))

@@ -1,4 +1,4 @@
-"""Free text as plain text (abscot_plugin.tokenization): ordinary text keeps today's ids, literal
+"""Free text as plain text (abscot_plugin.tokens.tokenization): ordinary text keeps today's ids, literal
 token names in text never become their ids, and a template that rewrites contents is refused."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from support import read_jsonl
 
-from abscot_plugin.fixtures import data_path
-from abscot_plugin.prompts import math_messages, prompt_text
-from abscot_plugin.rows import BadRowError, cot_text, parse_chat_row
-from abscot_plugin.sequences import SequenceBuilder
-from abscot_plugin.tokenization import prompt_ids, text_ids
-from abscot_plugin.vocab import AbstractVocab
+from abscot_plugin.core.prompts import math_messages, prompt_text
+from abscot_plugin.core.rows import BadRowError, cot_text, parse_chat_row
+from abscot_plugin.testing.fixtures import data_path
+from abscot_plugin.tokens.sequences import SequenceBuilder
+from abscot_plugin.tokens.tokenization import prompt_ids, text_ids
+from abscot_plugin.tokens.vocab import AbstractVocab
 
 LITERALS = "<think> </think> <|im_end|> <|im_start|> <|endoftext|> <tool_call> <TOKEN_A> <beginabstract> <endabstract>"
 
@@ -50,8 +50,11 @@ def test_shipped_rows_keep_their_ids(tok):
         for text in texts:
             assert text_ids(tok, text) == _old_text_ids(tok, text)
     # contents that open with whitespace join the template's "user\n" as in the whole string
-    messages = [{"role": "user", "content": "\n\n  Solve: x + 1 = 2."}, {"role": "assistant", "content": " ok"},
-                {"role": "user", "content": "\tand @@abscot-content-0@@ too"}]
+    messages = [
+        {"role": "user", "content": "\n\n  Solve: x + 1 = 2."},
+        {"role": "assistant", "content": " ok"},
+        {"role": "user", "content": "\tand @@abscot-content-0@@ too"},
+    ]
     assert prompt_ids(tok, messages) == _whole_string_ids(tok, messages)
 
 
@@ -69,7 +72,7 @@ def test_literal_token_names_are_plain_text(tok):
 def test_a_template_that_rewrites_contents_is_refused(tiny_dir):
     from transformers import AutoTokenizer
 
-    from abscot_plugin.fixtures import CHAT_TEMPLATE
+    from abscot_plugin.testing.fixtures import CHAT_TEMPLATE
 
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     messages = [{"role": "user", "content": "  padded  "}]

@@ -1,8 +1,8 @@
-"""The toy task (abscot_plugin.toy): deterministic data in the pipeline's formats, prompts equal to
+"""The toy task (abscot_plugin.testing.toy): deterministic data in the pipeline's formats, prompts equal to
 the evaluation's, gold answers scored 100 % by the lm-eval tasks' scorer, configs/runs/toy.yml
 planned on the task's files, clear errors on bad arguments, the study's trace statistics and
 probe scoring, and one short round of the task through orchestrate.py. The study itself (real
-budgets) runs from bench/toy/study.py, not in CI."""
+budgets) runs from studies/toy/study.py, not in CI."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import yaml
 from support import ROOT, offline_env, read_jsonl
 
 from abscot_plugin import toy
-from abscot_plugin.prompts import math_messages
-from abscot_plugin.rows import parse_chat_row
-from abscot_plugin.scoring import score_answer
-from abscot_plugin.tokenization import prompt_ids
-from abscot_plugin.traces import load_trace_file
+from abscot_plugin.core.prompts import math_messages
+from abscot_plugin.core.rows import parse_chat_row
+from abscot_plugin.core.traces import load_trace_file
+from abscot_plugin.eval.scoring import score_answer
+from abscot_plugin.tokens.tokenization import prompt_ids
 
 
 def test_problem_states_cot_answer_and_text_round_trip():
@@ -93,7 +93,8 @@ def test_toy_model_and_sft_rows_match_the_evaluation_prompt(tmp_path, toy_model)
             problem = toy.Problem.from_text(row["messages"][1]["content"])
             # axolotl's input_output tokenises each segment as text; the eval builds prompt ids
             assert tok(prompt["text"], add_special_tokens=False)["input_ids"] == prompt_ids(
-                tok, math_messages(problem.text()), row["id"])
+                tok, math_messages(problem.text()), row["id"]
+            )
             assert not prompt["label"] and target["label"]
             assert target["text"] == (problem.cot() + "\n" if with_cot else "") + problem.boxed() + "<|im_end|>"
 
@@ -101,12 +102,13 @@ def test_toy_model_and_sft_rows_match_the_evaluation_prompt(tmp_path, toy_model)
 def test_the_tasks_scorer_scores_the_gold_answers_100_percent(tmp_path):
     """Through eval_tasks/utils.py as lm-eval calls it: the MATH-500 docs, the filter that scores a
     decode record, the per-sample metrics."""
-    from abscot_plugin.scoring import DecodeRecord
+    from abscot_plugin.eval.scoring import DecodeRecord
     from eval_tasks import utils
 
     files = toy.write_data(tmp_path, 6, {"train": 4, "test": 30}, seed=1)
-    docs = utils.process_math500(utils.load_docs("unused", "test", "math500_file",
-                                                 math500_file=str(files["test"]))["test"])
+    docs = utils.process_math500(
+        utils.load_docs("unused", "test", "math500_file", math500_file=str(files["test"]))["test"]
+    )
     problems = [toy.Problem.from_text(d["problem"]) for d in docs]
 
     def accuracy(answers: list[str]) -> float:
@@ -147,7 +149,7 @@ def test_the_toy_run_config_plans_on_the_tasks_files(tmp_path, toy_model):
     traces = plan.stage("r1_b_traces").command
     assert traces[traces.index("--m-min") + 1] == "8" and traces[traces.index("--m-max") + 1] == "32"
     phase_a = plan.stage("r1_a_train").yaml
-    assert phase_a["abscot_m_max"] == 32 and phase_a["datasets"][0]["type"] == "abscot_plugin.bottleneck"
+    assert phase_a["abscot_m_max"] == 32 and phase_a["datasets"][0]["type"] == "abscot_plugin.train.bottleneck"
 
 
 @pytest.mark.parametrize(
@@ -160,14 +162,20 @@ def test_the_toy_run_config_plans_on_the_tasks_files(tmp_path, toy_model):
     ],
 )
 def test_bad_data_arguments_fail_with_one_clear_line(tmp_path, args, message):
-    done = subprocess.run([sys.executable, "-m", "abscot_plugin.toy", "data", str(tmp_path), *args], cwd=ROOT,
-                          env=offline_env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "abscot_plugin.testing.toy", "data", str(tmp_path), *args],
+        cwd=ROOT,
+        env=offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_trace_statistics_of_the_study():
-    from bench.toy.measure import entropy_bits, trace_stats
+    from studies.toy.measure import entropy_bits, trace_stats
 
     assert entropy_bits(Counter("aabb")) == 1.0
     stats = trace_stats(["<TOKEN_A><TOKEN_B>", "<TOKEN_A><TOKEN_A><TOKEN_C><TOKEN_D>"], 64, 32)
@@ -180,24 +188,24 @@ def test_trace_statistics_of_the_study():
 
 
 def test_oracle_agreement_reads_symbols_as_states():
-    from abscot_plugin.scoring import DecodeRecord
-    from bench.toy.measure import oracle_agreement
+    from abscot_plugin.eval.scoring import DecodeRecord
+    from studies.toy.measure import oracle_agreement
 
     def record(trace: str, answer: str) -> DecodeRecord:
         return DecodeRecord("abstract", trace, trace.count("<"), False, answer, 7, False)
 
     problems = ["Swap the values in 1234: a13 b24."] * 3  # ideal trace <TOKEN_O><TOKEN_Q>: 3214, 3412
     decoded = [
-        record("<TOKEN_O><TOKEN_A>", "\\boxed{1234}"),      # half right; the answer reads the last symbol
+        record("<TOKEN_O><TOKEN_A>", "\\boxed{1234}"),  # half right; the answer reads the last symbol
         record("<TOKEN_O><TOKEN_Q><TOKEN_BL>", "\\boxed{3412}"),  # both right; last symbol names no state
-        record("<TOKEN_A>", "\\boxed{3412}"),               # none right; answer ignores the trace
+        record("<TOKEN_A>", "\\boxed{3412}"),  # none right; answer ignores the trace
     ]
     got = oracle_agreement(problems, decoded, 64, 32)
     assert got == {"oracle_symbols_right": pytest.approx((0.5 + 1 + 0) / 3), "answer_reads_trace": pytest.approx(1 / 3)}
 
 
 def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(toy_model):
-    """bench/toy/probe.py's ``answer_right``: a row is right when each answer label is the argmax of
+    """studies/toy/probe.py's ``answer_right``: a row is right when each answer label is the argmax of
     the position before it (here, the model's own predictions, computed row by row without padding),
     the same in a padded batch of a Phase A row (bottleneck mask) and a shorter Phase B row; one
     changed label fails only its row."""
@@ -207,11 +215,11 @@ def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from abscot_plugin import segments as seg
-    from abscot_plugin.choices import Phase
-    from abscot_plugin.segments import bottleneck_attention_mask
-    from abscot_plugin.sequences import SequenceBuilder
-    from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens
-    from bench.toy.probe import answer_right
+    from abscot_plugin.core.choices import Phase
+    from abscot_plugin.tokens.segments import bottleneck_attention_mask
+    from abscot_plugin.tokens.sequences import SequenceBuilder
+    from abscot_plugin.tokens.vocab import AbstractVocab, add_abstract_tokens
+    from studies.toy.probe import answer_right
 
     tok = AutoTokenizer.from_pretrained(toy_model)
     add_abstract_tokens(tok)
@@ -228,10 +236,14 @@ def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(t
     for e in examples:
         segments = torch.tensor([e.segment_ids])
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([e.input_ids]),
-                           attention_mask=bottleneck_attention_mask(model.config, segments, torch.float32)).logits[0]
-        labels = [int(logits[i - 1].argmax()) if s == seg.ANSWER else lab
-                  for i, (lab, s) in enumerate(zip(e.labels, e.segment_ids, strict=True))]
+            logits = model(
+                input_ids=torch.tensor([e.input_ids]),
+                attention_mask=bottleneck_attention_mask(model.config, segments, torch.float32),
+            ).logits[0]
+        labels = [
+            int(logits[i - 1].argmax()) if s == seg.ANSWER else lab
+            for i, (lab, s) in enumerate(zip(e.labels, e.segment_ids, strict=True))
+        ]
         relabelled.append(dataclasses.replace(e, labels=labels))
     assert answer_right(model, relabelled) == [True, True]
     last = max(i for i, s in enumerate(relabelled[0].segment_ids) if s == seg.ANSWER)
@@ -257,8 +269,14 @@ def test_one_short_round_on_the_task(tmp_path, toy_model):
         cfg["evaluation"]["limit"] = 4
 
     path = write_toy_run_config(tmp_path, toy_model, data, num_rows=16, change=shrink)
-    done = subprocess.run([sys.executable, "orchestrate.py", str(path)], cwd=ROOT, capture_output=True, text=True,
-                          env=offline_env(), timeout=900)
+    done = subprocess.run(
+        [sys.executable, "orchestrate.py", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=offline_env(),
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     run = tmp_path / "run"
     manifest = json.loads((run / "manifest.json").read_text())["stages"]

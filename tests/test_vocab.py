@@ -7,11 +7,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from abscot_plugin.fixtures import QWEN3_4B, QWEN3_ADDED_TOKENS
-from abscot_plugin.prompts import prompt_text
-from abscot_plugin.symbols import BEGIN, END, symbol_names
-from abscot_plugin.tokenization import text_ids
-from abscot_plugin.vocab import AbstractVocab, add_abstract_tokens, check_tied, has_abstract_tokens, init_new_rows
+from abscot_plugin.core.prompts import prompt_text
+from abscot_plugin.core.symbols import BEGIN, END, symbol_names
+from abscot_plugin.testing.fixtures import QWEN3_4B, QWEN3_ADDED_TOKENS
+from abscot_plugin.tokens.tokenization import text_ids
+from abscot_plugin.tokens.vocab import (
+    AbstractVocab,
+    add_abstract_tokens,
+    check_tied,
+    has_abstract_tokens,
+    init_new_rows,
+)
 
 
 def test_symbol_names_follow_method():
@@ -51,19 +57,45 @@ def test_ordinary_text_never_produces_abstract_ids(any_builder):
     assert not set(plain) & set(vocab.all_ids)
 
 
-# -- Qwen3's real tokenizer (abscot_plugin.fixtures.build_qwen3_tokenizer) ------------------------
+# -- Qwen3's real tokenizer (abscot_plugin.testing.fixtures.build_qwen3_tokenizer) ------------------------
 def test_qwen3_tokenizer_has_the_published_ids(qwen3_tokenizer):
     tok = qwen3_tokenizer
     assert type(tok).__name__ == "Qwen2Tokenizer" and len(tok) == 151669
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]) == [
-        151643, 151644, 151645, 151667, 151668,
+        151643,
+        151644,
+        151645,
+        151667,
+        151668,
     ]
     assert tok("Hello world", add_special_tokens=False)["input_ids"] == [9707, 1879]
     # two of llama.cpp's Qwen2 tokenizer test vectors (NFC, byte-level pieces, one digit a token)
     mixed = "Hello, y'all! How are you 😁 ?我想在apple工作1314151天～"
     assert tok(mixed, add_special_tokens=False)["input_ids"] == [
-        9707, 11, 379, 64848, 0, 2585, 525, 498, 26525, 223, 937, 104100, 18493, 22377, 99257, 16, 18, 16, 19, 16,
-        20, 16, 35727, 21216,
+        9707,
+        11,
+        379,
+        64848,
+        0,
+        2585,
+        525,
+        498,
+        26525,
+        223,
+        937,
+        104100,
+        18493,
+        22377,
+        99257,
+        16,
+        18,
+        16,
+        19,
+        16,
+        20,
+        16,
+        35727,
+        21216,
     ]
     assert tok("ied 4 ½ months", add_special_tokens=False)["input_ids"] == [1122, 220, 19, 220, 26062, 3951]
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.bos_token is None
@@ -72,8 +104,7 @@ def test_qwen3_tokenizer_has_the_published_ids(qwen3_tokenizer):
     assert dict(added)["<|video_pad|>"] and not dict(added)["<tool_call>"] and not dict(added)["<think>"]
     messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]
     assert prompt_text(tok, messages) == (
-        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n"
-        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     )
 
 

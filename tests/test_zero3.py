@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from support import ROOT, offline_env, run_axolotl, tiny_config
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from abscot_plugin.vocab import AbstractVocab, check_tied, init_new_rows
+from abscot_plugin.tokens.vocab import AbstractVocab, check_tied, init_new_rows
 
 ZERO3 = ROOT / "axolotl_configs" / "deepspeed" / "zero3_bf16.json"
 
@@ -39,7 +39,13 @@ def test_full_finetune_with_zero3_initialises_rows_and_keeps_the_tie(tiny_dir, t
     66 new rows get exactly init_new_rows' values (learning rate 0, so the saved model is the
     initialised one), old rows stay, and the saved model keeps lm_head tied."""
     cfg = tiny_config(
-        "a", tiny_dir, tmp_path / "out", tmp_path, deepspeed=str(ZERO3), max_steps=2, learning_rate=0.0,
+        "a",
+        tiny_dir,
+        tmp_path / "out",
+        tmp_path,
+        deepspeed=str(ZERO3),
+        max_steps=2,
+        learning_rate=0.0,
         plugins=["abscot_plugin.AbsCoTPlugin", "axolotl_probes.ZeroOnCpu"],
     )
     for key in [k for k in cfg if k.startswith("lora_")] + ["adapter", "abscot_lora_embeddings"]:
@@ -92,10 +98,19 @@ def test_new_rows_land_in_every_ranks_shard_and_the_tie_is_checked_gathered(tiny
     env = offline_env(**dist_env(WORLD_SIZE="2"))
     procs = [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "zero3_worker.py"), str(tiny_dir),
-             str(tmp_path / "untied"), str(tmp_path / "ids.json"), str(tmp_path)],
-            cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                str(ROOT / "tests" / "zero3_worker.py"),
+                str(tiny_dir),
+                str(tmp_path / "untied"),
+                str(tmp_path / "ids.json"),
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in range(2)
     ]
@@ -127,9 +142,18 @@ def grpo_with_and_without_zero3(base, tmp_path, trl: dict, **extra) -> dict[str,
 
     logs = {}
     for name in ("plain", "zero3"):
-        cfg = grpo_config(base, tmp_path / name, tmp_path / name, abscot_m_max=16, abscot_rl_m_min=2,
-                          learning_rate=0.005, max_steps=2, micro_batch_size=8, **extra)
-        cfg["trl"].update(reward_funcs=["abscot_plugin.rewards.length_reward"], reward_weights=[1.0], **trl)
+        cfg = grpo_config(
+            base,
+            tmp_path / name,
+            tmp_path / name,
+            abscot_m_max=16,
+            abscot_rl_m_min=2,
+            learning_rate=0.005,
+            max_steps=2,
+            micro_batch_size=8,
+            **extra,
+        )
+        cfg["trl"].update(reward_funcs=["abscot_plugin.rl.rewards.length_reward"], reward_weights=[1.0], **trl)
         for key in [k for k in cfg if k.startswith("lora_")] + ["adapter", "abscot_lora_embeddings"]:
             cfg.pop(key)
         env = {}
@@ -150,8 +174,9 @@ def test_grpo_full_finetune_under_zero3_takes_the_same_steps_as_without(tiny_ext
     the shipped ZeRO-3 config (one CPU process: policy and reference built partitioned, rollouts
     gathered layer by layer) logs the same loss, gradient norm, rewards and KL at every step as
     the same run without DeepSpeed; the KL to the reference is zero at step 0 and not after."""
-    logs = grpo_with_and_without_zero3(tiny_extended, tmp_path, dict(max_completion_length=32, num_generations=4,
-                                                                     beta=0.04))
+    logs = grpo_with_and_without_zero3(
+        tiny_extended, tmp_path, dict(max_completion_length=32, num_generations=4, beta=0.04)
+    )
     keys = ("loss", "grad_norm", "rewards/length_reward/mean", "kl")
     plain, zero3 = ([{k: s[k] for k in keys} for s in logs[n]] for n in ("plain", "zero3"))
     assert len(plain) == 2 and zero3 == plain

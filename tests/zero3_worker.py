@@ -28,7 +28,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
-    from abscot_plugin.vocab import check_tied, embedding_rows, gathered, init_new_rows
+    from abscot_plugin.tokens.vocab import check_tied, embedding_rows, gathered, init_new_rows
 
     deepspeed.init_distributed(dist_backend="gloo")
     # from_pretrained builds under zero.Init while this lives (transformers holds it weakly)

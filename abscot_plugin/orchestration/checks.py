@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ..traces import read_meta, read_records
+from ..core.traces import read_meta, read_records
 from .curves import TAGS, ScheduleError, check_constant, check_warmup_cosine, plot_curve, read_curves
 from .plan import Plan, Stage
 from .schedule import CONSTANT_SCHEDULERS, Schedule
@@ -43,8 +43,10 @@ def check_trained_steps(name: str, logged: int, schedule: Schedule) -> None:
         expected, ok = f"{schedule.steps} (max_steps)", logged == schedule.steps
     else:
         low = schedule.steps_for(math.ceil(MIN_ROWS_TRAINED * schedule.rows))
-        expected = (f"{schedule.steps} for {schedule.rows} rows (at least {low} if only "
-                    f"{MIN_ROWS_TRAINED:.0%} of them reach training)")
+        expected = (
+            f"{schedule.steps} for {schedule.rows} rows (at least {low} if only "
+            f"{MIN_ROWS_TRAINED:.0%} of them reach training)"
+        )
         ok = low <= logged <= schedule.steps
     if not ok:
         raise StageFailed(
@@ -74,8 +76,12 @@ def check_training(plan: Plan, stage: Stage) -> dict[str, Any]:
     except ScheduleError as exc:
         raise StageFailed(f"stage {stage.name}: {exc}; plot: {plots / f'{stage.name}_lr.png'}") from None
     metrics = {
-        "steps": steps, "steps_planned": stage.schedule.steps, "loss_first": round(loss.values[0], 4),
-        "loss_last": round(loss.values[-1], 4), "lr_peak": max(lr.values), "lr_last": lr.values[-1],
+        "steps": steps,
+        "steps_planned": stage.schedule.steps,
+        "loss_first": round(loss.values[0], 4),
+        "loss_last": round(loss.values[-1], 4),
+        "lr_peak": max(lr.values),
+        "lr_last": lr.values[-1],
     }
     for name in sorted(set(curves) - set(TAGS)):  # GRPO: rewards and KL, first and last logged value
         metrics[f"{name} first"] = round(curves[name].values[0], 4)
@@ -92,8 +98,10 @@ def check_traces(plan: Plan, stage: Stage) -> dict[str, Any]:
         traces, symbols = traces + 1, symbols + record["length"]
     summary = read_meta(stage.outputs[0])["summary"]
     return {
-        "traces": traces, "mean_symbols": round(symbols / max(1, traces), 1),
-        "cots_cut": summary["cots_cut"], "short_context": summary["short_context"],
+        "traces": traces,
+        "mean_symbols": round(symbols / max(1, traces), 1),
+        "cots_cut": summary["cots_cut"],
+        "short_context": summary["short_context"],
         "skipped_bad_rows": summary["skipped_bad_rows"],
         "prompts_per_s": round(summary["generated"] / max(summary["seconds"], 1e-9), 2),
     }
@@ -122,5 +130,8 @@ def check_eval(plan: Plan, stage: Stage) -> dict[str, Any]:
 
 
 CHECKS: dict[str, Callable[[Plan, Stage], dict[str, Any]]] = {
-    "train": check_training, "traces": check_traces, "merge": check_merge, "eval": check_eval,
+    "train": check_training,
+    "traces": check_traces,
+    "merge": check_merge,
+    "eval": check_eval,
 }

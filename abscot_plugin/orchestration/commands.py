@@ -2,10 +2,10 @@
 
 * ``train``: ``accelerate launch -m axolotl.cli.train OUT/round<t>/phase_<x>/axolotl.yml``, what
   ``axolotl train`` runs (:func:`train_command`; the YAML: :mod:`.training`);
-* ``merge``: ``python -m abscot_plugin.merge TRAIN_DIR MODEL_DIR …`` (:func:`merge_command`);
-* ``traces``: ``python -m abscot_plugin.generate --mode phase_<x> …`` under the generation
+* ``merge``: ``python -m abscot_plugin.checkpoints.merge TRAIN_DIR MODEL_DIR …`` (:func:`merge_command`);
+* ``traces``: ``python -m abscot_plugin.generation.generate --mode phase_<x> …`` under the generation
   backend's interpreter (:func:`traces_command`);
-* ``eval``: ``python -m abscot_plugin.eval_cli …`` (lm-eval) under the evaluation backend's
+* ``eval``: ``python -m abscot_plugin.eval.eval_cli …`` (lm-eval) under the evaluation backend's
   interpreter (:func:`eval_command`).
 
 Every stage runs as its own process (a GPU is free again when it exits, and vLLM runs from its own
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from ..args import AbsCoTArgs
-from ..choices import Backend, Phase
-from ..eval_cli import lm_eval_command, task_generation_kwargs
+from ..core.choices import Backend, Phase
+from ..eval.eval_cli import lm_eval_command, task_generation_kwargs
 from .run_config import PlanError, RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -65,8 +65,14 @@ def launcher_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
     """``accelerate launch`` arguments from ``training.launcher``."""
     lc = cfg.training.launcher
     rank = lc.machine_rank if machine_rank is None else machine_rank
-    args = ["--num_processes", str(lc.num_processes), "--num_machines", str(lc.num_machines),
-            "--machine_rank", str(rank)]
+    args = [
+        "--num_processes",
+        str(lc.num_processes),
+        "--num_machines",
+        str(lc.num_machines),
+        "--machine_rank",
+        str(rank),
+    ]
     if lc.main_process_ip:
         args += ["--main_process_ip", lc.main_process_ip]
     if lc.main_process_port:
@@ -81,41 +87,91 @@ def launcher_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
 def train_command(cfg: RunConfig, yaml_path: Path, machine_rank: int | None = None) -> list[str]:
     """``accelerate launch`` of axolotl's trainer on a generated training YAML (what ``axolotl
     train`` runs); ``machine_rank``: this machine's, in a multi-node run."""
-    return [sys.executable, "-m", "accelerate.commands.launch", *launcher_args(cfg, machine_rank),
-            "-m", "axolotl.cli.train", str(yaml_path)]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launcher_args(cfg, machine_rank),
+        "-m",
+        "axolotl.cli.train",
+        str(yaml_path),
+    ]
 
 
 def merge_command(cfg: RunConfig, yaml_cfg: dict[str, Any], train_dir: Path, merged: Path, base: str) -> list[str]:
     """The LoRA merge of a training stage's adapter into ``merged``, its new vocabulary rows
     rebuilt as that training's YAML initialised them."""
     args = AbsCoTArgs.from_cfg(yaml_cfg)
-    return [sys.executable, "-m", "abscot_plugin.merge", str(train_dir), str(merged), "--base", base,
-            "--num-symbols", str(args.abscot_num_symbols), "--init", args.abscot_init,
-            "--init-seed", str(args.abscot_init_seed), "--dtype", cfg.merge.dtype]
+    return [
+        sys.executable,
+        "-m",
+        "abscot_plugin.checkpoints.merge",
+        str(train_dir),
+        str(merged),
+        "--base",
+        base,
+        "--num-symbols",
+        str(args.abscot_num_symbols),
+        "--init",
+        args.abscot_init,
+        "--init-seed",
+        str(args.abscot_init_seed),
+        "--dtype",
+        cfg.merge.dtype,
+    ]
 
 
 def traces_command(
     cfg: RunConfig, yaml_cfg: dict[str, Any], model: Path, data: Path, phase: Phase, out: Path
 ) -> list[str]:
-    """The ``abscot_plugin.generate`` command of a trace stage. M, row names and bad-row handling
+    """The ``abscot_plugin.generation.generate`` command of a trace stage. M, row names and bad-row handling
     follow the training YAML that will read the traces (``yaml_cfg``), and so does a Phase A
     prefix: that YAML's ``sequence_len``, ``abscot_cot_keep`` and ``abscot_m_max`` (the prefix is
     its rows' prefix)."""
     g = cfg.generation
     args = AbsCoTArgs.from_cfg(yaml_cfg)
     cmd = [
-        backend_python(cfg, g.backend), "-m", "abscot_plugin.generate", "--model", str(model), "--data", str(data),
-        "--mode", phase.value, "--out", str(out), "--backend", g.backend,
-        "--m-min", str(g.m_min), "--m-max", str(g.m_max), "--temperature", str(g.temperature),
-        "--top-p", str(g.top_p), "--seed", str(g.seed),
-        "--num-symbols", str(args.abscot_num_symbols), "--id-field", args.abscot_id_field,
-        "--dtype", g.dtype,
+        backend_python(cfg, g.backend),
+        "-m",
+        "abscot_plugin.generation.generate",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--mode",
+        phase.value,
+        "--out",
+        str(out),
+        "--backend",
+        g.backend,
+        "--m-min",
+        str(g.m_min),
+        "--m-max",
+        str(g.m_max),
+        "--temperature",
+        str(g.temperature),
+        "--top-p",
+        str(g.top_p),
+        "--seed",
+        str(g.seed),
+        "--num-symbols",
+        str(args.abscot_num_symbols),
+        "--id-field",
+        args.abscot_id_field,
+        "--dtype",
+        g.dtype,
     ]
     if g.max_model_len:
         cmd += ["--max-model-len", str(g.max_model_len)]
     if phase.has_cot:
-        cmd += ["--sequence-len", str(yaml_cfg["sequence_len"]),
-                "--cot-keep", args.abscot_cot_keep, "--train-m-max", str(args.abscot_m_max)]
+        cmd += [
+            "--sequence-len",
+            str(yaml_cfg["sequence_len"]),
+            "--cot-keep",
+            args.abscot_cot_keep,
+            "--train-m-max",
+            str(args.abscot_m_max),
+        ]
     if g.backend == "hf":
         cmd += ["--batch-size", str(g.batch_size)]
     else:
@@ -128,7 +184,7 @@ def traces_command(
 def generation_layout_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
     """The data-parallel layout of a trace stage's command (``generation.data_parallel_size``
     workers per node on ``num_nodes`` machines; ``machine_rank``: this machine's). It changes
-    where traces are made, not what they are (:func:`abscot_plugin.generate.owned_chunks`), so
+    where traces are made, not what they are (:func:`abscot_plugin.generation.generate.owned_chunks`), so
     the stage's fingerprint leaves it out."""
     g = cfg.generation
     args = ["--data-parallel-size", str(g.data_parallel_size)] if g.data_parallel_size > 1 else []
@@ -151,15 +207,24 @@ def gpu_layout(cfg: RunConfig) -> str:
 
 
 def eval_command(cfg: RunConfig, model: str, tasks: list[str], out: Path) -> list[str]:
-    """The ``abscot_plugin.eval_cli`` (lm-eval) run of ``tasks`` on ``model`` into ``out``, with the
+    """The ``abscot_plugin.eval.eval_cli`` (lm-eval) run of ``tasks`` on ``model`` into ``out``, with the
     run's ``evaluation`` settings. With the vLLM backend, ``max_model_len`` must hold every task's
     prompt, trace and answer budget (:func:`check_eval_context`)."""
     ev, backend = cfg.evaluation, cfg.eval_backend
     if backend == "vllm" and ev.model_args.get("max_model_len"):
         check_eval_context(int(ev.model_args["max_model_len"]), tasks, ev.gen_kwargs)
     return lm_eval_command(
-        model, tasks, out, backend, ev.limit, {k: str(v) for k, v in ev.data_files.items()},
-        ev.gen_kwargs, ev.model_args, ev.batch_size, backend_python(cfg, backend), ev.extra_args,
+        model,
+        tasks,
+        out,
+        backend,
+        ev.limit,
+        {k: str(v) for k, v in ev.data_files.items()},
+        ev.gen_kwargs,
+        ev.model_args,
+        ev.batch_size,
+        backend_python(cfg, backend),
+        ev.extra_args,
     )
 
 
@@ -195,7 +260,8 @@ def check_eval_context(max_model_len: int, tasks: list[str], gen_kwargs: dict[st
         if max_model_len < need:
             raise PlanError(
                 f"evaluation.model_args.max_model_len {max_model_len} is too short for task {task}: "
-                + " + ".join(f"{n} {what}" for n, what in parts) + f" = {need}; raise max_model_len "
+                + " + ".join(f"{n} {what}" for n, what in parts)
+                + f" = {need}; raise max_model_len "
                 "(vLLM would stop answers at the end of the context, uncounted as truncated) or lower "
                 "max_gen_toks in evaluation.gen_kwargs"
             )

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..report import pyplot, save_png
+from ..eval.report import pyplot, save_png
 
 TAGS = {"loss": "train/loss", "learning_rate": "train/learning_rate", "train_runtime": "train/train_runtime"}
 # logged by TRL's GRPO trainer only: the mean total reward, each reward function's mean

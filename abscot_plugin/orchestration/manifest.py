@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..fileio import json_digest, write_atomic
+from ..core.fileio import json_digest, write_atomic
 
 VERSION = 1
 
@@ -69,14 +69,24 @@ class Manifest:
         return self.stages.get(name)
 
     def record(
-        self, name: str, fp: str, inputs: dict[str, Any], outputs: list[str], started: float,
-        log: str, metrics: dict[str, Any] | None = None,
+        self,
+        name: str,
+        fp: str,
+        inputs: dict[str, Any],
+        outputs: list[str],
+        started: float,
+        log: str,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
         """Mark ``name`` finished and save the manifest atomically."""
         self.stages[name] = {
-            "fingerprint": fp, "inputs": inputs, "outputs": outputs,
+            "fingerprint": fp,
+            "inputs": inputs,
+            "outputs": outputs,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "seconds": round(time.time() - started, 1), "log": log, "metrics": metrics or {},
+            "seconds": round(time.time() - started, 1),
+            "log": log,
+            "metrics": metrics or {},
         }
         self.save()
 

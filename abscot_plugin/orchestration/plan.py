@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..choices import Phase
-from ..fileio import file_digest
-from ..traces import meta_path
+from ..core.choices import Phase
+from ..core.fileio import file_digest
+from ..core.traces import meta_path
 from .commands import eval_command, generation_layout_args, merge_command, traces_command, train_command
 from .manifest import Manifest, fingerprint
 from .rl import judge_env_and_inputs, rl_schedule, rl_slice, rl_yaml
@@ -160,8 +160,16 @@ def evaluation_stage(
     if not upstream:
         inputs["base_model"] = model_fingerprint(model)
     stage_env = {**env, **cfg.generation.env} if cfg.eval_backend == "vllm" else env
-    return Stage(name, "eval", eval_command(cfg, model, tasks, out), [out], cfg.output_dir / "logs" / f"{name}.log",
-                 inputs, upstream, stage_env)
+    return Stage(
+        name,
+        "eval",
+        eval_command(cfg, model, tasks, out),
+        [out],
+        cfg.output_dir / "logs" / f"{name}.log",
+        inputs,
+        upstream,
+        stage_env,
+    )
 
 
 def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
@@ -176,7 +184,9 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
     lc = cfg.training.launcher
     # what of the launch changes training results (not the machine rank or addresses)
     launcher_identity = {
-        "num_processes": lc.num_processes, "num_machines": lc.num_machines, "extra_args": lc.extra_args,
+        "num_processes": lc.num_processes,
+        "num_machines": lc.num_machines,
+        "extra_args": lc.extra_args,
         "config_file": file_digest(lc.config_file) if lc.config_file else None,
     }
     # the baseline first: it checks the evaluation settings before hours of training
@@ -204,26 +214,53 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
                 if note and note not in notes:
                     notes.append(note)
                 command = traces_command(cfg, yaml_cfg, Path(model), data, phase, traces)
-                graph.add(Stage(
-                    f"{prefix}_traces", "traces", command + generation_layout_args(cfg, machine_rank),
-                    [traces, meta_path(traces)], run / "logs" / f"{prefix}_traces.log",
-                    {**data_inputs, "command": command}, list(upstream), {**env, **cfg.generation.env},
-                    resumable=True,
-                ), hash_command=False)  # the layout changes where traces are made, not what they are
+                graph.add(
+                    Stage(
+                        f"{prefix}_traces",
+                        "traces",
+                        command + generation_layout_args(cfg, machine_rank),
+                        [traces, meta_path(traces)],
+                        run / "logs" / f"{prefix}_traces.log",
+                        {**data_inputs, "command": command},
+                        list(upstream),
+                        {**env, **cfg.generation.env},
+                        resumable=True,
+                    ),
+                    hash_command=False,
+                )  # the layout changes where traces are made, not what they are
                 upstream = [*upstream, f"{prefix}_traces"]
             yaml_path = folder / "axolotl.yml"
             inputs = {**data_inputs, "launcher": launcher_identity, **deepspeed_input(yaml_cfg)}
-            train = graph.add(Stage(
-                f"{prefix}_train", "train", train_command(cfg, yaml_path, machine_rank), [train_dir],
-                run / "logs" / f"{prefix}_train.log", inputs, upstream, env, yaml_path, yaml_cfg,
-                schedule=training_schedule(yaml_cfg, cfg.data.num_rows, lc.num_processes, cfg.phase(phase).config),
-            ), hash_command=False)  # the launch line differs per machine; inputs keep what matters
+            train = graph.add(
+                Stage(
+                    f"{prefix}_train",
+                    "train",
+                    train_command(cfg, yaml_path, machine_rank),
+                    [train_dir],
+                    run / "logs" / f"{prefix}_train.log",
+                    inputs,
+                    upstream,
+                    env,
+                    yaml_path,
+                    yaml_cfg,
+                    schedule=training_schedule(yaml_cfg, cfg.data.num_rows, lc.num_processes, cfg.phase(phase).config),
+                ),
+                hash_command=False,
+            )  # the launch line differs per machine; inputs keep what matters
             if yaml_cfg.get("adapter") == "lora":
                 merged = folder / "model"
-                graph.add(Stage(
-                    f"{prefix}_merge", "merge", merge_command(cfg, yaml_cfg, train_dir, merged, model), [merged],
-                    run / "logs" / f"{prefix}_merge.log", {}, [train.name], env,
-                ))
+                graph.add(
+                    Stage(
+                        f"{prefix}_merge",
+                        "merge",
+                        merge_command(cfg, yaml_cfg, train_dir, merged, model),
+                        [merged],
+                        run / "logs" / f"{prefix}_merge.log",
+                        {},
+                        [train.name],
+                        env,
+                    )
+                )
                 model, model_stage = str(merged), f"{prefix}_merge"
             else:
                 model, model_stage = str(train_dir), train.name
@@ -232,13 +269,25 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
         graph.add(final_eval)
     rl_model = add_rl_stages(cfg, graph, model, model_stage, env, launcher_identity, machine_rank, extra_yaml)
     pieces = [*slices.values(), *([rl_model[1]] if rl_model else [])]
-    return Plan(cfg, graph.stages, {piece.path: piece for piece in pieces}, Path(model), notes,
-                rl_model[0] if rl_model else None)
+    return Plan(
+        cfg,
+        graph.stages,
+        {piece.path: piece for piece in pieces},
+        Path(model),
+        notes,
+        rl_model[0] if rl_model else None,
+    )
 
 
 def add_rl_stages(
-    cfg: RunConfig, graph: _Graph, warmup: str, model_stage: str, env: dict[str, str],
-    launcher_identity: dict[str, Any], machine_rank: int | None, extra_yaml: dict[str, Any],
+    cfg: RunConfig,
+    graph: _Graph,
+    warmup: str,
+    model_stage: str,
+    env: dict[str, str],
+    launcher_identity: dict[str, Any],
+    machine_rank: int | None,
+    extra_yaml: dict[str, Any],
 ) -> tuple[Path, DataSlice] | None:
     """Add the RL stages after the warm-up model ``warmup`` (made by stage ``model_stage``), when
     the run config has an ``rl`` section: ``rl_train`` (GRPO, :mod:`.rl`), ``rl_merge`` for a LoRA
@@ -251,21 +300,44 @@ def add_rl_stages(
     folder = run / "rl"
     yaml_cfg = {**rl_yaml(cfg, warmup, piece.path, folder / "train", run / "prepared" / "rl"), **extra_yaml}
     judge_env, judge_inputs = judge_env_and_inputs(cfg)
-    inputs = {"data": {"file": str(piece.path), "sha256": piece.sha256}, "launcher": launcher_identity,
-              **deepspeed_input(yaml_cfg), **judge_inputs}
+    inputs = {
+        "data": {"file": str(piece.path), "sha256": piece.sha256},
+        "launcher": launcher_identity,
+        **deepspeed_input(yaml_cfg),
+        **judge_inputs,
+    }
     lc = cfg.training.launcher
-    train = graph.add(Stage(
-        train_name, "train", train_command(cfg, folder / "axolotl.yml", machine_rank), [folder / "train"],
-        run / "logs" / f"{train_name}.log", inputs, [model_stage], {**env, **judge_env}, folder / "axolotl.yml",
-        yaml_cfg, schedule=rl_schedule(yaml_cfg, piece.rows, lc.num_processes, cfg.rl.config),
-    ), hash_command=False)  # as the warm-up's training stages
+    train = graph.add(
+        Stage(
+            train_name,
+            "train",
+            train_command(cfg, folder / "axolotl.yml", machine_rank),
+            [folder / "train"],
+            run / "logs" / f"{train_name}.log",
+            inputs,
+            [model_stage],
+            {**env, **judge_env},
+            folder / "axolotl.yml",
+            yaml_cfg,
+            schedule=rl_schedule(yaml_cfg, piece.rows, lc.num_processes, cfg.rl.config),
+        ),
+        hash_command=False,
+    )  # as the warm-up's training stages
     model, model_stage = folder / "train", train.name
     if yaml_cfg.get("adapter") == "lora":
         model = folder / "model"
-        graph.add(Stage(
-            merge_name, "merge", merge_command(cfg, yaml_cfg, folder / "train", model, warmup), [model],
-            run / "logs" / f"{merge_name}.log", {}, [train.name], env,
-        ))
+        graph.add(
+            Stage(
+                merge_name,
+                "merge",
+                merge_command(cfg, yaml_cfg, folder / "train", model, warmup),
+                [model],
+                run / "logs" / f"{merge_name}.log",
+                {},
+                [train.name],
+                env,
+            )
+        )
         model_stage = merge_name
     rl_eval = evaluation_stage(cfg, eval_name, str(model), cfg.rl_tasks, [model_stage], env)
     if rl_eval:

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from ..fileio import file_digest
-from ..judge import CONFIG_ENV, JUDGE_REWARD, load_settings
-from ..rl_data import prompt_and_gold
+from ..core.fileio import file_digest
+from ..rl.judge import CONFIG_ENV, JUDGE_REWARD, load_settings
+from ..rl.rl_data import prompt_and_gold
 from .run_config import MANAGED_KEYS, PlanError, RunConfig
 from .schedule import CONSTANT_SCHEDULERS, GRPOSchedule
 from .slices import DataSlice
@@ -29,6 +29,8 @@ from .training import abscot_args
 
 # learning-rate schedules the RL stage's check knows (:mod:`.checks`): warm-up + cosine, constant
 RL_SCHEDULERS = ("cosine", *CONSTANT_SCHEDULERS)
+
+
 def rl_slice(cfg: RunConfig) -> DataSlice:
     """The prompt slice ``OUT/data/rl.jsonl``: the first ``rl.num_rows`` rows of ``rl.data`` (all
     without it), each checked for a problem and a gold answer (PlanError naming the row); read as
@@ -104,13 +106,14 @@ def rl_yaml(cfg: RunConfig, base_model: str, data: Path, out_dir: Path, prepared
 
 def judge_env_and_inputs(cfg: RunConfig) -> tuple[dict[str, str], dict[str, Any]]:
     """With ``rl.judge``: the RL training stage's environment (``$ABSCOT_JUDGE_CONFIG``, which
-    :func:`abscot_plugin.judge.judge` reads) and fingerprint inputs (the settings and rubric files'
+    :func:`abscot_plugin.rl.judge.judge` reads) and fingerprint inputs (the settings and rubric files'
     digests); ``({}, {})`` without."""
     if cfg.rl.judge is None:
         return {}, {}
     rubric = load_settings(cfg.rl.judge).rubric
-    return {CONFIG_ENV: str(cfg.rl.judge)}, {"judge": {"settings": file_digest(cfg.rl.judge),
-                                                        "rubric": file_digest(rubric)}}
+    return {CONFIG_ENV: str(cfg.rl.judge)}, {
+        "judge": {"settings": file_digest(cfg.rl.judge), "rubric": file_digest(rubric)}
+    }
 
 
 def rl_schedule(yaml_cfg: dict[str, Any], rows: int, num_processes: int, source: Path) -> GRPOSchedule:

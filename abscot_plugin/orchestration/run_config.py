@@ -13,16 +13,22 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..choices import DEFAULT_BACKEND, DEFAULT_HF_BATCH_SIZE, Backend, Phase
-from ..eval_cli import DEFAULT_EVAL_BATCH_SIZE
-from ..judge import load_settings
-from ..rows import DEFAULT_ID_FIELD
-from ..traces import TraceSettings
+from ..core.choices import DEFAULT_BACKEND, DEFAULT_HF_BATCH_SIZE, Backend, Phase
+from ..core.rows import DEFAULT_ID_FIELD
+from ..core.traces import TraceSettings
+from ..eval.eval_cli import DEFAULT_EVAL_BATCH_SIZE
+from ..rl.judge import load_settings
 
 # axolotl keys the orchestrator sets per stage; a run config may not override them
 MANAGED_KEYS = (
-    "base_model", "base_model_config", "tokenizer_config", "datasets", "output_dir",
-    "dataset_prepared_path", "abscot_trace_file", "use_tensorboard",
+    "base_model",
+    "base_model_config",
+    "tokenizer_config",
+    "datasets",
+    "output_dir",
+    "dataset_prepared_path",
+    "abscot_trace_file",
+    "use_tensorboard",
 )
 
 
@@ -112,13 +118,12 @@ class TrainingConfig(_Strict):
 
 
 class GenerationConfig(_Strict):
-    """Teacher trace generation (``python -m abscot_plugin.generate``)."""
+    """Teacher trace generation (``python -m abscot_plugin.generation.generate``)."""
 
     backend: Backend = DEFAULT_BACKEND
     python: Path | None = Field(
         default=None,
-        description="interpreter for the generation stages (default: this one for hf, "
-        ".venv-vllm/bin/python for vllm)",
+        description="interpreter for the generation stages (default: this one for hf, .venv-vllm/bin/python for vllm)",
     )
     # stage-1 sampling (traces.TraceSettings: its defaults, and its checks in _trace_settings)
     m_min: int = TraceSettings.m_min
@@ -133,7 +138,8 @@ class GenerationConfig(_Strict):
         default=1, ge=1, description="engines (worker processes) per node, each with its own GPUs and rows"
     )
     num_nodes: int = Field(
-        default=1, ge=1,
+        default=1,
+        ge=1,
         description="machines generating traces: machine ranks 0 .. num_nodes-1 of training.launcher, "
         "on a shared filesystem",
     )
@@ -161,7 +167,7 @@ class MergeConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    """The final evaluation: lm-eval tasks of ``eval_tasks/`` run through ``abscot_plugin.eval_cli``
+    """The final evaluation: lm-eval tasks of ``eval_tasks/`` run through ``abscot_plugin.eval.eval_cli``
     on the warm-up model (``tasks``) and on the base model (``baseline_tasks``), then a report
     (``OUT/eval/report.md``). No tasks: no evaluation."""
 
@@ -199,7 +205,7 @@ class RLConfig(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
     tasks: list[str] | None = Field(default=None, description="on the RL model (default: evaluation.tasks)")
     judge: Path | None = Field(
-        default=None, description="LLM-judge settings (abscot_plugin.judge.JudgeSettings YAML) for the judge reward"
+        default=None, description="LLM-judge settings (abscot_plugin.rl.judge.JudgeSettings YAML) for the judge reward"
     )
 
     @field_validator("config")

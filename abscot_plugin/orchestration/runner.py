@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from ..fileio import write_atomic
-from ..processes import stop_group
+from ..core.fileio import write_atomic
+from ..core.processes import stop_group
 from .checks import CHECKS, StageFailed
 from .manifest import Manifest, diff_inputs
 from .plan import Plan, Stage, statuses
@@ -160,8 +160,15 @@ def run_plan(plan: Plan, manifest: Manifest, redo_stale: bool = False) -> Path:
         _prepare_inputs(stage)
         _run_subprocess(stage, stage.log)
         metrics = CHECKS[stage.kind](plan, stage)
-        manifest.record(stage.name, stage.fingerprint, stage.inputs, [str(p) for p in stage.outputs],
-                        started, str(stage.log), metrics)
+        manifest.record(
+            stage.name,
+            stage.fingerprint,
+            stage.inputs,
+            [str(p) for p in stage.outputs],
+            started,
+            str(stage.log),
+            metrics,
+        )
         write_summary(plan, manifest)
         print(f"[ok]    {stage.name}  {time.time() - started:.0f} s", flush=True)
     return write_summary(plan, manifest)

@@ -74,8 +74,11 @@ class Schedule:
 
     def describe(self) -> str:
         """The dry run's line: steps, warm-up, and where they come from."""
-        basis = "max_steps" if self.max_steps else (
-            f"ceil({self.rows} rows × num_epochs {self.num_epochs:g} / batch {self.batch})")
+        basis = (
+            "max_steps"
+            if self.max_steps
+            else (f"ceil({self.rows} rows × num_epochs {self.num_epochs:g} / batch {self.batch})")
+        )
         return (
             f"{self.steps} optimizer steps, warm-up {self.warmup} ({basis}); batch {self.batch} examples = "
             f"micro-batch {self.micro_batch_size} × accumulation {self.gradient_accumulation_steps} × "
@@ -193,15 +196,22 @@ class GRPOSchedule(Schedule):
         """``50 steps, warm-up 2, batch 8 (2 prompts × 4)`` (the run summary's cell)."""
         basis = " (max_steps)" if self.max_steps else ""
         prompts = self.batch // self.num_generations
-        return (f"{self.steps} steps{basis}, warm-up {self.warmup}, batch {self.batch} "
-                f"({prompts} prompt{'s' if prompts != 1 else ''} × {self.num_generations})")
+        return (
+            f"{self.steps} steps{basis}, warm-up {self.warmup}, batch {self.batch} "
+            f"({prompts} prompt{'s' if prompts != 1 else ''} × {self.num_generations})"
+        )
 
     def describe(self) -> str:
         """The dry run's line: steps, warm-up, and where they come from."""
-        basis = "max_steps" if self.max_steps else (
-            f"{self.rows} prompts // {self.prompts_per_generation} per generation batch × num_iterations "
-            f"{self.num_iterations} × {self.steps_per_generation} micro-steps / accumulation "
-            f"{self.gradient_accumulation_steps} × num_epochs {self.num_epochs:g}")
+        basis = (
+            "max_steps"
+            if self.max_steps
+            else (
+                f"{self.rows} prompts // {self.prompts_per_generation} per generation batch × num_iterations "
+                f"{self.num_iterations} × {self.steps_per_generation} micro-steps / accumulation "
+                f"{self.gradient_accumulation_steps} × num_epochs {self.num_epochs:g}"
+            )
+        )
         return (
             f"{self.steps} optimizer steps, warm-up {self.warmup} ({basis}); batch {self.batch} completions = "
             f"micro-batch {self.micro_batch_size} × accumulation {self.gradient_accumulation_steps} × "

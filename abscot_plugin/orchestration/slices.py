@@ -19,9 +19,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..choices import Phase
-from ..fileio import atomic_path, file_digest
-from ..rows import row_id_of
+from ..core.choices import Phase
+from ..core.fileio import atomic_path, file_digest
+from ..core.rows import row_id_of
 from .run_config import PlanError, RunConfig
 
 
@@ -38,7 +38,7 @@ class DataSlice:
 
 def _row_name(cfg: RunConfig, line: bytes, number: int) -> str:
     """The name of the ``number``-th row (1-based) that trace files are matched to rows by: its
-    ``data.id_field``, else a hash of its messages (:func:`~abscot_plugin.rows.row_id_of`)."""
+    ``data.id_field``, else a hash of its messages (:func:`~abscot_plugin.core.rows.row_id_of`)."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..fileio import write_atomic
-from ..report import WARNING_PREFIX, Row, build_report
+from ..core.fileio import write_atomic
+from ..eval.report import WARNING_PREFIX, Row, build_report
 from .commands import gpu_layout
 from .manifest import Manifest
 from .plan import RL_STAGES, Plan, statuses
@@ -38,7 +38,8 @@ def report_path(plan: Plan) -> Path:
 def eval_label(plan: Plan, stage_name: str) -> str:
     """How the report names the model an evaluation stage evaluated."""
     return {
-        "eval_base": "base model", "eval": f"warm-up model, T {plan.cfg.rounds}",
+        "eval_base": "base model",
+        "eval": f"warm-up model, T {plan.cfg.rounds}",
         "rl_eval": f"warm-up + RL model, T {plan.cfg.rounds}",
     }[stage_name]
 
@@ -56,20 +57,30 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
     evaluation table and the final model."""
     state = statuses(plan, manifest)
     lines = [
-        f"# Abstract-CoT warm-up: {plan.run_dir.name}", "",
+        f"# Abstract-CoT warm-up: {plan.run_dir.name}",
+        "",
         f"- rounds T = {plan.cfg.rounds}, N = {plan.cfg.data.num_rows} rows per phase "
         f"(schedule {plan.cfg.data.schedule}), generation backend {plan.cfg.generation.backend}",
         f"- final (warm-up) model: `{plan.final_model}`"
-        + ("" if all(state[s.name] == "done" for s in plan.stages if s.name not in RL_STAGES)
-           else " (not finished yet)"),
-        *([f"- RL model (GRPO from the warm-up model, `{plan.cfg.rl.config.name}`): `{plan.rl_model}`"]
-          if plan.rl_model else []), "",
-        "| stage | status | seconds | planned | metrics | log |", "|---|---|---|---|---|---|",
+        + (
+            ""
+            if all(state[s.name] == "done" for s in plan.stages if s.name not in RL_STAGES)
+            else " (not finished yet)"
+        ),
+        *(
+            [f"- RL model (GRPO from the warm-up model, `{plan.cfg.rl.config.name}`): `{plan.rl_model}`"]
+            if plan.rl_model
+            else []
+        ),
+        "",
+        "| stage | status | seconds | planned | metrics | log |",
+        "|---|---|---|---|---|---|",
     ]
     for stage in plan.stages:
         record = manifest.get(stage.name) if state[stage.name] == "done" else None
-        metrics = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in (record or {}).get("metrics", {}).items())
+        metrics = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (record or {}).get("metrics", {}).items()
+        )
         seconds = f"{record['seconds']:.0f}" if record else ""
         log = stage.log.relative_to(plan.run_dir)
         planned = stage.schedule.short() if stage.schedule else ""
@@ -78,15 +89,25 @@ def write_summary(plan: Plan, manifest: Manifest) -> Path:
     if trained:
         lines += ["", "## Training curves (loss, learning rate)", ""]
         lines += [f"![{s.name} loss](plots/{s.name}_loss.png) ![{s.name} lr](plots/{s.name}_lr.png)" for s in trained]
-        lines += [f"![{s.name} reward](plots/{s.name}_reward.png)" for s in trained
-                  if (plan.run_dir / "plots" / f"{s.name}_reward.png").exists()]
+        lines += [
+            f"![{s.name} reward](plots/{s.name}_reward.png)"
+            for s in trained
+            if (plan.run_dir / "plots" / f"{s.name}_reward.png").exists()
+        ]
     report = report_path(plan)
     if report.exists():
         text = report.read_text(encoding="utf-8").splitlines()
         table = [ln for ln in text if ln.startswith("|")]
         warnings = [ln for ln in text if ln.startswith(WARNING_PREFIX)]
-        lines += ["", "## Evaluation (`eval/report.md`)", "", *table, "", *[f"{w}\n" for w in warnings],
-                  "![accuracy vs tokens](eval/report.png)"]
+        lines += [
+            "",
+            "## Evaluation (`eval/report.md`)",
+            "",
+            *table,
+            "",
+            *[f"{w}\n" for w in warnings],
+            "![accuracy vs tokens](eval/report.png)",
+        ]
     path = plan.run_dir / "SUMMARY.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..args import AbsCoTArgs
-from ..choices import Phase
+from ..core.choices import Phase
 from .run_config import MANAGED_KEYS, PlanError, RunConfig, one_line
 from .schedule import Schedule
 
@@ -33,8 +33,13 @@ def abscot_args(yaml_cfg: dict[str, Any], source: Path) -> AbsCoTArgs:
 
 
 def phase_yaml(
-    cfg: RunConfig, phase: Phase, base_model: str, data: Path, traces: Path | None,
-    out_dir: Path, prepared: Path,
+    cfg: RunConfig,
+    phase: Phase,
+    base_model: str,
+    data: Path,
+    traces: Path | None,
+    out_dir: Path,
+    prepared: Path,
 ) -> dict[str, Any]:
     """The axolotl config of one training stage of ``phase`` (module docstring); ``traces``: the
     trace file it reads (None: round 1's random traces)."""
@@ -117,5 +122,7 @@ def short_context_note(cfg: RunConfig, yaml_a: dict[str, Any]) -> str | None:
     limit, seq = cfg.generation.max_model_len, yaml_a["sequence_len"]
     if limit is None or limit >= seq:
         return None
-    return (f"generation.max_model_len {limit} < Phase A sequence_len {seq}: on long rows, Phase A teachers see "
-            "less CoT than training (counted in the trace stages' summaries)")
+    return (
+        f"generation.max_model_len {limit} < Phase A sequence_len {seq}: on long rows, Phase A teachers see "
+        "less CoT than training (counted in the trace stages' summaries)"
+    )
