@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.testing.fixtures import QWEN3_4B  # noqa: E402
+from abscot_plugin.tokens import segments as seg  # noqa: E402
 from abscot_plugin.tokens.segments import bottleneck_attention_mask  # noqa: E402
 from abscot_plugin.tokens.sequences import IGNORE  # noqa: E402
 from abscot_plugin.train.loss_logits import loss_only_inputs  # noqa: E402

@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.testing.fixtures import qwen3_4b_config, tiny_config  # noqa: E402
+from abscot_plugin.tokens import segments as seg  # noqa: E402
 from abscot_plugin.tokens.segments import bottleneck_attention_mask  # noqa: E402
 from bench.common import interleaved, machine, paired_ratio, ratio, report, synchronize  # noqa: E402
 

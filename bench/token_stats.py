@@ -23,13 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.args import AbsCoTArgs  # noqa: E402
 from abscot_plugin.core.choices import Phase  # noqa: E402
 from abscot_plugin.core.prompts import math_messages  # noqa: E402
 from abscot_plugin.core.rows import parse_chat_row, read_rows  # noqa: E402
 from abscot_plugin.core.symbols import DEFAULT_NUM_SYMBOLS as NUM_SYMBOLS  # noqa: E402
 from abscot_plugin.testing.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
+from abscot_plugin.tokens import segments as seg  # noqa: E402
 from abscot_plugin.tokens.sequences import SequenceBuilder  # noqa: E402
 from abscot_plugin.tokens.tokenization import prompt_ids, text_ids  # noqa: E402
 from abscot_plugin.tokens.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402

@@ -126,7 +126,7 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
 
 def load(backend: str, model: Path, args):
     """(decoder, tokenizer, max_model_len) through the generation CLI's own loader."""
-    from abscot_plugin import generate
+    from abscot_plugin.generation import generate
 
     cli = [
         "--model",

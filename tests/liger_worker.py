@@ -20,8 +20,8 @@ from transformers import masking_utils
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen3 import modeling_qwen3
 
-from abscot_plugin import segments as seg
 from abscot_plugin.testing.fixtures import tiny_config
+from abscot_plugin.tokens import segments as seg
 from abscot_plugin.tokens.segments import bottleneck_attention_mask
 from abscot_plugin.tokens.sequences import IGNORE
 from abscot_plugin.train.loss_logits import loss_only_inputs

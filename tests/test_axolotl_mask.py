@@ -9,9 +9,9 @@ import torch
 from support import run_axolotl, tiny_config
 from transformers import AutoTokenizer
 
-from abscot_plugin import segments as seg
 from abscot_plugin.core.choices import Phase
 from abscot_plugin.core.rows import parse_chat_row
+from abscot_plugin.tokens import segments as seg
 from abscot_plugin.tokens.sequences import SequenceBuilder
 from abscot_plugin.tokens.vocab import AbstractVocab
 

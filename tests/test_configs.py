@@ -149,7 +149,8 @@ def test_every_setting_the_dataset_formats_read_changes_the_prepared_dataset_fin
     import inspect
     import re
 
-    from abscot_plugin import dataset_strategy, tokenizer_prep
+    from abscot_plugin.tokens import tokenizer_prep
+    from abscot_plugin.train import dataset_strategy
 
     read = set(re.findall(r"args\.(abscot_\w+)", inspect.getsource(dataset_strategy)))
     assert "abscot_phase_a_layout" in read and "abscot_trace_file" in read
@@ -161,7 +162,7 @@ def test_every_setting_the_dataset_formats_read_changes_the_prepared_dataset_fin
 
 def test_a_new_row_layout_changes_the_prepared_dataset_fingerprint(monkeypatch):
     """Code that tokenises rows differently bumps LAYOUT_VERSION: older prepared data is not reused."""
-    from abscot_plugin import tokenizer_prep
+    from abscot_plugin.tokens import tokenizer_prep
 
     cfg = {"abscot_num_symbols": 64, "abscot_m_max": 128}
     before = tokenizer_prep.data_fingerprint(cfg, "base")

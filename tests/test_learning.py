@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
-from abscot_plugin import segments as seg
 from abscot_plugin.testing.fixtures import tiny_config
+from abscot_plugin.tokens import segments as seg
 from abscot_plugin.tokens.segments import bottleneck_attention_mask
 from abscot_plugin.tokens.sequences import IGNORE
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
-from abscot_plugin import segments as seg
 from abscot_plugin.core.choices import Phase
 from abscot_plugin.core.rows import parse_chat_row
 from abscot_plugin.testing.fixtures import tiny_config
+from abscot_plugin.tokens import segments as seg
 from abscot_plugin.tokens.segments import bottleneck_attention_mask
 from abscot_plugin.train.collator import SegmentCollator
 

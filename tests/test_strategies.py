@@ -9,11 +9,11 @@ import json
 import pytest
 from support import batch_of, make_cfg, strategy
 
-from abscot_plugin import segments as seg
 from abscot_plugin.core.choices import Phase
 from abscot_plugin.core.rows import BadRowError, parse_chat_row
 from abscot_plugin.core.symbols import symbol_names
 from abscot_plugin.core.traces import parse_trace, random_trace
+from abscot_plugin.tokens import segments as seg
 from abscot_plugin.tokens.sequences import IGNORE
 from abscot_plugin.tokens.vocab import AbstractVocab
 

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from support import ROOT, offline_env, read_jsonl
 
-from abscot_plugin import toy
 from abscot_plugin.core.prompts import math_messages
 from abscot_plugin.core.rows import parse_chat_row
 from abscot_plugin.core.traces import load_trace_file
 from abscot_plugin.eval.scoring import score_answer
+from abscot_plugin.testing import toy
 from abscot_plugin.tokens.tokenization import prompt_ids
 
 
@@ -214,8 +214,8 @@ def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from abscot_plugin import segments as seg
     from abscot_plugin.core.choices import Phase
+    from abscot_plugin.tokens import segments as seg
     from abscot_plugin.tokens.segments import bottleneck_attention_mask
     from abscot_plugin.tokens.sequences import SequenceBuilder
     from abscot_plugin.tokens.vocab import AbstractVocab, add_abstract_tokens

@@ -38,16 +38,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from abscot_plugin import segments as seg  # noqa: E402
 from abscot_plugin.core.choices import Phase  # noqa: E402
 from abscot_plugin.core.rows import ReasoningRow, parse_chat_row  # noqa: E402
 from abscot_plugin.core.traces import TraceSettings  # noqa: E402
 from abscot_plugin.generation.decode import HFDecoder  # noqa: E402
 from abscot_plugin.testing.toy import CHANCE, Problem, dolci_row  # noqa: E402
+from abscot_plugin.tokens import segments as seg  # noqa: E402
 from abscot_plugin.tokens.segments import bottleneck_attention_mask  # noqa: E402
 from abscot_plugin.tokens.sequences import IGNORE, Example, SequenceBuilder  # noqa: E402
 from abscot_plugin.tokens.vocab import AbstractVocab  # noqa: E402
-from studies.toy.study import CELL_TITLES, RUN_CONFIG  # noqa: E402
+from studies.toy.report import CELL_TITLES  # noqa: E402
+from studies.toy.study import RUN_CONFIG  # noqa: E402
 
 PROBES = ("a_own", "a_other", "b_teacher", "b_own")
 
