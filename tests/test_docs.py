@@ -97,3 +97,23 @@ def test_documents_cite_only_documents_in_the_repository():
         assert not outside.search(text), f"{path.relative_to(REPO)} cites {outside.search(text).group(0)}"
         for name in cited.findall(text):
             assert (REPO / name).is_file() or (path.parent / name).is_file(), f"{path.relative_to(REPO)}: {name}"
+
+
+def test_the_readme_layout_table_matches_the_folders():
+    """README's layout table names every folder of the package and only paths that exist, and a
+    folder's row names each of its modules (orchestration/ has docs/orchestrate.md instead)."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("## Layout") : text.index("## How it plugs into axolotl")]
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
+    for path_cell, _ in rows:
+        for path in re.findall(r"`([\w./]+)`", path_cell):
+            assert (REPO / path).exists(), f"README's layout table names {path}, which does not exist"
+    package = REPO / "abscot_plugin"
+    folders = {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    in_table = {f for path_cell, _ in rows for f in re.findall(r"`abscot_plugin/(\w+)/`", path_cell)}
+    assert folders <= in_table, f"folders {sorted(folders - in_table)} missing from the table"
+    for path_cell, what in rows:
+        for folder in set(re.findall(r"`abscot_plugin/(\w+)/`", path_cell)) - {"orchestration"}:
+            modules = {p.stem for p in (package / folder).glob("*.py")} - {"__init__"}
+            missing = modules - set(re.findall(r"`(\w+)`", what))
+            assert not missing, f"README's layout row of {folder}/ does not name {sorted(missing)}"
