@@ -95,8 +95,8 @@ def test_both_formats_get_abscot_trainer_and_only_phase_a_masks():
 
     plugin = AbsCoTPlugin()
     trainer = AbsCoTTrainer.__new__(AbsCoTTrainer)
-    for kind, masks in (("bottleneck", True), ("self_distill", False)):
-        cfg = {"datasets": [{"type": f"abscot_plugin.{kind}"}]}
+    for phase, masks in ((Phase.A, True), (Phase.B, False)):
+        cfg = {"datasets": [{"type": phase.dataset_type}]}
         assert plugin.get_trainer_cls(cfg) is AbsCoTTrainer
         trainer.axolotl_cfg = cfg
         assert trainer.bottleneck is masks

@@ -90,6 +90,10 @@ def test_qwen3_4b_phases_share_one_batch_in_examples(variant):
         ({"attn_implementation": "flash_attention_2"}, "takes a custom mask"),
         ({"abscot_cot_keep": "middle"}, "abscot_cot_keep"),
         ({"abscot_num_symbol": 32}, "unknown abscot key"),
+        (
+            {"datasets": [{"path": "x.jsonl", "ds_type": "json", "type": "abscot_plugin.bottleneck"}]},
+            "abscot_plugin.bottleneck is now abscot_plugin.train.bottleneck",
+        ),
     ],
 )
 def test_bad_settings_fail_validation(change, message, tiny_dir, tmp_path):
@@ -118,6 +122,10 @@ def test_bad_settings_fail_validation(change, message, tiny_dir, tmp_path):
             "rl: grpo datasets need type: abscot_plugin.rl_prompts",
         ),
         ({"abscot_rl_m_min": 200}, "abscot_rl_m_min 200 > abscot_m_max 128"),
+        (
+            {"trl": {"reward_funcs": ["abscot_plugin.rewards.math_reward"]}},
+            "abscot_plugin.rewards.math_reward is now abscot_plugin.rl.rewards.math_reward",
+        ),
     ],
 )
 def test_bad_grpo_settings_fail_validation(change, message, tiny_dir, tmp_path):
