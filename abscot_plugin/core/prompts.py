@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+# the chat template's end of a turn (Qwen3's): the last token of every training row's answer, the
+# stop token of answers at evaluation and in RL rollouts
+END_OF_TURN = "<|im_end|>"
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..core.choices import DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_HF_BATCH_SIZE
-from ..core.prompts import math_messages
+from ..core.prompts import END_OF_TURN, math_messages
 from ..core.symbols import DEFAULT_NUM_SYMBOLS
 from ..core.traces import TraceSettings
 from ..generation.decode import Decoder, HFDecoder, VLLMDecoder, two_stage
@@ -162,7 +162,7 @@ class AbsCoTLM(LM):
             if len(encoded) != 1:
                 raise ValueError(
                     f"stop string {text!r} is {len(encoded)} tokens; abscot models stop on single "
-                    "tokens (e.g. '<|im_end|>')"
+                    f"tokens (e.g. {END_OF_TURN!r})"
                 )
             ids.append(encoded[0])
         return ids

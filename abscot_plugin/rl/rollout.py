@@ -52,8 +52,6 @@ if TYPE_CHECKING:
     from ..tokens.sequences import SequenceBuilder
     from .rollout_client import RemoteDecoder
 
-STOP_TOKEN = "<|im_end|>"  # the answer's stop token, as in training rows and the eval tasks
-
 
 @dataclass
 class RLSetup:

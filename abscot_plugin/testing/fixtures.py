@@ -21,16 +21,17 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
 
+from ..core.prompts import END_OF_TURN
 from ..core.symbols import DEFAULT_NUM_SYMBOLS
 from ..tokens.vocab import add_abstract_tokens
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", END_OF_TURN, "<think>", "</think>"]
 
 # Qwen3's template, reduced to the paths this project uses: system/user/assistant turns, and a
 # generation prompt that (like Qwen3's) inserts an empty think block when enable_thinking=False.
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '" + END_OF_TURN + "\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
     "{{- '<|im_start|>assistant\\n' }}"
@@ -55,7 +56,7 @@ QWEN3_FIRST_ADDED_ID = 151643
 QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
     ("<|endoftext|>", True),
     ("<|im_start|>", True),
-    ("<|im_end|>", True),
+    (END_OF_TURN, True),
     ("<|object_ref_start|>", True),
     ("<|object_ref_end|>", True),
     ("<|box_start|>", True),
@@ -124,9 +125,9 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = TINY_
     tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token="<|im_end|>",
+        eos_token=END_OF_TURN,
         pad_token="<|endoftext|>",
-        extra_special_tokens=["<|im_start|>", "<|im_end|>", "<think>", "</think>"],
+        extra_special_tokens=["<|im_start|>", END_OF_TURN, "<think>", "</think>"],
         model_max_length=131072,
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -166,7 +167,7 @@ def build_qwen3_tokenizer(out_dir: str | Path) -> Path:
     backend.add_tokens([AddedToken(name, special=special, normalized=False) for name, special in QWEN3_ADDED_TOKENS])
     tok = Qwen2Tokenizer(
         tokenizer_object=backend,
-        eos_token="<|im_end|>",
+        eos_token=END_OF_TURN,
         pad_token="<|endoftext|>",
         unk_token=None,
         bos_token=None,
@@ -219,7 +220,7 @@ def build_tiny(
     rows = (len(tokenizer) + DEFAULT_NUM_SYMBOLS + 2 + 127) // 128 * 128
     torch.manual_seed(seed)
     config = tiny_config(rows, layers)
-    config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config.eos_token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     config.pad_token_id = tokenizer.pad_token_id
     model = Qwen3ForCausalLM(config)
     if extend:

@@ -46,13 +46,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.prompts import MATH_SYSTEM_PROMPT, math_messages
+from ..core.prompts import END_OF_TURN, MATH_SYSTEM_PROMPT, math_messages
 from ..core.symbols import symbol_name
 
 START = (1, 2, 3, 4)
 SWAPS = tuple((a, b) for a in START for b in START if a < b)  # the 6 transpositions of values
 LABELS = string.ascii_lowercase  # swap labels: at most 26 swaps per problem
-EOS_TEXT = "<|im_end|>"  # end of the assistant turn in the SFT targets (Qwen3's template)
 TOY_BPE_VOCAB = 384  # byte alphabet + the task's words: enough merges for every word to be one token
 SPLITS = ("test", "valid", "train")  # drawn in this order: earlier splits are held out of later ones
 STATES = tuple("".join(map(str, p)) for p in itertools.permutations(START))  # the 24 arrangements, sorted
@@ -171,7 +170,7 @@ def math500_row(problem: Problem, row_id: str) -> dict:
 def sft_row(prompt: str, problem: Problem, row_id: str, with_cot: bool) -> dict:
     """An axolotl ``input_output`` row: ``prompt`` (no loss), then the CoT (``with_cot``) and the
     boxed answer and end of turn (loss)."""
-    target = (problem.cot() + "\n" if with_cot else "") + problem.boxed() + EOS_TEXT
+    target = (problem.cot() + "\n" if with_cot else "") + problem.boxed() + END_OF_TURN
     return {"id": row_id, "segments": [{"label": False, "text": prompt}, {"label": True, "text": target}]}
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from ..core.choices import DEFAULT_COT_KEEP, CotKeep, Phase
-from ..core.prompts import math_messages
+from ..core.prompts import END_OF_TURN, math_messages
 from ..core.rows import BadRowError, ReasoningRow, cot_steps, cot_text
 from ..core.traces import TraceSettings, random_trace
 from . import segments as seg
@@ -54,9 +54,9 @@ class SequenceBuilder:
         self.tok = tokenizer
         self.vocab = vocab
         self.newline_ids = self._text_ids("\n")
-        eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
         if eot is None or eot == tokenizer.unk_token_id:
-            raise ValueError("tokenizer has no <|im_end|> token (a Qwen3-style chat tokenizer is needed)")
+            raise ValueError(f"tokenizer has no {END_OF_TURN} token (a Qwen3-style chat tokenizer is needed)")
         self.end_of_turn = eot
 
     def _text_ids(self, text: str) -> list[int]:
