@@ -3,14 +3,17 @@ need the rest of the config.
 
 No torch and no axolotl: the orchestrator reads these defaults too (:meth:`AbsCoTArgs.from_cfg`).
 Each default is read from the module that owns the concept (:mod:`.symbols`, :mod:`.traces`,
-:mod:`.choices`, :mod:`.rows`), never restated here.
+:mod:`.choices`, :mod:`.rows`), never restated here. :class:`RowLayout` is the Phase A row layout
+that ``sequence_len``, ``abscot_m_max`` and ``abscot_cot_keep`` describe, read by the dataset
+formats, trace generation and the toy study alike.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -29,6 +32,9 @@ from .core.choices import (
 from .core.rows import DEFAULT_ID_FIELD
 from .core.symbols import DEFAULT_NUM_SYMBOLS, MAX_NUM_SYMBOLS
 from .core.traces import TraceSettings
+
+if TYPE_CHECKING:
+    import argparse
 
 BOTTLENECK_TYPE = Phase.A.dataset_type  # the format whose rows need the mask (and its checks)
 # what the plugin's get_input_args names: how axolotl finds this model, and how the dataset
@@ -140,6 +146,48 @@ class AbsCoTArgs(BaseModel):
                 f"attn_implementation flex_attention, sdpa or eager (got {attn or 'a flash flag'})"
             )
         return data
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """How a training row fits ``sequence_len``: Phase A rows reserve room for an ``m_max``-symbol
+    trace (+ 2 delimiters) and cut only their CoT, keeping its ``cot_keep`` part; Phase B rows (no
+    CoT) must fit whole, their traces at most ``m_max`` symbols
+    (:class:`~abscot_plugin.tokens.sequences.SequenceBuilder`). The one carrier of the three:
+    training reads it from the config (:meth:`from_cfg`), trace generation from its command line
+    (:meth:`from_generate_args`), so a teacher's prefix is the training row's.
+
+    >>> RowLayout(sequence_len=8192, m_max=128, cot_keep="end")
+    RowLayout(sequence_len=8192, m_max=128, cot_keep='end')
+    """
+
+    sequence_len: int
+    m_max: int
+    cot_keep: CotKeep
+
+    def __post_init__(self) -> None:
+        if self.sequence_len < 1 or self.m_max < 1:
+            raise ValueError(f"row layout needs sequence_len >= 1 and m_max >= 1 (got {self})")
+        if self.cot_keep not in get_args(CotKeep):
+            raise ValueError(f"row layout: cot_keep {self.cot_keep!r} is not one of {list(get_args(CotKeep))}")
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> RowLayout:
+        """The layout of an axolotl config (a dict or ``DictDefault``): its ``sequence_len``,
+        ``abscot_m_max`` and ``abscot_cot_keep`` (unset abscot keys at their defaults)."""
+        if not cfg.get("sequence_len"):
+            raise ValueError("sequence_len is unset: abscot rows are laid out to fit it")
+        args = AbsCoTArgs.from_cfg(cfg)
+        return cls(int(cfg["sequence_len"]), args.abscot_m_max, args.abscot_cot_keep)
+
+    @classmethod
+    def from_generate_args(cls, args: argparse.Namespace, model_len: int | None) -> RowLayout:
+        """The Phase A training layout of the generate CLI: ``--sequence-len`` (default
+        ``model_len``, the engine's length), ``--m-max``, ``--cot-keep``."""
+        sequence_len = args.sequence_len or model_len
+        if sequence_len is None:
+            raise ValueError("--mode phase_a needs --sequence-len (the model config has no length)")
+        return cls(sequence_len, args.m_max, args.cot_keep)
 
 
 def dataset_types(cfg) -> list[str]:

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abscot_plugin.args import AbsCoTArgs  # noqa: E402
+from abscot_plugin.args import AbsCoTArgs, RowLayout  # noqa: E402
 from abscot_plugin.core.choices import Phase  # noqa: E402
 from abscot_plugin.core.rows import parse_chat_row, read_rows  # noqa: E402
 from abscot_plugin.testing.fixtures import build_qwen3_tokenizer, build_tokenizer, data_path  # noqa: E402
@@ -58,12 +58,13 @@ def phase_b_rows(copies: int, sequence_len: int) -> list[dict[str, list[int]]]:
     add_abstract_tokens(tok, NUM_SYMBOLS)
     builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok, NUM_SYMBOLS))
     dolci = read_rows(data_path("dolci_tiny.jsonl"))
+    layout = RowLayout.from_cfg({"sequence_len": sequence_len})  # training's m_max and cot_keep
     rows = []
     for seed in range(copies):
         for row_id, row in dolci:
             parsed = parse_chat_row(row, row_id)
             trace = builder.random_trace_ids(parsed, NUM_SYMBOLS, seed, M_MAX)
-            ex = builder.example(parsed, trace, Phase.B, sequence_len)
+            ex = builder.example(parsed, trace, Phase.B, layout)
             ids = [i % VOCAB_ROWS for i in ex.input_ids]
             labels = [IGNORE if label == IGNORE else i for i, label in zip(ids, ex.labels, strict=True)]
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from abscot_plugin.args import AbsCoTArgs  # noqa: E402
+from abscot_plugin.args import AbsCoTArgs, RowLayout  # noqa: E402
 from abscot_plugin.core.choices import Phase  # noqa: E402
 from abscot_plugin.core.prompts import math_messages  # noqa: E402
 from abscot_plugin.core.rows import parse_chat_row, read_rows  # noqa: E402
@@ -35,8 +35,8 @@ from abscot_plugin.tokens.tokenization import prompt_ids, text_ids  # noqa: E402
 from abscot_plugin.tokens.vocab import AbstractVocab, add_abstract_tokens  # noqa: E402
 from bench.common import machine, report  # noqa: E402
 
-DEFAULTS = AbsCoTArgs()  # training's defaults: m_max and the round-1 trace seed
-SEQUENCE_LEN, M_MAX, TRACE_SEED = 8192, DEFAULTS.abscot_m_max, DEFAULTS.abscot_trace_seed
+LAYOUT = RowLayout.from_cfg({"sequence_len": 8192})  # training's rows at 8192 (its default m_max, cot_keep)
+SEQUENCE_LEN, M_MAX, TRACE_SEED = LAYOUT.sequence_len, LAYOUT.m_max, AbsCoTArgs().abscot_trace_seed
 
 
 def tokenizers() -> dict:
@@ -57,8 +57,8 @@ def dolci_lengths(builder: SequenceBuilder) -> dict[str, list[int]]:
     for row_id, row in read_rows(data_path("dolci_tiny.jsonl")):
         parsed = parse_chat_row(row, row_id)
         trace = builder.random_trace_ids(parsed, NUM_SYMBOLS, TRACE_SEED, M_MAX)
-        a = builder.example(parsed, trace, Phase.A, SEQUENCE_LEN, m_max=M_MAX)
-        b = builder.example(parsed, trace, Phase.B, SEQUENCE_LEN, m_max=M_MAX)
+        a = builder.example(parsed, trace, Phase.A, LAYOUT)
+        b = builder.example(parsed, trace, Phase.B, LAYOUT)
         counts = {code: a.segment_ids.count(code) for code in (seg.PROMPT, seg.COT, seg.ANSWER)}
         for key, value in (
             ("prompt", counts[seg.PROMPT]),

@@ -106,18 +106,19 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
     """``calls`` disjoint prompt sets per mode, made by the trace-generation CLI's own
     ``build_prefixes`` (Phase A: the prefixes of Phase A training rows of sequence_len
     ``--max-model-len`` and m_max 128, the CLI's defaults)."""
-    from abscot_plugin.generation.generate import Summary, TrainLayout, build_prefixes
+    from abscot_plugin.args import RowLayout
+    from abscot_plugin.generation.generate import Summary, build_prefixes
     from bench.common import dolci_rows
 
     sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
-    layout = TrainLayout(args.max_model_len, 128, "end")
+    layout = RowLayout(args.max_model_len, 128, "end")
     sets: dict[str, list] = {}
     first = 0  # rows (so prompts) are disjoint across modes too: no shared prefix to cache
     for mode in MODES:
         rows = dolci_rows(sizes[mode] * calls, args.cot_repeat if mode == "phase_a" else 1, first)
         first += len(rows)
         prefixes = build_prefixes(
-            [(r["id"], r) for r in rows], builder, mode, 128, args.max_model_len, layout, False, Summary()
+            [(r["id"], r) for r in rows], builder, mode, layout.m_max, args.max_model_len, layout, False, Summary()
         )
         ids = [p.ids for p in prefixes]
         sets[mode] = [ids[i * sizes[mode] : (i + 1) * sizes[mode]] for i in range(calls)]

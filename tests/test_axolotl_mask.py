@@ -9,6 +9,7 @@ import torch
 from support import run_axolotl, tiny_config
 from transformers import AutoTokenizer
 
+from abscot_plugin.args import RowLayout
 from abscot_plugin.core.choices import Phase
 from abscot_plugin.core.rows import parse_chat_row
 from abscot_plugin.tokens import segments as seg
@@ -26,7 +27,8 @@ def expected_segments(tok_dir, rows, sequence_len: int) -> dict[tuple[int, ...],
     out = {}
     for row in rows:
         parsed = parse_chat_row(row, row["id"])
-        ex = builder.example(parsed, builder.random_trace_ids(parsed, 64, 0, 128), Phase.A, sequence_len, "end")
+        layout = RowLayout(sequence_len, 128, "end")
+        ex = builder.example(parsed, builder.random_trace_ids(parsed, 64, 0, layout.m_max), Phase.A, layout)
         out[tuple(ex.input_ids)] = ex.segment_ids
     return out
 

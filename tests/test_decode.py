@@ -11,6 +11,7 @@ import torch
 from support import VLLM_GREEDY, VLLM_SAMPLED
 from transformers import GenerationConfig
 
+from abscot_plugin.args import RowLayout
 from abscot_plugin.core.rows import parse_chat_row
 from abscot_plugin.generation.decode import (
     HFDecoder,
@@ -57,7 +58,7 @@ def mixed_prefixes(models):
     left-padded by up to ~450 positions, so batch shapes differ a lot between batchings."""
     _, _, _, builder, prefixes = models
     rows = [json.loads(line) for line in data_path("dolci_tiny.jsonl").read_text().splitlines()][:4]
-    return prefixes + [builder.phase_a_prefix(parse_chat_row(r, r["id"]), 4096)[0] for r in rows]
+    return prefixes + [builder.phase_a_prefix(parse_chat_row(r, r["id"]), RowLayout(4096, 128, "end"))[0] for r in rows]
 
 
 def test_settings_reject_bad_values():

@@ -8,10 +8,11 @@ import json
 import pytest
 from support import VLLM_GENERATE, batch_of, read_jsonl, strategy
 
+from abscot_plugin.args import RowLayout
 from abscot_plugin.core.rows import parse_chat_row, read_rows
-from abscot_plugin.core.traces import load_trace_file, parse_trace
-from abscot_plugin.generation.decode import HFDecoder, TraceSettings
-from abscot_plugin.generation.generate import TrainLayout, generate_traces, main
+from abscot_plugin.core.traces import TraceSettings, load_trace_file, parse_trace
+from abscot_plugin.generation.decode import HFDecoder
+from abscot_plugin.generation.generate import generate_traces, main
 from abscot_plugin.testing.fixtures import data_path
 from abscot_plugin.tokens.sequences import SequenceBuilder
 from abscot_plugin.tokens.vocab import AbstractVocab
@@ -73,9 +74,10 @@ def check_output(path, ids, settings=SETTINGS):
 
 
 def test_cli_phase_a_cuts_cots_as_training_and_warns_on_a_short_engine(tiny_extended, tmp_path, capsys):
-    """--sequence-len 256 (the Phase A training's) with a 200-token engine: every prefix fits the
-    engine, long CoTs are cut (counted), and the rows whose teacher sees less CoT than their
-    training row are counted and warned about."""
+    """--sequence-len 256, --m-max 16, --cot-keep start (the Phase A training's layout) with a
+    200-token engine: every prefix fits the engine with room for a 16-symbol trace, long CoTs are
+    cut (counted), and the rows whose teacher sees less CoT than their training row are counted
+    and warned about; the meta file records the layout."""
     out = tmp_path / "a.jsonl"
     main(
         [
@@ -93,20 +95,18 @@ def test_cli_phase_a_cuts_cots_as_training_and_warns_on_a_short_engine(tiny_exte
             "200",
             "--sequence-len",
             "256",
-            "--train-m-max",
-            "16",
             "--cot-keep",
             "start",
             "--m-min",
             "3",
             "--m-max",
-            "10",
+            "16",
             "--seed",
             "1",
         ]
     )
-    rows = check_output(out, [f"dolci-tiny-{i:03d}" for i in range(6)])
-    assert all(r["prefix_tokens"] + 10 + 1 <= 200 for r in rows)
+    rows = check_output(out, [f"dolci-tiny-{i:03d}" for i in range(6)], TraceSettings(m_min=3, m_max=16))
+    assert all(r["prefix_tokens"] + 16 + 1 <= 200 for r in rows)
     cut = [r for r in rows if r["cot_cut"]]
     assert [r["id"] for r in cut] == ["dolci-tiny-000"]  # the fixture's one long CoT among six
     err = capsys.readouterr().err
@@ -128,7 +128,7 @@ def test_phase_a_prefixes_are_the_training_rows_prefixes(plugin_active, hf_model
     rows = read_rows(DOLCI, limit=8)
     recorder = CountingDecoder(decoder)
     out = tmp_path / "a.jsonl"
-    layout = TrainLayout(sequence_len=200, m_max=16, cot_keep=keep)
+    layout = RowLayout(sequence_len=200, m_max=16, cot_keep=keep)
     generate_traces(recorder, builder, rows, "phase_a", out, SETTINGS, 4096, layout, chunk_size=3)
     records = {r["id"]: r for r in read_jsonl(out)}
     train = strategy(
@@ -149,7 +149,7 @@ def test_rows_training_rejects_are_bad_rows_in_generation_too(plugin_active, hf,
     training and for generation alike, named, or skipped and counted by kind."""
     decoder, builder = hf
     rows = read_rows(DOLCI, limit=6)
-    layout = TrainLayout(sequence_len=110, m_max=16, cot_keep="end")
+    layout = RowLayout(sequence_len=110, m_max=16, cot_keep="end")
     with pytest.raises(ValueError, match="row dolci-tiny-001: .*sequence_len=110 \\(pass --skip-bad-rows"):
         generate_traces(decoder, builder, rows, "phase_a", tmp_path / "x.jsonl", SETTINGS, 4096, layout)
     summary = generate_traces(
@@ -162,7 +162,7 @@ def test_rows_training_rejects_are_bad_rows_in_generation_too(plugin_active, hf,
     train = strategy(builder.tok, sequence_len=110, abscot_m_max=16, abscot_skip_bad_rows=True).tokenize_prompt(
         batch_of([r for _, r in rows])
     )
-    prompts = [builder.phase_a_prefix(parse_chat_row(r, i), 110, 16)[0] for i, r in rows if i in kept]
+    prompts = [builder.phase_a_prefix(parse_chat_row(r, i), layout)[0] for i, r in rows if i in kept]
     assert [ids[: len(p)] for ids, p in zip(train["input_ids"], prompts, strict=True)] == prompts
     assert f"({len(rows) - len(kept)}× too_long)" in caplog.text
 
@@ -241,7 +241,7 @@ def test_bad_rows_named_or_skipped(hf, tmp_path):
     bad = json.dumps({"id": "broken-7", "messages": [{"role": "user", "content": "hi"}]})
     data.write_text("\n".join([good[0], bad, good[1]]) + "\n")
     rows = read_rows(data)
-    layout = TrainLayout(sequence_len=512, m_max=10, cot_keep="end")
+    layout = RowLayout(sequence_len=512, m_max=10, cot_keep="end")
     with pytest.raises(ValueError, match="row broken-7: last message must be the assistant's"):
         generate_traces(decoder, builder, rows, "phase_a", tmp_path / "x.jsonl", SETTINGS, 512, layout)
     summary = generate_traces(

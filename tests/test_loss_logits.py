@@ -10,11 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from abscot_plugin.args import RowLayout
 from abscot_plugin.core.choices import Phase
 from abscot_plugin.core.rows import parse_chat_row
 from abscot_plugin.tokens.segments import bottleneck_attention_mask
 from abscot_plugin.tokens.sequences import IGNORE
 from abscot_plugin.train.loss_logits import loss_only_inputs
+
+LAYOUT = RowLayout(sequence_len=4096, m_max=128, cot_keep="end")
 
 
 def test_loss_only_inputs_keep_the_union_of_labelled_positions():
@@ -42,7 +45,7 @@ def padded_batch(builder, vocab, tokenizer, rows, phase: Phase) -> dict[str, tor
 
     features = []
     for row, trace_len in zip(rows, (7, 30), strict=True):
-        ex = builder.example(parse_chat_row(row, row["id"]), list(vocab.symbol_ids[:trace_len]), phase, 4096)
+        ex = builder.example(parse_chat_row(row, row["id"]), list(vocab.symbol_ids[:trace_len]), phase, LAYOUT)
         feature = {"input_ids": ex.input_ids, "attention_mask": [1] * len(ex.input_ids), "labels": ex.labels}
         if phase.has_cot:
             feature["segment_ids"] = ex.segment_ids

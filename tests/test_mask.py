@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
+from abscot_plugin.args import RowLayout
 from abscot_plugin.core.choices import Phase
 from abscot_plugin.core.rows import parse_chat_row
 from abscot_plugin.testing.fixtures import tiny_config
@@ -23,7 +24,7 @@ def tiny_model(layers: int, attn: str = "eager") -> Qwen3ForCausalLM:
 
 def example(builder, vocab, row, trace_len=12):
     parsed = parse_chat_row(row, row["id"])
-    ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, 4096)
+    ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, RowLayout(4096, 128, "end"))
     return torch.tensor([ex.input_ids]), torch.tensor([ex.segment_ids])
 
 

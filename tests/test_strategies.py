@@ -5,10 +5,12 @@ tokenizer and on Qwen3's real one (``any_builder``)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from support import batch_of, make_cfg, strategy
 
+from abscot_plugin.args import RowLayout
 from abscot_plugin.core.choices import Phase
 from abscot_plugin.core.rows import BadRowError, parse_chat_row
 from abscot_plugin.core.symbols import symbol_names
@@ -35,7 +37,7 @@ def test_phase_a_layout_and_labels(plugin_active, any_builder, dolci_rows):
         assert runs(segs) == [seg.PROMPT, seg.COT, seg.ABSTRACT, seg.ANSWER]
         parsed = parse_chat_row(row, row["id"])
         # the prefix a teacher decodes from is exactly the training sequence's prefix
-        prefix, cut = builder.phase_a_prefix(parsed, 4096, 128, "end")
+        prefix, cut = builder.phase_a_prefix(parsed, RowLayout(4096, 128, "end"))
         assert cut == 0 and ids[: len(prefix)] == prefix
         begin = ids.index(vocab.begin_id)
         end = ids.index(vocab.end_id)
@@ -199,17 +201,17 @@ def test_phase_a_prefix_is_the_training_prefix_when_the_cot_is_cut(any_builder, 
     <beginabstract>, whatever the trace length, with the whole prompt x (chat header) in front."""
     builder, tok, vocab = any_builder, any_builder.tok, any_builder.vocab
     parsed = parse_chat_row(dolci_rows[0], "dolci-tiny-000")  # the long CoT
-    m_max, sequence_len = 32, 200
+    layout = RowLayout(sequence_len=200, m_max=32, cot_keep=keep)
     x = builder.prompt_ids(parsed)
-    prefix, cut = builder.phase_a_prefix(parsed, sequence_len, m_max, keep)
+    prefix, cut = builder.phase_a_prefix(parsed, layout)
     assert prefix[: len(x)] == x and tok.decode(prefix[:3]).startswith("<|im_start|>")
     assert cut > 0 and len(prefix) == len(x) + len(builder.cot_ids(parsed)) - cut + 1
-    for trace_len in (1, m_max // 2, m_max):
-        ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, sequence_len, keep, m_max)
+    for trace_len in (1, layout.m_max // 2, layout.m_max):
+        ex = builder.example(parsed, list(vocab.symbol_ids[:trace_len]), Phase.A, layout)
         assert ex.input_ids[: len(prefix)] == prefix and ex.cot_cut == cut
-        assert ex.input_ids[len(prefix) - 1] == vocab.begin_id and len(ex.input_ids) <= sequence_len
+        assert ex.input_ids[len(prefix) - 1] == vocab.begin_id and len(ex.input_ids) <= layout.sequence_len
     with pytest.raises(BadRowError, match="row dolci-tiny-000: .*sequence_len=100") as info:
-        builder.phase_a_prefix(parsed, 100, m_max, keep)  # x + y + m_max + 2 leave no CoT room
+        builder.phase_a_prefix(parsed, replace(layout, sequence_len=100))  # x + y + m_max + 2 leave no CoT room
     assert info.value.kind == "too_long"
 
 

@@ -214,6 +214,7 @@ def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from abscot_plugin.args import RowLayout
     from abscot_plugin.core.choices import Phase
     from abscot_plugin.tokens import segments as seg
     from abscot_plugin.tokens.segments import bottleneck_attention_mask
@@ -228,8 +229,8 @@ def test_probe_scores_an_answer_by_its_teacher_forced_argmax_in_a_padded_batch(t
     problems = [toy.Problem(((1, 3), (2, 4), (1, 2))), toy.Problem(((1, 3),))]
     rows = [parse_chat_row(toy.dolci_row(p, f"r{i}"), f"r{i}") for i, p in enumerate(problems)]
     examples = [
-        builder.example(rows[0], builder.vocab.symbol_ids[:3], Phase.A, 256, "end", 32),
-        builder.example(rows[1], builder.vocab.symbol_ids[:1], Phase.B, 256, "end", 32),
+        builder.example(rows[0], builder.vocab.symbol_ids[:3], Phase.A, RowLayout(256, 32, "end")),
+        builder.example(rows[1], builder.vocab.symbol_ids[:1], Phase.B, RowLayout(256, 32, "end")),
     ]
     assert len(examples[0].input_ids) != len(examples[1].input_ids)
     relabelled = []

@@ -3,16 +3,17 @@ constraint (:mod:`abscot_plugin.generation.decode`), written as the JSONL that `
 
     python -m abscot_plugin.generation.generate --model DIR --data ROWS.jsonl --mode phase_a|phase_b \\
         --out traces.jsonl --backend hf|vllm [--max-model-len N] [--m-min N --m-max N \\
-        --temperature T --seed S] [--sequence-len S --cot-keep end --train-m-max N] \\
+        --temperature T --seed S] [--sequence-len S --cot-keep end] \\
         [--tensor-parallel-size N] [--data-parallel-size D [--num-nodes K --node-rank R]] [--limit N]
 
 (``--help`` shows the defaults: the stage-1 settings are :class:`~abscot_plugin.core.traces.TraceSettings`'s.)
 
 Phase A teacher (the previous round's model): prefix x c <beginabstract>, exactly the prefix of
 the row that the next Phase A training builds (:meth:`SequenceBuilder.phase_a_prefix` with that
-training's ``sequence_len``, ``abscot_cot_keep`` and ``abscot_m_max``: ``--sequence-len``,
-``--cot-keep``, ``--train-m-max``), so the CoT is cut exactly as training cuts it, and a row that
-training would reject is an error here too. If ``max_model_len`` is below ``--sequence-len``, the
+training's :class:`~abscot_plugin.args.RowLayout`, ``(--sequence-len, --m-max, --cot-keep)``: its
+``sequence_len``, ``abscot_m_max`` and ``abscot_cot_keep``; the traces decoded are at most the
+``--m-max`` symbols its rows reserve room for), so the CoT is cut exactly as training cuts it, and a
+row that training would reject is an error here too. If ``max_model_len`` is below ``--sequence-len``, the
 prefix is built for ``max_model_len`` instead (x whole, less CoT): such rows are counted and the
 summary warns. Phase B teacher (this round's Phase A model): x <beginabstract>, never cut. A
 prefix that leaves no room for ``m_max`` symbols and ``<endabstract>`` within ``max_model_len`` is
@@ -45,13 +46,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import groupby
 from pathlib import Path
 from typing import get_args
 
 from tqdm import tqdm
 
+from ..args import RowLayout
 from ..core.choices import (
     DEFAULT_BACKEND,
     DEFAULT_COT_KEEP,
@@ -67,16 +69,6 @@ from ..core.traces import TraceSettings, TraceWriter, trace_record
 from ..tokens.sequences import SequenceBuilder
 from ..tokens.vocab import AbstractVocab
 from .decode import Decoder
-
-
-@dataclass(frozen=True)
-class TrainLayout:
-    """The Phase A training that will read Phase A traces: its ``sequence_len``,
-    ``abscot_m_max`` (the trace room every row reserves) and ``abscot_cot_keep``."""
-
-    sequence_len: int
-    m_max: int
-    cot_keep: CotKeep
 
 
 @dataclass(frozen=True)
@@ -146,7 +138,7 @@ def _row_prefix(
     phase: Phase,
     m_max: int,
     max_model_len: int | None,
-    layout: TrainLayout | None,
+    layout: RowLayout | None,
 ) -> Prefix:
     """The decode prompt of one parsed row (module docstring); raises :class:`BadRowError`."""
     if phase is Phase.B:
@@ -160,12 +152,13 @@ def _row_prefix(
             )
         return Prefix(row.row_id, ids)
     # the training row's prefix first: it raises for every row that training rejects. A Phase A
-    # prefix built for a length L leaves L - |prefix| >= |y| + layout.m_max + 1 > m_max + 1 free
-    ids, cut = builder.phase_a_prefix(row, layout.sequence_len, layout.m_max, layout.cot_keep)
+    # prefix built for a length L leaves L - |prefix| >= |y| + layout.m_max + 1 tokens free: room
+    # for the longest trace and <endabstract>
+    ids, cut = builder.phase_a_prefix(row, layout)
     if max_model_len is None or max_model_len >= layout.sequence_len:
         return Prefix(row.row_id, ids, cut)
     try:
-        engine_ids, cut = builder.phase_a_prefix(row, max_model_len, layout.m_max, layout.cot_keep)
+        engine_ids, cut = builder.phase_a_prefix(row, replace(layout, sequence_len=max_model_len))
     except BadRowError as exc:
         raise BadRowError(
             row.row_id,
@@ -181,7 +174,7 @@ def build_prefixes(
     phase: Phase | str,
     m_max: int,
     max_model_len: int | None,
-    layout: TrainLayout | None,
+    layout: RowLayout | None,
     skip_bad_rows: bool,
     summary: Summary,
 ) -> list[Prefix]:
@@ -189,7 +182,7 @@ def build_prefixes(
     raises (naming it) unless skipped and counted by kind in ``summary``."""
     phase = Phase(phase)
     if phase.has_cot and layout is None:
-        raise ValueError("Phase A prefixes need the layout of the Phase A training (TrainLayout)")
+        raise ValueError("Phase A prefixes need the layout of the Phase A training (a RowLayout)")
     prefixes = []
     for row_id, row in rows:
         try:
@@ -210,7 +203,7 @@ def generate_chunk(
     phase: Phase,
     settings: TraceSettings,
     max_model_len: int | None,
-    layout: TrainLayout | None,
+    layout: RowLayout | None,
     skip_bad_rows: bool,
 ) -> tuple[list[dict], Summary]:
     """The trace records of one chunk of rows (in row order) and the chunk's counts."""
@@ -247,7 +240,7 @@ def generate_rank(
     writer: TraceWriter,
     settings: TraceSettings,
     max_model_len: int | None,
-    layout: TrainLayout | None = None,
+    layout: RowLayout | None = None,
     skip_bad_rows: bool = False,
     rank: int = 0,
     world: int = 1,
@@ -256,10 +249,6 @@ def generate_rank(
     (``(index, name, row)`` in data order, streamed; rows of other chunks are passed over), one
     chunk in memory at a time; returns the number of rows seen (the last index + 1)."""
     phase = Phase(phase)
-    if layout is not None and settings.m_max > layout.m_max:
-        raise ValueError(
-            f"m_max {settings.m_max} exceeds the training's m_max {layout.m_max}: its rows have no room for such traces"
-        )
     wanted = owned_chunks(writer.chunk_size, rank, world, writer.done_chunks())
     seen = 0
     with tqdm(desc=f"traces ({phase}, worker {rank + 1}/{world})", unit="prompt") as bar:
@@ -312,7 +301,7 @@ def generate_traces(
     out: str | Path,
     settings: TraceSettings,
     max_model_len: int | None,
-    layout: TrainLayout | None = None,
+    layout: RowLayout | None = None,
     chunk_size: int = 256,
     skip_bad_rows: bool = False,
     settings_record: dict | None = None,
@@ -403,7 +392,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     defaults = TraceSettings()
     parser.add_argument("--m-min", type=int, default=defaults.m_min)
-    parser.add_argument("--m-max", type=int, default=defaults.m_max)
+    parser.add_argument(
+        "--m-max",
+        type=int,
+        default=defaults.m_max,
+        help="longest trace; phase_a: abscot_m_max of the Phase A training (the trace room its rows reserve)",
+    )
     parser.add_argument(
         "--sequence-len",
         type=int,
@@ -415,12 +409,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=get_args(CotKeep),
         default=DEFAULT_COT_KEEP,
         help="phase_a: abscot_cot_keep of the Phase A training",
-    )
-    parser.add_argument(
-        "--train-m-max",
-        type=int,
-        default=None,
-        help="phase_a: abscot_m_max of the Phase A training, the trace room its rows reserve (default: --m-max)",
     )
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--top-p", type=float, default=defaults.top_p)
@@ -476,18 +464,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if not 0 <= args.node_rank < args.num_nodes:
         parser.error(f"--node-rank must be in 0 .. {args.num_nodes - 1}")
-    args.train_m_max = args.train_m_max or args.m_max
     return args
 
 
-def train_layout(args: argparse.Namespace, max_model_len: int | None) -> TrainLayout | None:
-    """The Phase A training layout the command line describes (None in Phase B)."""
+def phase_a_layout(args: argparse.Namespace, max_model_len: int | None) -> RowLayout | None:
+    """The layout of the Phase A training the command line describes (None in Phase B)."""
     if not Phase(args.mode).has_cot:
         return None
-    sequence_len = args.sequence_len or max_model_len
-    if sequence_len is None:
-        raise SystemExit("error: --mode phase_a needs --sequence-len (the model config has no length)")
-    return TrainLayout(sequence_len, args.train_m_max, args.cot_keep)
+    try:
+        return RowLayout.from_generate_args(args, max_model_len)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def visible_devices(count: int) -> list[str]:
@@ -548,7 +535,7 @@ def wait_for_chunks(writer: TraceWriter, num_chunks: int, poll_s: float = 10.0) 
         time.sleep(poll_s)
 
 
-def run_worker(args: argparse.Namespace, settings: TraceSettings, layout: TrainLayout | None, record: dict) -> None:
+def run_worker(args: argparse.Namespace, settings: TraceSettings, layout: RowLayout | None, record: dict) -> None:
     """One data-parallel worker (started by :func:`run_local_workers`, or the only one): load
     the engine and generate this worker's unfinished chunks, streaming only its own rows."""
     rank = args.node_rank * args.data_parallel_size + (args.data_parallel_rank or 0)
@@ -573,7 +560,7 @@ def run_worker(args: argparse.Namespace, settings: TraceSettings, layout: TrainL
 
 
 def coordinate(
-    args: argparse.Namespace, argv: list[str], settings: TraceSettings, layout: TrainLayout | None, record: dict
+    args: argparse.Namespace, argv: list[str], settings: TraceSettings, layout: RowLayout | None, record: dict
 ) -> Summary | None:
     """Check every row (one streamed pass: JSON, unique names), run this node's workers (in this
     process when there is one in all), then on node 0 merge all chunks; None on other nodes."""
@@ -606,7 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     max_len = engine_length(args)
-    layout = train_layout(args, max_len)
+    layout = phase_a_layout(args, max_len)
     record = {
         "model": str(Path(args.model).resolve()),
         "data": str(Path(args.data).resolve()),

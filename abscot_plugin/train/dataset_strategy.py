@@ -21,7 +21,7 @@ from axolotl.prompt_tokenizers import DatasetWrappingStrategy
 from axolotl.utils.logging import get_logger
 from datasets import Dataset
 
-from ..args import INPUT_ARGS, AbsCoTArgs
+from ..args import INPUT_ARGS, AbsCoTArgs, RowLayout
 from ..core.choices import Phase
 from ..core.rows import BadRowError, ReasoningRow, parse_chat_row, row_id_of
 from ..core.traces import load_trace_file, parse_trace
@@ -46,9 +46,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
         self.count_dir: str | None = None  # set by wrap_dataset while its map runs
         args = AbsCoTArgs.from_cfg(cfg)
         self.num_symbols = args.abscot_num_symbols
-        self.m_max = args.abscot_m_max
-        self.sequence_len = int(cfg.sequence_len)
-        self.cot_keep = args.abscot_cot_keep
+        self.layout = RowLayout.from_cfg(cfg)
         self.split = phase.has_cot and args.abscot_phase_a_layout == "split"
         if self.split:
             LOG.warning(
@@ -68,7 +66,9 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             ) from None
         self.builder = SequenceBuilder(tokenizer, vocab)
         self.traces = (
-            load_trace_file(args.abscot_trace_file, self.num_symbols, self.m_max) if args.abscot_trace_file else None
+            load_trace_file(args.abscot_trace_file, self.num_symbols, self.layout.m_max)
+            if args.abscot_trace_file
+            else None
         )
 
     @property
@@ -116,7 +116,7 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
             return self.builder.trace_ids(self.traces[parsed.row_id])
         if row.get(TRACE_FIELD) is not None:
             try:
-                parse_trace(row[TRACE_FIELD], self.num_symbols, self.m_max)
+                parse_trace(row[TRACE_FIELD], self.num_symbols, self.layout.m_max)
             except ValueError as exc:
                 raise BadRowError(parsed.row_id, "bad_trace", str(exc)) from None
             return self.builder.trace_ids(row[TRACE_FIELD])
@@ -126,13 +126,13 @@ class AbstractCoTStrategy(DatasetWrappingStrategy):
                 "no_trace",
                 f"self-distillation needs a trace: set abscot_trace_file or a '{TRACE_FIELD}' field",
             )
-        return self.builder.random_trace_ids(parsed, self.num_symbols, self.trace_seed, self.m_max)
+        return self.builder.random_trace_ids(parsed, self.num_symbols, self.trace_seed, self.layout.m_max)
 
     def _examples(self, parsed: ReasoningRow, trace_ids: list[int]) -> tuple[Example, ...]:
         """The training rows of one input row: one, or two under ``abscot_phase_a_layout: split``."""
         if self.split:
-            return self.builder.split_examples(parsed, trace_ids, self.sequence_len, self.cot_keep, self.m_max)
-        return (self.builder.example(parsed, trace_ids, self.phase, self.sequence_len, self.cot_keep, self.m_max),)
+            return self.builder.split_examples(parsed, trace_ids, self.layout)
+        return (self.builder.example(parsed, trace_ids, self.phase, self.layout),)
 
     def tokenize_prompt(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}

@@ -38,6 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from abscot_plugin.args import RowLayout  # noqa: E402
 from abscot_plugin.core.choices import Phase  # noqa: E402
 from abscot_plugin.core.rows import ReasoningRow, parse_chat_row  # noqa: E402
 from abscot_plugin.core.traces import TraceSettings  # noqa: E402
@@ -102,21 +103,20 @@ class Prober:
         self.settings = settings
         cfg = yaml.safe_load(phase_a_yaml.read_text(encoding="utf-8"))
         self.phase_a_dir = Path(cfg["output_dir"])
-        self.layout = (cfg["sequence_len"], cfg["abscot_cot_keep"], cfg["abscot_m_max"])
+        self.layout = RowLayout.from_cfg(cfg)
         self.num_symbols = cfg["abscot_num_symbols"]
         # a split Phase A model trained its answer on [x; z; y] (pass 2): probe it on that layout
         self.answer_phase = Phase.B if cfg.get("abscot_phase_a_layout") == "split" else Phase.A
         self.z_c: list[list[int]] = []
 
     def examples(self, builder: SequenceBuilder, rows: list[ReasoningRow], traces, phase: Phase) -> list[Example]:
-        return [builder.example(r, z, phase, *self.layout) for r, z in zip(rows, traces, strict=True)]
+        return [builder.example(r, z, phase, self.layout) for r, z in zip(rows, traces, strict=True)]
 
     def phase_a(self) -> dict[str, float]:
         """``a_own`` and ``a_other``; keeps z_c for :meth:`phase_b`."""
         model, tok = load(self.phase_a_dir)
         builder = SequenceBuilder(tok, AbstractVocab.from_tokenizer(tok, self.num_symbols))
-        seq_len, cot_keep, m_max = self.layout
-        prefixes = [builder.phase_a_prefix(r, seq_len, m_max, cot_keep)[0] for r in self.rows]
+        prefixes = [builder.phase_a_prefix(r, self.layout)[0] for r in self.rows]
         self.z_c = HFDecoder(model, tok, builder.vocab, batch_size=64).traces(prefixes, self.settings)
         own = answer_right(model, self.examples(builder, self.rows, self.z_c, self.answer_phase))
         follows = answer_right(model, self.examples(builder, self.others, self.z_c, self.answer_phase))
