@@ -107,7 +107,7 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
     ``build_prefixes`` (Phase A: the prefixes of Phase A training rows of sequence_len
     ``--max-model-len`` and m_max 128, the CLI's defaults)."""
     from abscot_plugin.args import RowLayout
-    from abscot_plugin.generation.generate import Summary, build_prefixes
+    from abscot_plugin.generation.prefixes import build_prefixes
     from bench.common import dolci_rows
 
     sizes = {"phase_b": args.prompts_b, "phase_a": args.prompts_a}
@@ -118,7 +118,7 @@ def prefix_sets(builder, args, calls: int) -> dict[str, list[list[list[int]]]]:
         rows = dolci_rows(sizes[mode] * calls, args.cot_repeat if mode == "phase_a" else 1, first)
         first += len(rows)
         prefixes = build_prefixes(
-            [(r["id"], r) for r in rows], builder, mode, layout.m_max, args.max_model_len, layout, False, Summary()
+            [(r["id"], r) for r in rows], builder, mode, layout.m_max, args.max_model_len, layout, False, {}
         )
         ids = [p.ids for p in prefixes]
         sets[mode] = [ids[i * sizes[mode] : (i + 1) * sizes[mode]] for i in range(calls)]
@@ -147,8 +147,7 @@ def load(backend: str, model: Path, args):
         "--dtype",
         args.dtype,
     ]
-    if args.enforce_eager:
-        cli.append("--enforce-eager")
+    cli.append("--enforce-eager" if args.enforce_eager else "--no-enforce-eager")
     return generate.load_decoder(generate.parse_args(cli))
 
 
@@ -157,7 +156,7 @@ def run(args, notes: list[str]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from abscot_plugin.generation.decode import TraceSettings
+    from abscot_plugin.core.traces import TraceSettings
     from abscot_plugin.tokens.sequences import SequenceBuilder
     from abscot_plugin.tokens.vocab import AbstractVocab
     from bench.common import interleaved, machine, paired_ratio, report

@@ -80,6 +80,8 @@ def test_every_folder_but_the_axolotl_side_imports_without_axolotl_or_vllm():
     modules = [m for m in _modules(abscot_plugin) if _folder(m) not in AXOLOTL_SIDE]
     vllm_side = {
         "generation.generate",
+        "generation.engines",
+        "generation.vllm_decoder",
         "eval.lm_eval_models",
         "generation.decode",
         "rl.rollout_server",

@@ -13,16 +13,10 @@ from transformers import GenerationConfig
 
 from abscot_plugin.args import RowLayout
 from abscot_plugin.core.rows import parse_chat_row
-from abscot_plugin.generation.decode import (
-    HFDecoder,
-    TraceError,
-    TraceSampler,
-    TraceSettings,
-    check_trace,
-    prompt_seed,
-    trace_log_probs,
-    two_stage,
-)
+from abscot_plugin.core.traces import TraceSettings
+from abscot_plugin.generation.decode import TraceError, check_trace, prompt_seed, two_stage
+from abscot_plugin.generation.hf_decoder import HFDecoder
+from abscot_plugin.generation.samplers import TraceSampler, trace_log_probs
 from abscot_plugin.testing.fixtures import data_path
 from abscot_plugin.tokens.sequences import SequenceBuilder
 from abscot_plugin.tokens.vocab import AbstractVocab

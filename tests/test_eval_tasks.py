@@ -15,9 +15,10 @@ from support import VLLM_PYTHON, VLLM_READY, VLLM_SKIP, offline_env, read_jsonl
 
 from abscot_plugin.core.prompts import math_messages, prompt_text
 from abscot_plugin.core.rows import ReasoningRow
-from abscot_plugin.core.traces import parse_trace
+from abscot_plugin.core.traces import TraceSettings, parse_trace
 from abscot_plugin.eval.scoring import DecodeRecord
-from abscot_plugin.generation.decode import HFDecoder, TraceSettings, two_stage
+from abscot_plugin.generation.decode import two_stage
+from abscot_plugin.generation.hf_decoder import HFDecoder
 from abscot_plugin.testing.fixtures import data_path
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,9 @@ from support import VLLM_GENERATE, batch_of, read_jsonl, strategy
 from abscot_plugin.args import RowLayout
 from abscot_plugin.core.rows import parse_chat_row, read_rows
 from abscot_plugin.core.traces import TraceSettings, load_trace_file, parse_trace
-from abscot_plugin.generation.decode import HFDecoder
-from abscot_plugin.generation.generate import generate_traces, main
+from abscot_plugin.generation.generate import main
+from abscot_plugin.generation.hf_decoder import HFDecoder
+from abscot_plugin.generation.runner import generate_traces
 from abscot_plugin.testing.fixtures import data_path
 from abscot_plugin.tokens.sequences import SequenceBuilder
 from abscot_plugin.tokens.vocab import AbstractVocab

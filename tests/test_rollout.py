@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from abscot_plugin.generation.decode import HFDecoder, check_trace
+from abscot_plugin.generation.decode import check_trace
+from abscot_plugin.generation.hf_decoder import HFDecoder
 from abscot_plugin.rl.rollout import RLSetup, completion_log_probs, rollout
 from abscot_plugin.testing.fixtures import data_path
 

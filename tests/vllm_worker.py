@@ -6,9 +6,9 @@
 REQUEST: {"prefixes": [[ids]], "settings": [{TraceSettings kwargs}, ...], "greedy_settings":
 {...}, "answer_max_tokens": N, "generate": {"data", "out", "limit", "max_model_len", "m_min",
 "m_max"}, "rollout": {"problems", "k", "m_min", "m_max", "max_completion_length"}}. The engine is
-built by the generate CLI's own loader (``load_decoder``) from its arguments; the Phase A
-generation is for a training of sequence_len = max_model_len (the CLI's default) and m_max = the
-request's m_max. RESULT:
+built by the generate CLI's own loader (``load_decoder``, through ``engines.build_llm``) from its
+arguments; the Phase A generation is for a training of sequence_len = max_model_len (the CLI's
+default) and m_max = the request's m_max. RESULT:
 {"traces": [[[ids]] per settings], "greedy": [[ids]], "two_stage": [{"trace", "answer"}],
 "generate_summary": "<the CLI's summary line>", "rollout": <abscot_plugin.rl.rollout.rollout's output
 for each problem K times, temperature 1>} (a file: vLLM prints to stdout).
@@ -23,8 +23,10 @@ from pathlib import Path
 
 def main() -> None:
     from abscot_plugin.core.rows import read_rows
-    from abscot_plugin.generation.decode import TraceSettings, two_stage
-    from abscot_plugin.generation.generate import generate_traces, load_decoder, parse_args, phase_a_layout
+    from abscot_plugin.core.traces import TraceSettings
+    from abscot_plugin.generation.decode import two_stage
+    from abscot_plugin.generation.generate import load_decoder, parse_args, phase_a_layout
+    from abscot_plugin.generation.runner import generate_traces
     from abscot_plugin.rl.rollout import RLSetup, rollout
     from abscot_plugin.tokens.sequences import SequenceBuilder
 

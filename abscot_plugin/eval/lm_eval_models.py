@@ -3,7 +3,8 @@
 lm-eval cannot run a two-stage decode inside a task, so the decode lives here. Both classes share
 :class:`AbsCoTLM`, which builds the prompt ids and runs :func:`abscot_plugin.generation.decode.two_stage`
 (abstract mode) or a greedy completion (verbal mode); they differ only in the
-:class:`~abscot_plugin.generation.decode.Decoder` they construct (transformers or vLLM).
+:class:`~abscot_plugin.generation.decode.Decoder` they construct (transformers or vLLM), whose model
+or engine :mod:`abscot_plugin.generation.engines` loads as trace generation loads it.
 
 Each request's context is the problem text (the tasks use ``doc_to_text: problem``). The prompt is
 built here, from token ids, exactly as training builds it: ``tokenization.prompt_ids(tok,
@@ -35,7 +36,10 @@ from ..core.choices import DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_HF_BATCH_SIZE
 from ..core.prompts import END_OF_TURN, math_messages
 from ..core.symbols import DEFAULT_NUM_SYMBOLS
 from ..core.traces import TraceSettings
-from ..generation.decode import Decoder, HFDecoder, VLLMDecoder, two_stage
+from ..generation.decode import Decoder, two_stage
+from ..generation.engines import build_llm, hf_device, load_hf
+from ..generation.hf_decoder import HFDecoder
+from ..generation.vllm_decoder import VLLMDecoder
 from ..tokens import tokenization
 from ..tokens.sequences import SequenceBuilder
 from ..tokens.vocab import AbstractVocab, has_abstract_tokens
@@ -259,8 +263,9 @@ class AbsCoTHFLM(AbsCoTLM):
     """transformers backend (CPU and small GPU runs).
 
     model_args: ``pretrained`` (checkpoint dir or hub id), ``dtype`` (``auto``: bfloat16 on CUDA,
-    float32 otherwise), ``num_symbols`` (M, default 64). ``--device`` (CPU when CUDA is absent)
-    and ``--batch_size`` (prompts per ``generate`` call; an integer) come from lm-eval's flags.
+    float32 otherwise; :func:`~abscot_plugin.generation.engines.hf_dtype`), ``num_symbols`` (M,
+    default 64). ``--device`` (CPU when CUDA is absent) and ``--batch_size`` (prompts per
+    ``generate`` call; an integer) come from lm-eval's flags.
     """
 
     def __init__(
@@ -273,26 +278,20 @@ class AbsCoTHFLM(AbsCoTLM):
         max_batch_size: int | None = None,  # lm-eval passes it with --max_batch_size; unused
         trust_remote_code: bool = False,
     ):
-        import torch
-        from transformers import AutoModelForCausalLM
-
         try:
             batch = int(batch_size)
         except ValueError:
             raise ValueError(f"abscot-hf needs an integer --batch_size, got {batch_size!r}") from None
-        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
-            # lm-eval's --device defaults to "cuda"; fall back like its own hf model does
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if dtype == "auto":
-            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-        if not isinstance(getattr(torch, str(dtype), None), torch.dtype):
-            raise ValueError(f"abscot-hf: unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+        device = hf_device(device)
+        try:
+            model = load_hf(pretrained, dtype, device, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            raise ValueError(f"abscot-hf: {exc}") from None
         tok = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            pretrained, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        ).to(device)
         vocab = load_vocab(tok, num_symbols)
-        log.info("abscot-hf: %s on %s (%s), abstract vocabulary: %s", pretrained, device, dtype, vocab is not None)
+        log.info(
+            "abscot-hf: %s on %s (%s), abstract vocabulary: %s", pretrained, device, model.dtype, vocab is not None
+        )
         super().__init__(
             tok,
             HFDecoder(model, tok, vocab, batch_size=batch),
@@ -307,9 +306,10 @@ class AbsCoTVLLM(AbsCoTLM):
     """vLLM backend (GPU; stage 2 reuses the stage-1 prompt through vLLM's prefix cache).
 
     model_args: ``pretrained``, ``dtype``, ``tensor_parallel_size``, ``gpu_memory_utilization``,
-    ``max_model_len``, ``enforce_eager``, ``seed`` (engine seed; traces are seeded per prompt by
-    ``trace_seed``), ``num_symbols``, ``chunk_size`` (prompts handed to vLLM per call, default
-    4096). Serve merged checkpoints (vLLM's LoRA loader rejects extra vocabulary rows).
+    ``max_model_len``, ``enforce_eager`` (default: on on CPU only), ``seed`` (engine seed; traces
+    are seeded per prompt by ``trace_seed``), ``num_symbols``, ``chunk_size`` (prompts handed to
+    vLLM per call, default 4096). The engine is :func:`~abscot_plugin.generation.engines.build_llm`'s.
+    Serve merged checkpoints (vLLM's LoRA loader rejects extra vocabulary rows).
     """
 
     def __init__(
@@ -319,7 +319,7 @@ class AbsCoTVLLM(AbsCoTLM):
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
         max_model_len: int | None = None,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,
         seed: int = 0,
         num_symbols: int = DEFAULT_NUM_SYMBOLS,
         chunk_size: int = 4096,
@@ -328,19 +328,16 @@ class AbsCoTVLLM(AbsCoTLM):
         device: str | None = None,
         trust_remote_code: bool = False,
     ):
-        from vllm import LLM
-
         tok = AutoTokenizer.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
         vocab = load_vocab(tok, num_symbols)
-        llm = LLM(
-            model=str(pretrained),
-            tokenizer=str(pretrained),
+        llm = build_llm(
+            pretrained,
             dtype=dtype,
-            tensor_parallel_size=int(tensor_parallel_size),
-            gpu_memory_utilization=float(gpu_memory_utilization),
             max_model_len=int(max_model_len) if max_model_len else None,
-            enforce_eager=bool(enforce_eager),
+            tensor_parallel_size=int(tensor_parallel_size),
             seed=int(seed),
+            gpu_memory_utilization=float(gpu_memory_utilization),
+            enforce_eager=None if enforce_eager is None else bool(enforce_eager),
             enable_prefix_caching=True,
             trust_remote_code=trust_remote_code,
         )

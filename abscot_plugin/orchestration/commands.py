@@ -184,8 +184,8 @@ def traces_command(
 def generation_layout_args(cfg: RunConfig, machine_rank: int | None = None) -> list[str]:
     """The data-parallel layout of a trace stage's command (``generation.data_parallel_size``
     workers per node on ``num_nodes`` machines; ``machine_rank``: this machine's). It changes
-    where traces are made, not what they are (:func:`abscot_plugin.generation.generate.owned_chunks`), so
-    the stage's fingerprint leaves it out."""
+    where traces are made, not what they are (:func:`abscot_plugin.generation.runner.owned_chunks`),
+    so the stage's fingerprint leaves it out."""
     g = cfg.generation
     args = ["--data-parallel-size", str(g.data_parallel_size)] if g.data_parallel_size > 1 else []
     if g.num_nodes > 1:

@@ -2,7 +2,7 @@
 
 For each prompt (the math problem text of an RL row), the prompt ids are exactly the evaluation
 prompt x ``<beginabstract>`` (:meth:`SequenceBuilder.problem_prefix`). Stage 1 samples the trace z
-under the constraint of :func:`decode.trace_log_probs` (V_abs, ``<endabstract>`` forbidden before
+under the constraint of :func:`samplers.trace_log_probs` (V_abs, ``<endabstract>`` forbidden before
 m_min, forced at m_max) at the trainer's temperature; stage 2 samples the answer y freely at the
 same temperature after z ``<endabstract>`` ``\\n``, until ``<|im_end|>`` or the answer budget.
 One rollout, as handed to TRL (m_min 2, a 2-symbol trace, a 2-token answer)::
@@ -15,7 +15,7 @@ One rollout, as handed to TRL (m_min 2, a 2-symbol trace, a 2-token answer)::
 What is in the loss (``env_mask`` 1): every sampled token, i.e. the trace symbols, the sampled
 ``<endabstract>`` (its log-probability is 0, and so is its gradient, when m_max forced it) and the
 answer with its stop token. Out of the loss: the ``\\n`` the decode inserts (never sampled).
-``logprobs`` are the sampler's own (:class:`decode.RowSampler`), the distributions the tokens were
+``logprobs`` are the sampler's own (:class:`samplers.RowSampler`), the distributions the tokens were
 drawn from; the trainer recomputes them under the same constraint
 (:mod:`abscot_plugin.train.grpo_trainer`), so the two agree (tests/test_rollout.py).
 
@@ -24,7 +24,7 @@ tokens kept, stop token dropped), ``abscot_stopped`` (the answer ended with its 
 ``abscot_trace_tokens`` (|z|) and ``abscot_length`` (|z| + |y| over their most, m_max + the
 answer budget: the share of the token budget used, in [0, 1]).
 
-Backends: :func:`rollout` runs on :class:`decode.HFDecoder`, :class:`decode.VLLMDecoder` or
+Backends: :func:`rollout` runs on :class:`hf_decoder.HFDecoder`, :class:`vllm_decoder.VLLMDecoder` or
 :class:`rollout_client.RemoteDecoder` (``sample_traces`` / ``sample_answers``). :func:`rollout_func`,
 what the trainer calls, uses transformers in the training process by default; with
 ``abscot_rollout_server`` set, a vLLM engine in its own process (:mod:`abscot_plugin.rl.rollout_server`,
@@ -42,13 +42,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.traces import TraceSettings
-from ..generation.decode import HFDecoder, Sampled, VLLMDecoder, prompt_seed, trace_log_probs
+from ..generation.decode import Sampled, prompt_seed
+from ..generation.hf_decoder import HFDecoder
+from ..generation.samplers import trace_log_probs
 from ..tokens.vocab import AbstractVocab
 from .rl_data import ANSWER_COLUMN
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from ..generation.vllm_decoder import VLLMDecoder
     from ..tokens.sequences import SequenceBuilder
     from .rollout_client import RemoteDecoder
 
@@ -201,7 +204,7 @@ def completion_log_probs(logits: torch.Tensor, completion_ids: torch.Tensor, set
     ``logits[b, t]``: the model's scores for completion token ``t`` of row ``b`` (``[B, L, V]``,
     already shifted); ``completion_ids``: ``[B, L]``, right-padded. Stage-1 positions (the leading
     V_abs symbols and the ``<endabstract>`` after them) are scored by
-    :func:`decode.trace_log_probs` at their step; the others by softmax(logits / T) over the whole
+    :func:`samplers.trace_log_probs` at their step; the others by softmax(logits / T) over the whole
     vocabulary (``\n`` and padding too: the loss masks them). Differentiable; float32 ``[B, L]``.
     Raises ValueError for a row whose symbols are not closed by ``<endabstract>``.
     """

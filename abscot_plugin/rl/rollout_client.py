@@ -2,8 +2,8 @@
 torch only, so the training environment never imports vLLM.
 
 * :class:`RemoteDecoder`: ``sample_traces`` / ``sample_answers`` of
-  :class:`~abscot_plugin.generation.decode.HFDecoder`, answered by the server's
-  :class:`~abscot_plugin.generation.decode.VLLMDecoder` (so :func:`abscot_plugin.rl.rollout.rollout` runs on it
+  :class:`~abscot_plugin.generation.hf_decoder.HFDecoder`, answered by the server's
+  :class:`~abscot_plugin.generation.vllm_decoder.VLLMDecoder` (so :func:`abscot_plugin.rl.rollout.rollout` runs on it
   unchanged);
 * :class:`WeightPush`: the trainer's main process pushing the policy's weights
   (:mod:`abscot_plugin.rl.weight_sync`);
@@ -124,7 +124,7 @@ def _sampled(reply: dict) -> list[Sampled]:
 
 
 class RemoteDecoder:
-    """The sampling half of :class:`~abscot_plugin.generation.decode.HFDecoder`, served by the rollout server."""
+    """The sampling half of :class:`~abscot_plugin.generation.hf_decoder.HFDecoder`, served by the rollout server."""
 
     def __init__(self, url: str, timeout_s: float = DEFAULT_ROLLOUT_TIMEOUT_S):
         self.url = url
@@ -133,7 +133,7 @@ class RemoteDecoder:
     def sample_traces(
         self, prefixes: list[list[int]], settings: TraceSettings, seeds: Sequence[int] | None = None
     ) -> list[Sampled]:
-        """:meth:`HFDecoder.sample_traces <abscot_plugin.generation.decode.HFDecoder.sample_traces>` on the server."""
+        """:meth:`~abscot_plugin.generation.hf_decoder.HFDecoder.sample_traces` on the server."""
         if seeds is None:
             seeds = [prompt_seed(settings.seed, p) for p in prefixes]
         body = {"prefixes": prefixes, "settings": vars(settings), "seeds": list(seeds)}
@@ -147,7 +147,7 @@ class RemoteDecoder:
         stop_ids: list[int],
         seeds: Sequence[int],
     ) -> list[Sampled]:
-        """:meth:`HFDecoder.sample_answers <abscot_plugin.generation.decode.HFDecoder.sample_answers>` on the server."""
+        """:meth:`~abscot_plugin.generation.hf_decoder.HFDecoder.sample_answers` on the server."""
         body = {
             "prompts": prompts,
             "temperature": temperature,

@@ -6,10 +6,11 @@ policy's weights pushed to it every step.
         [--tensor-parallel-size 1] [--gpu-memory-utilization 0.9] [--dtype auto] [--max-model-len N]
 
 MODEL is the model the GRPO run starts from (its ``base_model``: the merged warm-up model, with
-the extended tokenizer). The engine is built like the generate CLI's (``logprobs_mode=
-"processed_logprobs"``, so reported log-probs are those of the distribution each token was drawn
-from) and sampling goes through :class:`~abscot_plugin.generation.decode.VLLMDecoder`'s methods, so the
-stage-1 constraint is the one evaluation and trace generation use. A worker extension
+the extended tokenizer). The engine is built like every abscot engine
+(:func:`~abscot_plugin.generation.engines.build_llm`: ``logprobs_mode="processed_logprobs"``, so
+reported log-probs are those of the distribution each token was drawn from; on CPU, the vLLM-CPU
+settings) and sampling goes through :class:`~abscot_plugin.generation.vllm_decoder.VLLMDecoder`'s
+methods, so the stage-1 constraint is the one evaluation and trace generation use. A worker extension
 (:class:`SyncWorker`) receives weights over the sync group of :mod:`abscot_plugin.rl.weight_sync`.
 
 HTTP (JSON in and out; engine calls are serialised by one lock; errors are ``{"error": ...}``
@@ -28,7 +29,7 @@ After an update the prefix cache is reset (cached keys/values are the old weight
 "RotaryEmbedding / ParallelLMHead: Failed to load weights" at each update: the first has no
 weights, the second is a tied head (loaded through the embedding, then reprocessed). The client
 is :mod:`abscot_plugin.rl.rollout_client`. Imports no axolotl and no trl (tests/test_boundaries.py);
-vLLM only in :func:`build_engine` and the worker extension's process.
+vLLM only in :func:`build_engine` (through ``build_llm``) and the worker extension's process.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ from typing import Any
 
 from ..core.choices import DEFAULT_GPU_MEMORY_UTILIZATION
 from ..core.traces import TraceSettings
-from ..generation.decode import Sampled, VLLMDecoder
+from ..generation.decode import Sampled
+from ..generation.engines import build_llm
+from ..generation.vllm_decoder import VLLMDecoder
 from ..tokens.vocab import AbstractVocab
 from .weight_sync import open_group, receive
 
@@ -214,25 +217,19 @@ def make_handler(engine: RolloutEngine) -> type[BaseHTTPRequestHandler]:
 
 
 def build_engine(args: argparse.Namespace) -> RolloutEngine:
-    """The vLLM engine of ``args`` with the sync extension (the generate CLI's settings)."""
+    """The vLLM engine of ``args`` with the sync extension, built as every abscot engine is
+    (:func:`~abscot_plugin.generation.engines.build_llm`)."""
     from transformers import AutoTokenizer
-    from vllm import LLM
-    from vllm.platforms import current_platform
 
     vocab = AbstractVocab.from_tokenizer(AutoTokenizer.from_pretrained(args.model), args.num_symbols)
-    # vLLM-CPU 0.32: chunked prefill of a seeded request kills the engine (abscot_plugin.generation.generate);
-    # eager mode there: compiling takes longer than a CPU test's rollouts
-    cpu_only = {"enable_chunked_prefill": False, "enforce_eager": True} if current_platform.is_cpu() else {}
-    llm = LLM(
-        model=args.model,
-        tokenizer=args.model,
+    llm = build_llm(
+        args.model,
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         tensor_parallel_size=args.tensor_parallel_size,
+        seed=0,  # vLLM's default; every request carries its own seed
         gpu_memory_utilization=args.gpu_memory_utilization,
-        logprobs_mode="processed_logprobs",
         worker_extension_cls=EXTENSION,
-        **cpu_only,
     )
     return RolloutEngine(llm, vocab, args.model)
 

@@ -42,7 +42,7 @@ from abscot_plugin.args import RowLayout  # noqa: E402
 from abscot_plugin.core.choices import Phase  # noqa: E402
 from abscot_plugin.core.rows import ReasoningRow, parse_chat_row  # noqa: E402
 from abscot_plugin.core.traces import TraceSettings  # noqa: E402
-from abscot_plugin.generation.decode import HFDecoder  # noqa: E402
+from abscot_plugin.generation.hf_decoder import HFDecoder  # noqa: E402
 from abscot_plugin.testing.toy import CHANCE, Problem, dolci_row  # noqa: E402
 from abscot_plugin.tokens import segments as seg  # noqa: E402
 from abscot_plugin.tokens.segments import bottleneck_attention_mask  # noqa: E402
