@@ -41,7 +41,9 @@ PHASE_B = ROOT / "axolotl_configs" / "tiny_phase_b.yml"
 
 
 def run_config(tmp_path: Path, base_model: str | Path, **changes) -> dict:
-    """A small T=2 run config (as a dict) with ``changes`` merged in one level deep."""
+    """A small T=2 run config (as a dict) with ``changes`` merged in one level deep; its
+    training.overrides drop the tiny phase YAMLs' ``abscot_m_max`` (128) unless they set one, so
+    that the run's is generation.m_max (as configs/runs/tiny.yml does)."""
     cfg = {
         "output_dir": str(tmp_path / "run"),
         "base_model": str(base_model),
@@ -55,6 +57,7 @@ def run_config(tmp_path: Path, base_model: str | Path, **changes) -> dict:
     }
     for key, value in changes.items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    cfg["training"].setdefault("overrides", {}).setdefault("abscot_m_max", None)
     return cfg
 
 
@@ -181,15 +184,15 @@ def test_plan_stages_commands_and_yaml(tmp_path):
     assert gen[gen.index("--model") + 1] == str(run / "round1" / "phase_b" / "model")
     assert gen[gen.index("--mode") + 1] == "phase_a"
     assert plan.stage("r2_b_traces").command[gen.index("--mode") + 1] == "phase_b"
-    # a Phase A teacher's prefix is the prefix of the rows the Phase A YAML trains on
-    for flag, value in [("--sequence-len", "256"), ("--cot-keep", "end"), ("--train-m-max", "128")]:
+    # a Phase A teacher's prefix is the prefix of the rows the Phase A YAML trains on: its
+    # sequence_len and abscot_cot_keep, and --m-max, which is its abscot_m_max (no --train-m-max)
+    for flag, value in [("--sequence-len", "256"), ("--cot-keep", "end"), ("--m-max", "6")]:
         assert gen[gen.index(flag) + 1] == value
+    assert "--train-m-max" not in gen and a2["abscot_m_max"] == 6
     assert "--sequence-len" not in plan.stage("r2_b_traces").command and not plan.notes
-    changed = plan_for(
-        tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"abscot_cot_keep": "both_ends", "abscot_m_max": 64}}
-    )
+    changed = plan_for(tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"abscot_cot_keep": "both_ends"}})
     gen = changed.stage("r2_a_traces").command
-    assert gen[gen.index("--cot-keep") + 1] == "both_ends" and gen[gen.index("--train-m-max") + 1] == "64"
+    assert gen[gen.index("--cot-keep") + 1] == "both_ends"
     short = plan_for(tmp_path, "Qwen/Qwen3-4B", generation={"max_model_len": 200})
     assert short.notes == [
         "generation.max_model_len 200 < Phase A sequence_len 256: on long rows, Phase A "
@@ -199,6 +202,75 @@ def test_plan_stages_commands_and_yaml(tmp_path):
         plan_for(tmp_path, "Qwen/Qwen3-4B", phase_a={"overrides": {"sequence_len": None}})
     train = plan.stage("r1_a_train").command
     assert train[1:3] == ["-m", "accelerate.commands.launch"] and train[-3:-1] == ["-m", "axolotl.cli.train"]
+
+
+def test_training_m_max_is_generation_m_max(tmp_path):
+    """generation.m_max is written into every training YAML as abscot_m_max; a phase YAML or an
+    override that states another value is refused naming both and where each was set; an equal
+    one is fine; the training stages' fingerprints follow generation.m_max."""
+    plan = plan_for(tmp_path, "Qwen/Qwen3-4B")  # the phase YAMLs' 128 removed by an override of null
+    trains = [s for s in plan.stages if s.kind == "train"]
+    assert len(trains) == 4 and {s.yaml["abscot_m_max"] for s in trains} == {6}
+    agreeing = plan_for(tmp_path, "Qwen/Qwen3-4B", phase_b={"overrides": {"abscot_m_max": 6}})
+    assert [s.fingerprint for s in agreeing.stages] == [s.fingerprint for s in plan.stages]
+    cfg = run_config(tmp_path, "Qwen/Qwen3-4B")
+    del cfg["training"]["overrides"]["abscot_m_max"]  # the phase YAMLs' own abscot_m_max: 128
+    with pytest.raises(
+        PlanError,
+        match=rf"^abscot_m_max 128 \({re.escape(str(PHASE_A))}: abscot_m_max\) is not generation.m_max 6: .*"
+        r"set generation.m_max: 128, or drop abscot_m_max",
+    ):
+        build_plan(load_run_config(write_config(tmp_path, cfg)))
+    with pytest.raises(
+        PlanError, match=r"^abscot_m_max 64 \(phase_b.overrides.abscot_m_max\) is not generation.m_max 6"
+    ):
+        plan_for(tmp_path, "Qwen/Qwen3-4B", phase_b={"overrides": {"abscot_m_max": 64}})
+    shorter = plan_for(tmp_path, "Qwen/Qwen3-4B", generation={"m_max": 5})
+    assert shorter.stage("r1_a_train").yaml["abscot_m_max"] == 5
+    assert all(a.fingerprint != b.fingerprint for a, b in zip(plan.stages, shorter.stages, strict=True))
+
+
+def test_evaluation_gets_the_run_trace_settings(tmp_path):
+    """An evaluation of abstract tasks decodes traces with generation's settings unless
+    evaluation.gen_kwargs sets them (explicit values win); one of verbal tasks only gets none of
+    them; an evaluation m_max above training's, or an m_min above its m_max, is refused."""
+    generation = {"temperature": 0.5, "top_p": 0.9, "seed": 7}
+
+    def gen_kwargs(stage) -> dict[str, str]:
+        cmd = stage.command
+        return dict(item.split("=") for item in cmd[cmd.index("--gen_kwargs") + 1].split(","))
+
+    def plan(**gen):
+        evaluation = {"baseline_tasks": ["math500_verbal"], "tasks": ["math500_abscot"], "gen_kwargs": gen}
+        return plan_for(tmp_path, "Qwen/Qwen3-4B", generation=generation, evaluation=evaluation)
+
+    filled = plan(max_gen_toks=64, trace_seed=3)
+    assert gen_kwargs(filled.stage("eval_base")) == {"max_gen_toks": "64", "trace_seed": "3"}
+    assert gen_kwargs(filled.stage("eval")) == {
+        "m_min": "2",
+        "m_max": "6",
+        "trace_temperature": "0.5",
+        "trace_top_p": "0.9",
+        "trace_seed": "3",
+        "max_gen_toks": "64",
+    }
+    assert gen_kwargs(plan(m_max=4).stage("eval"))["m_max"] == "4"  # shorter than training: fine
+    assert gen_kwargs(plan(m_max=6).stage("eval"))["m_max"] == "6"
+    for gen, message in [
+        (
+            {"m_max": 7},
+            "evaluation.gen_kwargs.m_max 7 exceeds the training's abscot_m_max 6 (generation.m_max)",
+        ),
+        (
+            {"m_min": 5, "m_max": 4},
+            "evaluation m_min 5 (evaluation.gen_kwargs.m_min) > m_max 4 (evaluation.gen_kwargs.m_max)",
+        ),
+        ({"m_max": 1}, "evaluation m_min 2 (generation.m_min) > m_max 1 (evaluation.gen_kwargs.m_max)"),
+        ({"m_max": "many"}, "evaluation.gen_kwargs.m_max: 'many' is not an integer"),
+        ({"trace_top_p": 0}, "evaluation.gen_kwargs: top_p must be in (0, 1], got 0.0"),
+    ]:
+        with pytest.raises(PlanError, match=f"^{re.escape(message)}"):
+            plan(**gen)
 
 
 def test_evaluation_stages(tmp_path):
@@ -219,11 +291,12 @@ def test_evaluation_stages(tmp_path):
     first, last = plan.stages[0], plan.stages[-1]
     assert (first.name, last.name) == ("eval_base", "eval") and last.upstream == ["r2_b_merge"]
     run = tmp_path / "run"
+    trace = "m_min=2,m_max=6,trace_temperature=0.7,trace_top_p=1.0,trace_seed=0,"  # the run's (generation)
     expected = (
-        (first, "Qwen/Qwen3-4B", "math500_verbal", run / "eval" / "base"),
-        (last, str(plan.final_model), "math500_abscot,gsm8k_abscot", run / "eval" / "final"),
+        (first, "Qwen/Qwen3-4B", "math500_verbal", run / "eval" / "base", "max_gen_toks=64"),
+        (last, str(plan.final_model), "math500_abscot,gsm8k_abscot", run / "eval" / "final", trace + "max_gen_toks=64"),
     )
-    for stage, model, tasks, out in expected:
+    for stage, model, tasks, out, gen_kwargs in expected:
         cmd = stage.command
         assert cmd[:3] == [sys.executable, "-m", "abscot_plugin.eval.eval_cli"] and "--log_samples" in cmd
         for flag, value in [
@@ -233,7 +306,7 @@ def test_evaluation_stages(tmp_path):
             ("--output_path", str(out)),
             ("--limit", "5"),
             ("--batch_size", "4"),
-            ("--gen_kwargs", "max_gen_toks=64"),
+            ("--gen_kwargs", gen_kwargs),
             ("--include_path", str(ROOT / "eval_tasks")),
         ]:
             assert cmd[cmd.index(flag) + 1] == value
@@ -426,7 +499,8 @@ def test_vllm_evaluation_context_must_hold_the_answer_budget(tmp_path):
     assert eval_context_needed(["math500_abscot"], {"m_max": 64, "max_gen_toks": 100}) == {
         "math500_abscot": PROMPT_MARGIN + 64 + 100
     }
-    need = PROMPT_MARGIN + abstract["m_max"] + abstract["max_gen_toks"]
+    m_max = run_config(tmp_path, "Qwen/Qwen3-4B")["generation"]["m_max"]  # the run's, not the task YAML's
+    need = PROMPT_MARGIN + m_max + abstract["max_gen_toks"]
 
     def plan(max_model_len, backend="vllm", **evaluation):
         return plan_for(
@@ -454,8 +528,7 @@ def test_vllm_evaluation_context_must_hold_the_answer_budget(tmp_path):
     plan(need, baseline_tasks=[])
     with pytest.raises(
         PlanError,
-        match=rf"task math500_abscot: {PROMPT_MARGIN} prompt tokens \+ "
-        rf"{abstract['m_max']} trace tokens \(m_max\) \+ ",
+        match=rf"task math500_abscot: {PROMPT_MARGIN} prompt tokens \+ {m_max} trace tokens \(m_max\) \+ ",
     ):
         plan(need - 1, baseline_tasks=[])
     plan(PROMPT_MARGIN + 512, gen_kwargs={"max_gen_toks": 256})  # the run's gen_kwargs win

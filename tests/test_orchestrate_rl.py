@@ -125,6 +125,25 @@ def test_rl_stages_commands_and_yaml(tmp_path):
     assert "8 optimizer steps, warm-up 2 (16 prompts // 2 per generation batch" in listing
 
 
+def test_rl_yaml_gets_the_run_trace_settings(tmp_path):
+    """The RL YAML's abscot_m_max is generation.m_max (another value stated is refused, naming
+    both), its abscot_rl_m_min generation.m_min unless it sets one (at most m_max); the RL model's
+    evaluation decodes with the run's trace settings as the warm-up model's does."""
+    plan = rl_plan(tmp_path)
+    train = plan.stage("rl_train")
+    assert (train.yaml["abscot_m_max"], train.yaml["abscot_rl_m_min"]) == (6, 2)  # generation's m_max, m_min
+    ev = plan.stage("rl_eval").command
+    assert ev[ev.index("--gen_kwargs") + 1].startswith("m_min=2,m_max=6,trace_temperature=0.7,")
+    own = rl_plan(tmp_path, {"overrides": {"abscot_rl_m_min": 3, "abscot_m_max": 6}})
+    assert (own.stage("rl_train").yaml["abscot_m_max"], own.stage("rl_train").yaml["abscot_rl_m_min"]) == (6, 3)
+    with pytest.raises(PlanError, match=r"^abscot_m_max 16 \(rl.overrides.abscot_m_max\) is not generation.m_max 6"):
+        rl_plan(tmp_path, {"overrides": {"abscot_m_max": 16}})
+    with pytest.raises(
+        PlanError, match=r"^abscot_rl_m_min 7 \(rl.overrides.abscot_rl_m_min\) > generation.m_max 6 \(the RL YAML's"
+    ):
+        rl_plan(tmp_path, {"overrides": {"abscot_rl_m_min": 7}})
+
+
 def test_rl_variants(tmp_path):
     """Full fine-tuning: no merge, the RL model is the trainer's folder; rl.tasks; GSM8K rows; no rl."""
     plan = rl_plan(

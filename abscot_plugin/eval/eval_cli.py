@@ -8,10 +8,11 @@ a task is given as a YAML path (it imports ``eval_tasks/utils.py`` before buildi
 by task name, or for the groups, this entry point is needed.
 
 :func:`task_generation_kwargs` reads a task's generation settings from its YAML (the orchestrator
-checks vLLM's context length against them). :func:`lm_eval_command` builds this entry point's
-command line (the orchestrator's evaluation stages run it as a subprocess, so that a GPU is
-released after evaluation and vLLM can run from its own environment); :func:`evaluate` runs it and
-returns the results file.
+checks vLLM's context length against them); :data:`TRACE_GEN_KWARGS` names the abstract tasks'
+trace settings (the orchestrator fills them from the run's ``generation`` section).
+:func:`lm_eval_command` builds this entry point's command line (the orchestrator's evaluation
+stages run it as a subprocess, so that a GPU is released after evaluation and vLLM can run from
+its own environment); :func:`evaluate` runs it and returns the results file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ from ..core.choices import DEFAULT_BACKEND, Backend
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "eval_tasks"
 DEFAULT_EVAL_BATCH_SIZE = 16  # lm-eval's --batch_size: requests per model call
+# the abstract tasks' generation_kwargs that set the trace's sampling -> the TraceSettings field
+# each sets (eval_tasks/_abscot_template_yaml states them; lm_eval_models.DecodeSpec reads them)
+TRACE_GEN_KWARGS = {
+    "m_min": "m_min",
+    "m_max": "m_max",
+    "trace_temperature": "temperature",
+    "trace_top_p": "top_p",
+    "trace_seed": "seed",
+}
 
 
 class _TaskLoader(yaml.SafeLoader):
@@ -62,6 +72,12 @@ def task_generation_kwargs(names: list[str]) -> dict[str, dict[str, Any]]:
                 )
             found[task] = dict(tasks[task].get("generation_kwargs") or {})
     return found
+
+
+def is_abstract(generation_kwargs: dict[str, Any]) -> bool:
+    """Whether a task with these ``generation_kwargs`` decodes an abstract trace (its
+    ``abscot_mode``; verbal tasks decode the answer only)."""
+    return generation_kwargs.get("abscot_mode") == "abstract"
 
 
 def main(argv: list[str] | None = None) -> None:

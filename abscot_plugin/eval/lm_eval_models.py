@@ -43,6 +43,7 @@ from ..generation.vllm_decoder import VLLMDecoder
 from ..tokens import tokenization
 from ..tokens.sequences import SequenceBuilder
 from ..tokens.vocab import AbstractVocab, has_abstract_tokens
+from .eval_cli import TRACE_GEN_KWARGS
 from .scoring import DECODE_MODES, DecodeMode, DecodeRecord
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,8 @@ log = logging.getLogger(__name__)
 # the abstract tasks' answer budget when a request names none (eval_tasks/_abscot_template_yaml
 # states it too; tests/test_docs.py pins the two)
 DEFAULT_ANSWER_TOKENS = 2048
-_TRACE_KEYS = {
-    "m_min": ("m_min", int),
-    "m_max": ("m_max", int),
-    "trace_temperature": ("temperature", float),
-    "trace_top_p": ("top_p", float),
-    "trace_seed": ("seed", int),
-}
+# gen_kwargs key -> (TraceSettings field, its type)
+_TRACE_KEYS = {key: (field, type(getattr(TraceSettings, field))) for key, field in TRACE_GEN_KWARGS.items()}
 _ANSWER_KEYS = {"abscot_mode", "until", "max_gen_toks", "do_sample", "temperature"}
 
 

@@ -7,6 +7,8 @@ Data flow (each module imports only those above it)::
     schedule     a training stage's optimizer steps and warm-up, as axolotl (SFT) and TRL (GRPO) derive them
     training     a training stage's generated axolotl YAML, checked
     rl           the RL stage's prompt slice, generated GRPO YAML and schedule
+    trace_settings  the run's trace settings (generation): written into the training YAMLs and the
+                 evaluations, checked once against what they state
     commands     the command line of each stage kind (train, merge, traces, eval)
     manifest     finished stages and the fingerprints of their inputs
     slices       the data slices, planned and written as streams (offsets, digests, row names)

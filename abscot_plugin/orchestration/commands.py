@@ -35,8 +35,9 @@ from typing import Any
 
 from ..args import AbsCoTArgs
 from ..core.choices import Backend, Phase
-from ..eval.eval_cli import lm_eval_command, task_generation_kwargs
+from ..eval.eval_cli import is_abstract, lm_eval_command, task_generation_kwargs
 from .run_config import PlanError, RunConfig
+from .trace_settings import eval_gen_kwargs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Context tokens an evaluation needs besides the trace and the answer budget: the chat template,
@@ -124,10 +125,11 @@ def merge_command(cfg: RunConfig, yaml_cfg: dict[str, Any], train_dir: Path, mer
 def traces_command(
     cfg: RunConfig, yaml_cfg: dict[str, Any], model: Path, data: Path, phase: Phase, out: Path
 ) -> list[str]:
-    """The ``abscot_plugin.generation.generate`` command of a trace stage. M, row names and bad-row handling
-    follow the training YAML that will read the traces (``yaml_cfg``), and so does a Phase A
-    prefix: that YAML's ``sequence_len``, ``abscot_cot_keep`` and ``abscot_m_max`` (the prefix is
-    its rows' prefix)."""
+    """The ``abscot_plugin.generation.generate`` command of a trace stage: the run's trace settings
+    (``generation``, :mod:`.trace_settings`); M, row names and bad-row handling follow the training
+    YAML that will read the traces (``yaml_cfg``), and so does a Phase A prefix: that YAML's
+    ``sequence_len`` and ``abscot_cot_keep``, and ``--m-max``, which is its ``abscot_m_max`` too
+    (the prefix is its rows' prefix)."""
     g = cfg.generation
     args = AbsCoTArgs.from_cfg(yaml_cfg)
     cmd = [
@@ -169,8 +171,6 @@ def traces_command(
             str(yaml_cfg["sequence_len"]),
             "--cot-keep",
             args.abscot_cot_keep,
-            "--train-m-max",
-            str(args.abscot_m_max),
         ]
     if g.backend == "hf":
         cmd += ["--batch-size", str(g.batch_size)]
@@ -208,11 +208,13 @@ def gpu_layout(cfg: RunConfig) -> str:
 
 def eval_command(cfg: RunConfig, model: str, tasks: list[str], out: Path) -> list[str]:
     """The ``abscot_plugin.eval.eval_cli`` (lm-eval) run of ``tasks`` on ``model`` into ``out``, with the
-    run's ``evaluation`` settings. With the vLLM backend, ``max_model_len`` must hold every task's
-    prompt, trace and answer budget (:func:`check_eval_context`)."""
+    run's ``evaluation`` settings and, for abstract tasks, its trace settings
+    (:func:`.trace_settings.eval_gen_kwargs`). With the vLLM backend, ``max_model_len`` must hold
+    every task's prompt, trace and answer budget (:func:`check_eval_context`)."""
     ev, backend = cfg.evaluation, cfg.eval_backend
+    gen_kwargs = eval_gen_kwargs(cfg, tasks)
     if backend == "vllm" and ev.model_args.get("max_model_len"):
-        check_eval_context(int(ev.model_args["max_model_len"]), tasks, ev.gen_kwargs)
+        check_eval_context(int(ev.model_args["max_model_len"]), tasks, gen_kwargs)
     return lm_eval_command(
         model,
         tasks,
@@ -220,7 +222,7 @@ def eval_command(cfg: RunConfig, model: str, tasks: list[str], out: Path) -> lis
         backend,
         ev.limit,
         {k: str(v) for k, v in ev.data_files.items()},
-        ev.gen_kwargs,
+        gen_kwargs,
         ev.model_args,
         ev.batch_size,
         backend_python(cfg, backend),
@@ -231,7 +233,7 @@ def eval_command(cfg: RunConfig, model: str, tasks: list[str], out: Path) -> lis
 def _context_parts(settings: dict[str, Any]) -> list[tuple[int, str]]:
     """The context an evaluation request fills, from its task's generation settings."""
     parts = [(PROMPT_MARGIN, "prompt tokens")]
-    if settings.get("abscot_mode") == "abstract":
+    if is_abstract(settings):
         parts.append((int(settings["m_max"]), "trace tokens (m_max)"))
     return parts + [(int(settings["max_gen_toks"]), "answer tokens (max_gen_toks)")]
 

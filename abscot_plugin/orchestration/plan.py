@@ -39,6 +39,7 @@ from .rl import judge_env_and_inputs, rl_schedule, rl_slice, rl_yaml
 from .run_config import RunConfig
 from .schedule import Schedule
 from .slices import DataSlice, data_slices
+from .trace_settings import check_trace_settings
 from .training import cpu_multiprocess_fix, phase_yaml, short_context_note, training_schedule
 
 Kind = Literal["traces", "train", "merge", "eval"]
@@ -176,6 +177,7 @@ def build_plan(cfg: RunConfig, machine_rank: int | None = None) -> Plan:
     """All stages of the run, in order, with their fingerprints (``machine_rank``: this machine's,
     in a multi-node run; it changes the launch line, not the fingerprints)."""
     run = cfg.output_dir
+    check_trace_settings(cfg)  # generation vs training vs evaluation, before anything is planned
     notes: list[str] = []
     slices = data_slices(cfg)
     extra_yaml = cpu_multiprocess_fix(cfg, notes)

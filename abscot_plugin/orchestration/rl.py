@@ -2,9 +2,12 @@
 generated GRPO YAML (:func:`rl_yaml`) and its optimizer schedule (:func:`rl_schedule`).
 
 The YAML is the GRPO template named by ``rl.config`` (e.g. ``axolotl_configs/tiny_grpo.yml``) with
-``rl.overrides`` on top and the keys the orchestrator manages set per run: ``base_model`` (the
-warm-up model B_T), ``datasets[0].path`` (the prompt slice ``OUT/data/rl.jsonl``; the template's
-dataset ``type`` is kept), ``output_dir`` and ``dataset_prepared_path``, TensorBoard logging. It is
+``rl.overrides`` on top (:func:`rl_layers`) and the keys the orchestrator manages set per run:
+``base_model`` (the warm-up model B_T), ``datasets[0].path`` (the prompt slice
+``OUT/data/rl.jsonl``; the template's dataset ``type`` is kept), ``output_dir`` and
+``dataset_prepared_path``, TensorBoard logging; the run's trace keys as in the warm-up
+(``abscot_m_max`` = ``generation.m_max``) and ``abscot_rl_m_min`` = ``generation.m_min`` unless
+the YAML sets it (:mod:`.trace_settings`). It is
 checked before anything runs: ``rl: grpo``, one dataset, LoRA or full fine-tuning, a cosine or
 constant learning-rate schedule (checked after training), valid ``abscot_*`` keys, a batch TRL
 accepts; every prompt row has a problem and a gold answer.
@@ -17,16 +20,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..core.fileio import file_digest
 from ..rl.judge import CONFIG_ENV, JUDGE_REWARD, load_settings
 from ..rl.rl_data import prompt_and_gold
-from .run_config import MANAGED_KEYS, PlanError, RunConfig
+from .run_config import PlanError, RunConfig
 from .schedule import CONSTANT_SCHEDULERS, GRPOSchedule
 from .slices import DataSlice
-from .training import abscot_args
+from .training import Layer, abscot_args, merge_layers, trace_keys
 
+RL_M_MIN = "abscot_rl_m_min"  # the shortest trace a rollout samples (abscot_plugin.args.AbsCoTArgs)
 # learning-rate schedules the RL stage's check knows (:mod:`.checks`): warm-up + cosine, constant
 RL_SCHEDULERS = ("cosine", *CONSTANT_SCHEDULERS)
 
@@ -62,26 +64,30 @@ def rl_slice(cfg: RunConfig) -> DataSlice:
     return DataSlice(cfg.output_dir / "data" / "rl.jsonl", rl.data, offset, count, digest.hexdigest())
 
 
+def rl_layers(cfg: RunConfig) -> list[Layer]:
+    """The layers of the RL YAML, lowest first: ``rl.config``, then ``rl.overrides``."""
+    return [Layer.read(cfg.rl.config), Layer("rl.overrides", cfg.rl.overrides)]
+
+
 def rl_yaml(cfg: RunConfig, base_model: str, data: Path, out_dir: Path, prepared: Path) -> dict[str, Any]:
     """The axolotl config of the RL training stage (module docstring)."""
-    source = cfg.rl.config
-    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    source, layers = cfg.rl.config, rl_layers(cfg)
+    raw = layers[0].values
     if raw.get("rl") != "grpo":
         raise PlanError(f"{source}: rl is {raw.get('rl')!r}; the RL stage runs GRPO (set rl: grpo)")
     datasets = raw.get("datasets")
     if not isinstance(datasets, list) or len(datasets) != 1 or not isinstance(datasets[0], dict):
         raise PlanError(f"{source}: the RL stage needs exactly one dataset (the orchestrator points it at rl.data)")
-    merged = {**raw, **cfg.rl.overrides}
-    for key in MANAGED_KEYS:
-        merged.pop(key, None)
-    merged = {k: v for k, v in merged.items() if v is not None}  # an override of null removes a key
+    merged = merge_layers(layers)
     merged.update(
         base_model=base_model,
         datasets=[{**datasets[0], "path": str(data), "ds_type": "json"}],
         output_dir=str(out_dir),
         dataset_prepared_path=str(prepared),
         use_tensorboard=True,
+        **trace_keys(cfg),
     )
+    merged.setdefault(RL_M_MIN, cfg.generation.m_min)
     if merged.get("lr_scheduler") not in RL_SCHEDULERS:
         raise PlanError(
             f"{source}: lr_scheduler is {merged.get('lr_scheduler')!r}; the RL stage's learning rate is "
