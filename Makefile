@@ -48,8 +48,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# the suite on TEST_WORKERS processes (pytest-xdist), each test file on one of them (its module
+# fixtures, e.g. the rollout server, built once); TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= 2
 test: lint venv-vllm
-	$(BIN)/python -m pytest -x -q -rs --durations=25
+	$(BIN)/python -m pytest -x -q -rs --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: lint
 	$(BIN)/python -m pytest -x -q -rs -m "not slow"
