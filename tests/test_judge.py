@@ -124,6 +124,20 @@ def test_the_judge_sees_the_answer_not_the_trace():
     assert "Problem:\nWhat is 2+2?\n" in plain and "Student's response:\nFour.\n" in plain
 
 
+def test_a_reply_slower_than_the_timeout_is_retried_then_counted():
+    """A server that accepts and never answers: each request times out, is retried, and counts as
+    a timeout (zero reward). A silent socket, not a slow vLLM reply: under load a 400-token reply
+    of the tiny model could arrive within a 5 ms timeout (seen with the suite on two workers)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        settings = JudgeSettings(
+            url=url, model="m", check_on_start=False, timeout_s=0.2, retries=1, backoff_s=0.01, max_failure_rate=1.0
+        )
+        slow = JudgeReward(settings)
+        assert slow(**batch(2)) == [0.0, 0.0]
+    assert slow.counts == {"judged": 2, "timeout": 2}
+
+
 def test_judge_by_name_reads_its_settings_file(tmp_path, monkeypatch):
     """``abscot_plugin.rl.judge.judge`` (the name a GRPO YAML gives): settings from $ABSCOT_JUDGE_CONFIG."""
     monkeypatch.delenv(CONFIG_ENV, raising=False)
@@ -203,11 +217,6 @@ def test_judge_against_vllm_server(judge_server):
     # a wrong model name is refused on the first call
     with pytest.raises(JudgeError, match=f"does not serve model 'nope' \\(it serves \\['{SERVED}'\\]\\)"):
         JudgeReward(JudgeSettings(**{**base, "model": "nope"}))(**batch())
-    # a reply slower than the timeout is retried, then counted
-    slow_settings = {**base, "max_tokens": 400, "extra_body": {"ignore_eos": True}}
-    slow = JudgeReward(JudgeSettings(**slow_settings, timeout_s=0.005, retries=1, backoff_s=0.01, max_failure_rate=1.0))
-    assert slow(**batch(2)) == [0.0, 0.0]
-    assert slow.counts == {"judged": 2, "timeout": 2}
 
 
 @pytest.mark.slow
