@@ -59,6 +59,17 @@ class HFDecoder:
             yield idx, ids.to(device), mask.to(device)
 
     @torch.no_grad()
+    def _stop_config(self, max_new_tokens: int, stop_ids: Sequence[int]) -> GenerationConfig:
+        """``generate``'s settings of both stages: no sampling of its own (the samplers draw), at most
+        ``max_new_tokens``, stopping at ``stop_ids``."""
+        return GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=list(stop_ids),
+            pad_token_id=self.pad_id,
+            repetition_penalty=1.0,
+        )
+
     def _generate(self, ids, mask, config: GenerationConfig, processors=None) -> torch.Tensor:
         out = self.model.generate(
             input_ids=ids,
@@ -74,13 +85,7 @@ class HFDecoder:
         """``generate`` under the row sampler ``make_sampler(prompt_len, seeds of the batch)``;
         each row up to and including its first stop id."""
         results: list[Sampled] = [Sampled([], []) for _ in prompts]
-        config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=list(stop_ids),
-            pad_token_id=self.pad_id,
-            repetition_penalty=1.0,
-        )
+        config = self._stop_config(max_new_tokens, stop_ids)
         for idx, ids, mask in self._batches(prompts):
             sampler = make_sampler(ids.shape[1], idx)
             rows = self._generate(ids, mask, config, [sampler])
@@ -132,13 +137,7 @@ class HFDecoder:
     def complete(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
         """Stage 2: greedy ``generate`` stopping at ``stop_ids``."""
         results: list[list[int]] = [[] for _ in prompts]
-        config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=list(stop_ids),
-            pad_token_id=self.pad_id,
-            repetition_penalty=1.0,
-        )
+        config = self._stop_config(max_new_tokens, stop_ids)
         for idx, ids, mask in self._batches(prompts):
             for i, row in zip(idx, self._generate(ids, mask, config), strict=True):
                 results[i] = cut_at_stop(row, stop_ids)
